@@ -1,0 +1,53 @@
+"""Option types shared by the commands, and the one place the default model folder is chosen."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from llama_nb.errors import LlamaNbError
+
+DEFAULT_MODEL_DIR = Path("models-original") / "Meta-Llama-3.1-8B-Instruct"
+
+HOW_TO_GET_WEIGHTS = (
+    "llama-nb needs Meta's original Llama 3.x files (consolidated.00.pth, params.json, "
+    "tokenizer.model). Request access at https://llama.meta.com/llama-downloads/, download "
+    "'meta-llama-3.1-8b-instruct' with Meta's download.sh (or `llama model download`), and move "
+    f"the folder Meta-Llama-3.1-8B-Instruct into ./models-original/, or pass --model DIR."
+)
+
+ModelOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--model",
+        "-m",
+        help=f"Folder with Meta's consolidated.00.pth, params.json and tokenizer.model "
+        f"[default: {DEFAULT_MODEL_DIR} when present].",
+        show_default=False,
+    ),
+]
+ImplOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--impl",
+        help="Kernel choice per op, e.g. 'matmul=reference,rope=numba' or 'reference' for all "
+        "[default: $LLAMA_NB_IMPL, else each op's default]. See `llama-nb ops`.",
+        show_default=False,
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object and nothing else.")]
+
+
+def resolve_model_dir(model: Path | None) -> Path:
+    """The model folder to use: --model when given, else the default folder when present."""
+    if model is None:
+        if DEFAULT_MODEL_DIR.is_dir():
+            return DEFAULT_MODEL_DIR
+        raise LlamaNbError(f"no model given and {DEFAULT_MODEL_DIR} does not exist. {HOW_TO_GET_WEIGHTS}")
+    if not model.exists():
+        raise LlamaNbError(f"--model {model}: no such folder. {HOW_TO_GET_WEIGHTS}")
+    if not model.is_dir():
+        raise LlamaNbError(f"--model {model}: expected a folder holding consolidated.00.pth, params.json and tokenizer.model")
+    return model
