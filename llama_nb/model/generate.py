@@ -1,0 +1,184 @@
+"""Token generation: prefill the prompt once, then decode one token at a time, streaming events.
+
+    prefill(prompt)          one batched forward pass over the prompt -> logits of its last token
+    sample(logits)           greedy (argmax) or temperature / top-k / top-p, seeded
+    decode_one(token, pos)   one forward pass of a single token -> logits
+
+`generate()` yields a `TokenEvent` per generated token (its id, the text it completes, its
+position, how long it took, the per-layer timings of its forward pass) and records totals in a
+`GenerationStats`. Nothing here prints.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from llama_nb.errors import LlamaNbError
+from llama_nb.io.tokenizer import StreamDecoder, Tokenizer
+from llama_nb.model.transformer import Transformer
+
+
+@dataclass
+class TokenEvent:
+    """One generated token.
+
+    token          the id
+    text           the text this token completes (may be "" while a UTF-8 character is split
+                   over byte tokens; the held-back bytes arrive with a later event)
+    pos            its position in the sequence (prompt tokens are 0..len(prompt)-1)
+    index          0 for the first generated token, 1 for the next, ...
+    seconds        wall time of the forward pass and sampling that produced it (the first one
+                   includes the whole prefill)
+    layer_seconds  float64[n_layers, 2]: attention and feed-forward time per layer of that pass
+    """
+
+    token: int
+    text: str
+    pos: int
+    index: int
+    seconds: float
+    layer_seconds: np.ndarray
+
+
+@dataclass
+class GenerationStats:
+    """Totals of one generate() call; complete once the iterator is exhausted or closed."""
+
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    prefill_seconds: float = 0.0
+    decode_passes: int = 0  # single-token forward passes after the prefill
+    decode_seconds: float = 0.0
+    sampling_seconds: float = 0.0
+    stop_reason: str = ""  # "stop_token", "max_tokens", "context" or "interrupted"
+    stop_token: int | None = None
+    tail_text: str = ""  # text held back at the end (an incomplete UTF-8 tail, as U+FFFD)
+    op_seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def prefill_tokens_per_second(self) -> float:
+        return self.prompt_tokens / self.prefill_seconds if self.prefill_seconds else 0.0
+
+    @property
+    def decode_tokens_per_second(self) -> float:
+        # the first generated token comes out of the prefill pass; each later one from a decode pass
+        return self.decode_passes / self.decode_seconds if self.decode_seconds else 0.0
+
+
+def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
+    """Reject sampling settings outside their valid ranges, naming the option."""
+    if not (temperature >= 0.0 and np.isfinite(temperature)):
+        raise LlamaNbError(f"--temperature must be a finite number >= 0 (0 is greedy), got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise LlamaNbError(f"--top-k must be >= 1, got {top_k}")
+    if top_p is not None and not (0.0 < top_p <= 1.0):
+        raise LlamaNbError(f"--top-p must be in (0, 1], got {top_p}")
+
+
+class Sampler:
+    """Greedy when temperature == 0, else softmax(logits / temperature) restricted to the top-k
+    tokens and then to the smallest set whose probability reaches top_p (Meta's sample_top_p),
+    drawn with a seeded NumPy generator: the same seed gives the same tokens."""
+
+    def __init__(self, ops, temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None, seed: int | None = None):
+        check_sampling(temperature, top_k, top_p)
+        self.ops, self.temperature, self.top_k, self.top_p = ops, temperature, top_k, top_p
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, logits: np.ndarray) -> int:
+        if self.temperature == 0.0:
+            return self.ops.argmax(logits)
+        scaled = (logits / np.float32(self.temperature)).astype(np.float32).reshape(1, -1)
+        probs = np.empty_like(scaled)
+        self.ops.softmax(probs, scaled)
+        probs = probs[0].astype(np.float64)
+        order = np.argsort(-probs, kind="stable")
+        if self.top_k is not None:
+            order = order[: self.top_k]
+        p = probs[order]
+        if self.top_p is not None:
+            # keep tokens whose preceding cumulative probability is below top_p (Meta's rule)
+            keep = (np.cumsum(p) - p) <= self.top_p
+            order, p = order[keep], p[keep]
+        p = p / p.sum()
+        return int(order[self.rng.choice(len(p), p=p)])
+
+
+def generate(
+    model: Transformer,
+    tokenizer: Tokenizer,
+    prompt_tokens: Sequence[int],
+    max_new_tokens: int,
+    *,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    stop_tokens: Sequence[int] | None = None,
+    stats: GenerationStats | None = None,
+) -> Iterator[TokenEvent]:
+    """Yield one TokenEvent per generated token; stop tokens end generation and are not yielded.
+
+    Stops on a stop token (default: the tokenizer's <|end_of_text|>, <|eom_id|>, <|eot_id|>),
+    after `max_new_tokens`, or when the context is full (stats.stop_reason says which).
+    """
+    prompt = [int(t) for t in prompt_tokens]
+    if not prompt:
+        raise LlamaNbError("the prompt is empty: give at least one token (a BOS token counts)")
+    if max_new_tokens < 0:
+        raise LlamaNbError(f"--max-tokens must be >= 0, got {max_new_tokens}")
+    if len(prompt) >= model.ctx:
+        raise LlamaNbError(
+            f"the prompt has {len(prompt)} tokens but the context holds {model.ctx}: "
+            f"shorten the prompt or raise --ctx"
+        )
+    sampler = Sampler(model.ops, temperature, top_k, top_p, seed)
+    stop = set(tokenizer.stop_tokens if stop_tokens is None else stop_tokens)
+    stats = stats if stats is not None else GenerationStats()
+    stats.prompt_tokens = len(prompt)
+    decoder = StreamDecoder(tokenizer)
+    pos = len(prompt)  # position of the next token to generate
+    if max_new_tokens == 0:
+        stats.stop_reason = "max_tokens"
+        return
+    model.ops.reset_timings()
+
+    t0 = time.perf_counter()
+    logits = model.forward(prompt, 0)
+    stats.prefill_seconds = time.perf_counter() - t0
+    layer_seconds = model.layer_seconds.copy()
+    forward_seconds = stats.prefill_seconds
+    try:
+        for index in range(max_new_tokens):
+            t1 = time.perf_counter()
+            token = sampler(logits)
+            sample_seconds = time.perf_counter() - t1
+            stats.sampling_seconds += sample_seconds
+            if token in stop:
+                stats.stop_reason, stats.stop_token = "stop_token", token
+                break
+            stats.generated_tokens += 1
+            yield TokenEvent(token, decoder.push(token), pos, index, forward_seconds + sample_seconds, layer_seconds)
+            pos += 1
+            if index + 1 == max_new_tokens:
+                stats.stop_reason = "max_tokens"
+                break
+            if pos >= model.ctx:
+                stats.stop_reason = "context"
+                break
+            t2 = time.perf_counter()
+            logits = model.forward([token], pos - 1)
+            forward_seconds = time.perf_counter() - t2
+            stats.decode_seconds += forward_seconds
+            stats.decode_passes += 1
+            layer_seconds = model.layer_seconds.copy()
+    except GeneratorExit:
+        stats.stop_reason = stats.stop_reason or "interrupted"
+        raise
+    finally:
+        stats.tail_text = decoder.flush()
+        stats.op_seconds = dict(getattr(model.ops, "op_seconds", {}))

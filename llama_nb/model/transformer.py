@@ -1,0 +1,235 @@
+"""The Llama 3.x transformer, composed of the ops of an OpSet handed in. Reads like Meta's model.py.
+
+    h   = x + attention(attention_norm(x))          per layer, for every new token
+    out = h + feed_forward(ffn_norm(h))             feed_forward(x) = w2(silu(w1 x) * (w3 x))
+    logits = output(norm(out[last]))
+
+Weights are the memory-mapped bf16 tensors of consolidated.00.pth (uint16 views), never copied or
+widened as a whole; attribute names mirror Meta's keys (`layers.3.attention.wq.weight` is
+`weights.layers[3].attention.wq`). Every activation buffer is float32 and preallocated in
+`RunState`; `forward()` allocates nothing but the small per-call views.
+
+Prefill runs the whole prompt as one batched pass (T > 1 matmuls), in chunks of at most
+`max_batch` tokens so the activation buffers stay small next to the weights; decode runs one
+token at a time. Logits are computed for the last position only.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+
+from llama_nb.errors import CheckpointError, ContextLimitError, LlamaNbError
+from llama_nb.io.params import ModelArgs
+from llama_nb.ops.registry import OpSet
+from llama_nb.ops.rope import rope_tables
+
+
+@dataclass
+class Attention:
+    wq: np.ndarray  # uint16[H*Dh, D]
+    wk: np.ndarray  # uint16[KVH*Dh, D]
+    wv: np.ndarray  # uint16[KVH*Dh, D]
+    wo: np.ndarray  # uint16[D, H*Dh]
+
+
+@dataclass
+class FeedForward:
+    w1: np.ndarray  # uint16[F, D]  gate
+    w2: np.ndarray  # uint16[D, F]  down
+    w3: np.ndarray  # uint16[F, D]  up
+
+
+@dataclass
+class TransformerBlock:
+    attention: Attention
+    feed_forward: FeedForward
+    attention_norm: np.ndarray  # uint16[D]
+    ffn_norm: np.ndarray  # uint16[D]
+
+
+@dataclass
+class Weights:
+    tok_embeddings: np.ndarray  # uint16[V, D]
+    layers: list[TransformerBlock]
+    norm: np.ndarray  # uint16[D]
+    output: np.ndarray  # uint16[V, D]; the embedding table itself when tied (Llama 3.2 1B/3B)
+
+    @classmethod
+    def from_tensors(cls, tensors: Mapping[str, np.ndarray], args: ModelArgs) -> "Weights":
+        """Pick Meta's tensors by key. Shapes were validated by the loader; views are not copied."""
+
+        def t(key: str) -> np.ndarray:
+            try:
+                return np.asarray(tensors[key])  # a plain ndarray view of the memmap, no copy
+            except KeyError:
+                raise CheckpointError(f"checkpoint has no tensor {key!r}") from None
+
+        layers = [
+            TransformerBlock(
+                attention=Attention(*(t(f"layers.{i}.attention.{n}.weight") for n in ("wq", "wk", "wv", "wo"))),
+                feed_forward=FeedForward(*(t(f"layers.{i}.feed_forward.{n}.weight") for n in ("w1", "w2", "w3"))),
+                attention_norm=t(f"layers.{i}.attention_norm.weight"),
+                ffn_norm=t(f"layers.{i}.ffn_norm.weight"),
+            )
+            for i in range(args.n_layers)
+        ]
+        embeddings = t("tok_embeddings.weight")
+        output = t("output.weight") if "output.weight" in tensors else embeddings
+        return cls(embeddings, layers, t("norm.weight"), output)
+
+
+class RunState:
+    """Activation buffers for up to `max_batch` tokens per pass, and the KV cache.
+
+    `view(T)` returns the first T rows of each buffer (C-contiguous views, no copies).
+    """
+
+    def __init__(self, args: ModelArgs, max_batch: int, ctx: int):
+        D, H, KVH, Dh, F = args.dim, args.n_heads, args.n_kv_heads, args.head_dim, args.hidden_dim
+        f32 = np.float32
+        self.max_batch = max_batch
+        self.x = np.zeros((max_batch, D), f32)  # residual stream
+        self.xb = np.zeros((max_batch, D), f32)  # normed input of a sub-block
+        self.xb2 = np.zeros((max_batch, D), f32)  # output of a sub-block, added to x
+        self.q = np.zeros((max_batch, H * Dh), f32)  # queries, viewed as [T, H, Dh]
+        self.k = np.zeros((max_batch, KVH * Dh), f32)  # new keys, viewed as [T, KVH, Dh]
+        self.v = np.zeros((max_batch, KVH * Dh), f32)  # new values
+        self.att = np.zeros((max_batch, H * Dh), f32)  # attention output, before wo
+        self.hb = np.zeros((max_batch, F), f32)  # w1 x, then silu(w1 x) * w3 x
+        self.hb2 = np.zeros((max_batch, F), f32)  # w3 x
+        self.last = np.zeros((1, D), f32)  # final norm of the last position
+        self.logits = np.zeros((1, args.vocab_size), f32)
+        # KV cache, one [KVH, ctx, Dh] block per layer: each head's positions are contiguous, so
+        # attention streams them in order and every query head of a group reads the same rows.
+        self.cache_k = np.zeros((args.n_layers, KVH, ctx, Dh), f32)
+        self.cache_v = np.zeros((args.n_layers, KVH, ctx, Dh), f32)
+
+
+class Transformer:
+    """Meta's `Transformer.forward(tokens, start_pos)`, on registered ops.
+
+    args       ModelArgs from params.json
+    weights    Weights (bf16 memmap views)
+    ops        OpSet: the implementation chosen for every op (the model never looks names up)
+    ctx        context length: KV cache size and the largest position + 1
+    max_batch  the largest number of tokens in one batched pass (prefill chunk)
+    """
+
+    def __init__(self, args: ModelArgs, weights: Weights, ops: OpSet, ctx: int = 4096, max_batch: int = 256):
+        if ctx < 1:
+            raise LlamaNbError(f"--ctx must be at least 1, got {ctx}")
+        self.args, self.weights, self.ops, self.ctx = args, weights, ops, ctx
+        self.state = RunState(args, min(max_batch, ctx), ctx)
+        self.rope_cos, self.rope_sin = rope_tables(args.head_dim, ctx, args.rope_theta, args.use_scaled_rope)
+        # seconds spent in each layer's attention [:, 0] and feed-forward [:, 1] in the last pass
+        self.layer_seconds = np.zeros((args.n_layers, 2))
+
+    def forward(self, tokens, start_pos: int) -> np.ndarray:
+        """Run `tokens` at positions start_pos.. and return float32[V] logits of the last one.
+
+        The KV cache keeps positions 0..start_pos-1 from earlier calls; they are not recomputed.
+        """
+        tokens = np.ascontiguousarray(tokens, dtype=np.int64).reshape(-1)
+        n = len(tokens)
+        if n == 0:
+            raise LlamaNbError("forward: no tokens")
+        if start_pos < 0 or start_pos + n > self.ctx:
+            raise ContextLimitError(
+                f"positions {start_pos}..{start_pos + n - 1} do not fit the context of {self.ctx} tokens (--ctx)"
+            )
+        if tokens.min() < 0 or tokens.max() >= self.args.vocab_size:
+            raise LlamaNbError(f"token ids must be in [0, {self.args.vocab_size}), got {tokens.min()}..{tokens.max()}")
+        self.layer_seconds[:] = 0.0
+        step = self.state.max_batch
+        for lo in range(0, n, step):
+            self._forward_chunk(tokens[lo : lo + step], start_pos + lo)
+        return self._logits(len(tokens[lo : lo + step]))
+
+    def _forward_chunk(self, tokens: np.ndarray, start_pos: int) -> None:
+        ops, s, w, eps = self.ops, self.state, self.weights, self.args.norm_eps
+        T = len(tokens)
+        x, xb, xb2 = s.x[:T], s.xb[:T], s.xb2[:T]
+        ops.embedding(x, w.tok_embeddings, tokens)
+        for i, layer in enumerate(w.layers):
+            t0 = time.perf_counter()
+            ops.rmsnorm(xb, x, layer.attention_norm, eps)
+            self._attention(layer.attention, i, T, start_pos)
+            x += xb2
+            t1 = time.perf_counter()
+            ops.rmsnorm(xb, x, layer.ffn_norm, eps)
+            self._feed_forward(layer.feed_forward, T)
+            x += xb2
+            t2 = time.perf_counter()
+            self.layer_seconds[i, 0] += t1 - t0
+            self.layer_seconds[i, 1] += t2 - t1
+
+    def _attention(self, w: Attention, layer: int, T: int, start_pos: int) -> None:
+        """xb2 = wo(attention(rope(wq xb), rope(wk xb) and wv xb appended to the cache))."""
+        ops, s, args = self.ops, self.state, self.args
+        H, KVH, Dh = args.n_heads, args.n_kv_heads, args.head_dim
+        xb = s.xb[:T]
+        q, k, v = s.q[:T], s.k[:T], s.v[:T]
+        ops.matmul(q, xb, w.wq)
+        ops.matmul(k, xb, w.wk)
+        ops.matmul(v, xb, w.wv)
+        q3, k3 = q.reshape(T, H, Dh), k.reshape(T, KVH, Dh)
+        ops.rope(q3, self.rope_cos, self.rope_sin, start_pos)
+        ops.rope(k3, self.rope_cos, self.rope_sin, start_pos)
+        end = start_pos + T
+        cache_k, cache_v = s.cache_k[layer], s.cache_v[layer]  # [KVH, ctx, Dh]
+        cache_k[:, start_pos:end, :] = k3.transpose(1, 0, 2)
+        cache_v[:, start_pos:end, :] = v.reshape(T, KVH, Dh).transpose(1, 0, 2)
+        att = s.att[:T]
+        ops.attention(att.reshape(T, H, Dh), q3, cache_k, cache_v, start_pos)
+        ops.matmul(s.xb2[:T], att, w.wo)
+
+    def _feed_forward(self, w: FeedForward, T: int) -> None:
+        """xb2 = w2(silu(w1 xb) * w3 xb)   (SwiGLU)"""
+        ops, s = self.ops, self.state
+        hb, hb2 = s.hb[:T], s.hb2[:T]
+        ops.matmul(hb, s.xb[:T], w.w1)
+        ops.matmul(hb2, s.xb[:T], w.w3)
+        ops.silu(hb, hb, hb2)
+        ops.matmul(s.xb2[:T], hb, w.w2)
+
+    def _logits(self, T: int) -> np.ndarray:
+        s = self.state
+        self.ops.rmsnorm(s.last, s.x[T - 1 : T], self.weights.norm, self.args.norm_eps)
+        self.ops.matmul(s.logits, s.last, self.weights.output)
+        return s.logits[0]
+
+    def warmup(self) -> float:
+        """Compile (or load from Numba's cache) every kernel the forward pass uses; return seconds.
+
+        Numba specialises on argument types, not sizes, so tiny arrays of the same dtypes,
+        dimensions and read-only flags as the real buffers compile exactly what forward() needs,
+        for both the T = 1 (decode) and T > 1 (prefill) paths, without touching the weights.
+        """
+        t0 = time.perf_counter()
+        ops, Dh = self.ops, self.args.head_dim
+
+        def weight(*shape):
+            w = np.full(shape, 0x3F80, np.uint16)  # bf16 1.0
+            w.flags.writeable = self.weights.norm.flags.writeable
+            return w
+
+        cos, sin = self.rope_cos[:4], self.rope_sin[:4]
+        for T in (1, 2):
+            x = np.ones((T, 4), np.float32)
+            out = np.empty((T, 3), np.float32)
+            ops.embedding(x, weight(5, 4), np.zeros(T, np.int64))
+            ops.rmsnorm(x, x, weight(4), 1e-5)
+            ops.matmul(out, x, weight(3, 4))
+            q = np.ones((T, 2, Dh), np.float32)
+            ops.rope(q, cos, sin, 0)
+            cache = np.ones((1, 4, Dh), np.float32)
+            ops.attention(np.empty_like(q), q, cache, cache, 0)
+            ops.silu(out, out, out)
+        ops.argmax(np.ones(3, np.float32))
+        ops.softmax(np.empty((1, 3), np.float32), np.ones((1, 3), np.float32))
+        ops.reset_timings()
+        return time.perf_counter() - t0

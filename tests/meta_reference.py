@@ -1,0 +1,73 @@
+"""Meta's reference Llama 3 `Transformer` (llama_models/llama3/model.py) as a test oracle.
+
+It runs in float32 on the same bf16 weights (widened exactly), with fairscale's model parallelism
+at size 1 on the gloo backend, exactly as Meta's own generation code sets it up on one process.
+Test-only: imports torch and fairscale.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import torch
+
+_initialised = False
+
+
+def _init_model_parallel() -> None:
+    global _initialised
+    if _initialised:
+        return
+    import fairscale.nn.model_parallel.initialize as fs_init
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        with socket.socket() as s:  # a free loopback port for the one-process group
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(port))
+        dist.init_process_group("gloo", rank=0, world_size=1)
+    if not fs_init.model_parallel_is_initialized():
+        fs_init.initialize_model_parallel(1)
+    _initialised = True
+
+
+class MetaReference:
+    """Meta's Transformer loaded from a model folder in Meta's format, in float32."""
+
+    def __init__(self, folder: Path, max_seq_len: int = 256):
+        from llama_models.llama3.args import ModelArgs
+        from llama_models.llama3.model import Transformer
+
+        _init_model_parallel()
+        torch.set_num_threads(2)
+        params = json.loads((Path(folder) / "params.json").read_text())
+        args = ModelArgs(max_seq_len=max_seq_len, max_batch_size=1, **params)
+        state = torch.load(Path(folder) / "consolidated.00.pth", map_location="cpu", weights_only=True)
+        if "output.weight" not in state:  # Llama 3.2 1B/3B tie the output to the embeddings
+            state["output.weight"] = state["tok_embeddings.weight"]
+        torch.set_default_dtype(torch.float32)
+        self.model = Transformer(args).eval()
+        self.model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+        self.args = args
+
+    def forward(self, tokens, start_pos: int) -> np.ndarray:
+        """float32[T, V] logits for `tokens` at positions start_pos.. (uses Meta's KV cache)."""
+        with torch.inference_mode():
+            t = torch.tensor([list(tokens)], dtype=torch.long)
+            return self.model.forward(t, start_pos)[0].float().numpy()
+
+    def greedy(self, prompt: list[int], n: int) -> list[int]:
+        """n greedy tokens after `prompt`: one prefill pass, then one decode pass per token."""
+        logits = self.forward(prompt, 0)[-1]
+        out = []
+        for _ in range(n):
+            token = int(np.argmax(logits))
+            out.append(token)
+            logits = self.forward([token], len(prompt) + len(out) - 1)[-1]
+        return out

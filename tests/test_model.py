@@ -1,0 +1,142 @@
+"""The whole model against Meta's reference `Transformer`, on tiny random models in Meta's format.
+
+Every config is written with torch.save exactly as Meta ships a checkpoint, loaded by llama_nb's
+own loader, and compared with Meta's model.py (torch + fairscale, float32 on the same bf16
+weights): last-position logits within 1e-3 absolute, and 32 greedy tokens identical.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import llama_nb
+from llama_nb.errors import ContextLimitError, LlamaNbError
+from llama_nb.model.generate import GenerationStats
+from tests.meta_reference import MetaReference
+from tests.tinymodel import write_tiny_model
+
+CONFIGS = {
+    # name: keyword arguments of write_tiny_model
+    "gqa-scaled-untied": dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, use_scaled_rope=True, tie_output=False),
+    "mqa-unscaled-tied": dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=1, use_scaled_rope=False, tie_output=True),
+    "mha-scaled-tied": dict(dim=96, n_layers=3, n_heads=3, n_kv_heads=3, use_scaled_rope=True, tie_output=True),
+    "gqa-odd-ffn": dict(dim=128, n_layers=2, n_heads=8, n_kv_heads=2, multiple_of=48, ffn_dim_multiplier=1.3,
+                        rope_theta=10000.0, use_scaled_rope=False, tie_output=False),
+}
+PROMPT_TEXT = "The quick brown fox jumps over the lazy dog, and then"
+N_GREEDY = 32
+
+
+@pytest.fixture(scope="module", params=sorted(CONFIGS))
+def pair(request, tmp_path_factory):
+    """(llama_nb model, Meta reference, folder) for one config."""
+    folder = write_tiny_model(tmp_path_factory.mktemp(request.param), seed=len(request.param), **CONFIGS[request.param])
+    ours = llama_nb.load_model(folder, ctx=256)
+    return ours, MetaReference(folder, max_seq_len=256), folder
+
+
+def prompt_ids(llm) -> list[int]:
+    return llm.tokenizer.encode(PROMPT_TEXT, bos=True, eos=False)
+
+
+def test_last_position_logits_match_meta(pair):
+    ours, meta, _ = pair
+    ids = prompt_ids(ours)
+    want = meta.forward(ids, 0)[-1]
+    got = ours.forward(ids, 0)
+    assert got.shape == want.shape == (ours.args.vocab_size,)
+    np.testing.assert_allclose(got, want, atol=1e-3, rtol=0)
+    # the comparison has teeth: the logits are spread, not all near zero
+    assert want.std() > 0.05
+
+
+def test_32_greedy_tokens_match_meta(pair):
+    ours, meta, _ = pair
+    ids = prompt_ids(ours)
+    want = meta.greedy(ids, N_GREEDY)
+    got = [e.token for e in ours.generate(ids, N_GREEDY, stop_tokens=[])]
+    assert got == want
+    assert len(set(got)) > 1  # a constant sequence would hide a broken decode path
+
+
+def test_kv_cached_decode_equals_full_recompute(pair):
+    ours, _, _ = pair
+    ids = prompt_ids(ours)
+    generated = [e.token for e in ours.generate(ids, 8, stop_tokens=[])]
+    cached = ours.forward([generated[-1]], len(ids) + 7)  # continues the cache filled by generate
+    full = ours.forward(ids + generated, 0)  # one prefill pass over everything
+    np.testing.assert_allclose(cached, full, atol=1e-4, rtol=0)
+
+
+def test_chunked_prefill_equals_one_pass(pair):
+    ours, _, folder = pair
+    ids = prompt_ids(ours)
+    chunked = llama_nb.load_model(folder, ctx=64, max_batch=5)  # 13 tokens in passes of 5, 5, 3
+    np.testing.assert_allclose(chunked.forward(ids, 0), ours.forward(ids, 0), atol=1e-4, rtol=0)
+
+
+def test_reference_ops_give_the_same_tokens(pair):
+    ours, _, folder = pair
+    ids = prompt_ids(ours)
+    reference = llama_nb.load_model(folder, impl="reference", ctx=256)
+    assert set(reference.ops.choice.values()) == {"reference"}
+    want = [e.token for e in ours.generate(ids, 12, stop_tokens=[])]
+    assert [e.token for e in reference.generate(ids, 12, stop_tokens=[])] == want
+
+
+# --- generation behaviour, on one config -------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def llm(tmp_path_factory):
+    folder = write_tiny_model(tmp_path_factory.mktemp("gen"), seed=7, **CONFIGS["gqa-scaled-untied"])
+    return llama_nb.load_model(folder, ctx=48)
+
+
+def test_sampling_is_reproducible_with_a_seed(llm):
+    ids = prompt_ids(llm)
+    run = lambda seed: [e.token for e in llm.generate(ids, 10, temperature=1.0, top_k=50, top_p=0.9, seed=seed, stop_tokens=[])]
+    assert run(1) == run(1)
+    assert run(1) != run(2)
+    greedy = [e.token for e in llm.generate(ids, 10, stop_tokens=[])]
+    assert [e.token for e in llm.generate(ids, 10, temperature=0.7, top_k=1, seed=3, stop_tokens=[])] == greedy
+
+
+def test_stops_at_the_context_limit(llm):
+    ids = prompt_ids(llm)
+    stats = GenerationStats()
+    events = list(llm.generate(ids, 1000, stop_tokens=[], stats=stats))
+    assert stats.stop_reason == "context"
+    assert len(ids) + len(events) == llm.ctx
+    assert [e.pos for e in events] == list(range(len(ids), llm.ctx))
+
+
+def test_stop_token_ends_generation_and_is_not_yielded(llm):
+    ids = prompt_ids(llm)
+    first = next(iter(llm.generate(ids, 5, stop_tokens=[])))
+    stats = GenerationStats()
+    assert list(llm.generate(ids, 5, stop_tokens=[first.token], stats=stats)) == []
+    assert stats.stop_reason == "stop_token" and stats.stop_token == first.token
+
+
+def test_event_texts_concatenate_to_the_decoded_text(llm):
+    ids = prompt_ids(llm)
+    stats = GenerationStats()
+    events = list(llm.generate(ids, 20, stop_tokens=[], stats=stats))
+    text = "".join(e.text for e in events) + stats.tail_text
+    assert text == llm.tokenizer.decode([e.token for e in events])
+    assert stats.generated_tokens == 20 and stats.stop_reason == "max_tokens"
+    assert stats.decode_passes == 19 and stats.prefill_seconds > 0
+    assert {"matmul", "attention", "rmsnorm"} <= {op for op, s in stats.op_seconds.items() if s > 0}
+
+
+def test_bad_requests_are_clear_errors(llm):
+    ids = prompt_ids(llm)
+    with pytest.raises(LlamaNbError, match="--temperature"):
+        next(iter(llm.generate(ids, 3, temperature=-1)))
+    with pytest.raises(LlamaNbError, match="--top-p"):
+        next(iter(llm.generate(ids, 3, temperature=1, top_p=1.5)))
+    with pytest.raises(LlamaNbError, match="context holds 48"):
+        next(iter(llm.generate(list(range(100)), 3)))
+    with pytest.raises(ContextLimitError):
+        llm.forward([1, 2, 3], 46)
