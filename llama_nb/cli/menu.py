@@ -1,0 +1,151 @@
+"""`llama-nb menu`: the interactive menu of llama-nuts-and-bolts, item for item, with a way back.
+
+    0   print the model's metadata (tensor list, hyperparameters, sizes)
+    1   [Text completion] a predefined prompt
+    2-6 [Chat mode] predefined system + user prompts
+    7   [Text completion] your own prompt
+    8   [Chat mode] your own system prompt (optional) and prompt
+    q   quit
+
+The model is loaded and compiled once; after each answer the menu comes back. Ctrl-C during an
+answer stops it and returns to the menu; Ctrl-C (or end of input) at the menu leaves cleanly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+import typer
+
+from llama_nb.cli._options import ImplOpt, ModelOpt
+from llama_nb.cli.run import CtxOpt, MaxTokensOpt, ThreadsOpt, TemperatureOpt, SeedOpt
+
+
+@dataclass(frozen=True)
+class MenuPrompt:
+    prompt: str
+    chat: bool
+    system: str | None = None
+
+
+# The Go original's predefined prompts, in its order (items 1-6).
+PREDEFINED = [
+    MenuPrompt("Hello, my name is", chat=False),
+    MenuPrompt("Describe your theory.", chat=True, system="You are Einstein"),
+    MenuPrompt("Can you explain what is Theory of relativity?", chat=True,
+               system="Answer in 20 words, directly, and without an introduction"),
+    MenuPrompt("Explain what is quantum computer in 20 words.", chat=True, system="You are a pirate"),
+    MenuPrompt("How to go from Beijing to NY?", chat=True, system="Always answer with emojis"),
+    MenuPrompt("What is the flag of Turkey?", chat=True, system="Answer with only one emoji"),
+]
+MANUAL_TEXT, MANUAL_CHAT = len(PREDEFINED) + 1, len(PREDEFINED) + 2
+
+
+def menu_text() -> str:
+    """The menu as Rich markup."""
+    lines = ["[bold]Select from the predefined prompts (the last two are for your own input):[/]",
+             f"{0:2d}. {'':17s} Print model metadata (tensor list, hyperparameters, etc.)"]
+    for i, item in enumerate(PREDEFINED, start=1):
+        if item.chat:
+            lines.append(f"{i:2d}. {'[Chat mode]':17s} [bold]System prompt:[/] {_escape(item.system or '(empty)')}")
+            lines.append(f"{'':22s}[bold]Prompt:[/] {_escape(item.prompt)}")
+        else:
+            lines.append(f"{i:2d}. {'[Text completion]':17s} [bold]Prompt:[/] {_escape(item.prompt)}")
+    lines.append(f"{MANUAL_TEXT:2d}. {'[Text completion]':17s} Other, manual input")
+    lines.append(f"{MANUAL_CHAT:2d}. {'[Chat mode]':17s} Other, manual input")
+    lines.append(f"{'q':>2s}. {'':17s} Quit")
+    return "\n".join(lines)
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def parse_choice(answer: str) -> int | None | str:
+    """An int 0..8, "quit", or None with the reason printed by the caller for anything else."""
+    answer = answer.strip().lower()
+    if answer in ("q", "quit", "exit"):
+        return "quit"
+    try:
+        choice = int(answer)
+    except ValueError:
+        return None
+    return choice if 0 <= choice <= MANUAL_CHAT else None
+
+
+def menu(
+    model: ModelOpt = None,
+    max_tokens: MaxTokensOpt = 256,
+    temperature: TemperatureOpt = 0.0,
+    seed: SeedOpt = None,
+    ctx: CtxOpt = 4096,
+    impl: ImplOpt = None,
+    threads: ThreadsOpt = None,
+    plain: Annotated[bool, typer.Option("--plain", help="Stream plain text instead of the live view.")] = False,
+) -> None:
+    """Interactive menu: the Go original's predefined prompts, your own prompts, model metadata."""
+    from rich.console import Console
+
+    from llama_nb.cli.info import print_model_info
+    from llama_nb.cli.run import load_for_cli, stream
+    from llama_nb.model.generate import check_sampling
+
+    check_sampling(temperature, None, None)
+    console = Console()
+    console.print("[bold]Welcome to llama-nb[/], the Numba re-imagining of Llama Nuts and Bolts!")
+    llm = load_for_cli(model, impl=impl, ctx=ctx, threads=threads)
+    console.print(f"Model [bold]{_escape(str(llm.folder))}[/] loaded in {llm.load_seconds:.2f} s, "
+                  f"kernels ready in {llm.compile_seconds:.2f} s.\n")
+    mode = "plain" if plain or not console.is_terminal else "live"
+
+    def ask(question: str) -> str | None:
+        try:
+            return console.input(question)
+        except EOFError:
+            return None
+
+    try:
+        while True:
+            console.print(menu_text())
+            answer = ask(f"\n[bold]Your choice (0 to {MANUAL_CHAT}, q to quit):[/] ")
+            if answer is None:
+                break
+            choice = parse_choice(answer)
+            if choice == "quit":
+                break
+            if choice is None:
+                console.print(f"\n[red]Not a valid choice: {_escape(answer.strip())!s}. Choose a number from 0 to {MANUAL_CHAT}, or q.[/]\n")
+                continue
+            if choice == 0:
+                print_model_info(llm.folder, console=console)
+                console.print("\nModel metadata was printed.\n")
+                continue
+            if choice <= len(PREDEFINED):
+                item = PREDEFINED[choice - 1]
+            else:
+                system = None
+                if choice == MANUAL_CHAT:
+                    system = ask("[bold]System prompt (optional, Enter to skip):[/] ")
+                    if system is None:
+                        break
+                    system = system.strip() or None
+                prompt = ask("[bold]Your prompt:[/] ")
+                if prompt is None:
+                    break
+                if not prompt.strip():
+                    console.print("\n[red]The prompt is empty.[/]\n")
+                    continue
+                item = MenuPrompt(prompt, chat=choice == MANUAL_CHAT, system=system)
+            ids = llm.encode_prompt(item.prompt, chat=item.chat, system=item.system)
+            console.print(f"\n[dim]{'chat' if item.chat else 'text completion'}, {len(ids)} prompt tokens[/]")
+            code = stream(llm, ids, max_tokens, temperature=temperature, seed=seed, mode=mode, console=console)
+            if code == 130:
+                console.print("[yellow]stopped (Ctrl-C); back to the menu[/]")
+            console.print()
+    except KeyboardInterrupt:
+        console.print("\nbye")
+        raise typer.Exit(130)
+    console.print("bye")
