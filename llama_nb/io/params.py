@@ -1,0 +1,184 @@
+"""params.json: the hyperparameters of a Llama 3.x checkpoint, validated before any tensor is read.
+
+Meta ships one params.json per model folder, e.g. Llama 3.1 8B:
+
+    {"dim": 4096, "n_layers": 32, "n_heads": 32, "n_kv_heads": 8, "vocab_size": 128256,
+     "multiple_of": 1024, "ffn_dim_multiplier": 1.3, "norm_eps": 1e-05,
+     "rope_theta": 500000.0, "use_scaled_rope": true}
+
+Defaults for optional keys are those of Meta's `llama_models/llama3/args.py` (n_kv_heads =
+n_heads, multiple_of 256, ffn_dim_multiplier None, norm_eps 1e-5, rope_theta 500000,
+use_scaled_rope False). Meta's defaults for dim/n_layers/n_heads are the 8B's and vocab_size's is
+-1 (unusable), so those four are required here: a params.json without them is not a Llama file.
+Unknown keys are ignored, as Meta's loader ignores them (real files carry a few, e.g. for vision).
+
+Derived sizes, as Meta's model.py computes them:
+    head_dim   = dim // n_heads                          128 for 8B, 64 for 3.2 1B
+    hidden_dim = FeedForward's SwiGLU width:
+        h = int(2 * (4 * dim) / 3)
+        h = int(ffn_dim_multiplier * h)                  when ffn_dim_multiplier is set
+        h = multiple_of * ceil(h / multiple_of)          14336 for 8B, 8192 for 3.2 1B
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from llama_nb.errors import CheckpointError
+
+_MISSING = object()
+
+
+@dataclass(frozen=True)
+class ModelArgs:
+    """The hyperparameters a Llama 3.x forward pass needs; invariants checked by `from_dict`."""
+
+    dim: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    vocab_size: int
+    multiple_of: int = 256
+    ffn_dim_multiplier: float | None = None
+    norm_eps: float = 1e-5
+    rope_theta: float = 500000.0
+    use_scaled_rope: bool = False
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    @property
+    def n_rep(self) -> int:
+        """Query heads per key/value head (grouped-query attention)."""
+        return self.n_heads // self.n_kv_heads
+
+    @property
+    def hidden_dim(self) -> int:
+        """The feed-forward width, exactly as Meta's FeedForward.__init__ derives it."""
+        hidden = int(2 * (4 * self.dim) / 3)
+        if self.ffn_dim_multiplier is not None:
+            hidden = int(self.ffn_dim_multiplier * hidden)
+        return self.multiple_of * ((hidden + self.multiple_of - 1) // self.multiple_of)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The params.json keys, in Meta's order (for `info --json` and round trips)."""
+        return {name: getattr(self, name) for name in _FIELDS}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], source: str = "params.json") -> "ModelArgs":
+        """Validate a parsed params.json; `source` (the file) starts every error message."""
+        if not isinstance(d, Mapping):
+            raise CheckpointError(f"{source}: expected a JSON object of hyperparameters, got {_show(d)}")
+
+        def get(key: str, kind: str, default: Any = _MISSING) -> Any:
+            if key not in d:
+                if default is _MISSING:
+                    raise CheckpointError(f"{source}: missing required key {key!r}")
+                return default
+            if d[key] is None and default is None:  # null where Meta's args.py allows None
+                return None
+            return _check_type(source, key, d[key], kind)
+
+        dim = get("dim", "size")
+        n_layers = get("n_layers", "size")
+        n_heads = get("n_heads", "size")
+        n_kv_heads = get("n_kv_heads", "size", None)
+        # Meta writes "n_kv_heads": null nowhere, but args.py treats None as "same as n_heads".
+        n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
+        args = cls(
+            dim=dim,
+            n_layers=n_layers,
+            n_heads=n_heads,
+            n_kv_heads=n_kv_heads,
+            vocab_size=get("vocab_size", "size"),
+            multiple_of=get("multiple_of", "size", 256),
+            ffn_dim_multiplier=get("ffn_dim_multiplier", "positive", None),
+            norm_eps=get("norm_eps", "positive", 1e-5),
+            rope_theta=get("rope_theta", "positive", 500000.0),
+            use_scaled_rope=get("use_scaled_rope", "bool", False),
+        )
+        # The same invariants Meta's args.py asserts, plus even head_dim: RoPE rotates pairs.
+        if args.n_heads % args.n_kv_heads != 0:
+            raise CheckpointError(
+                f"{source}: n_heads={args.n_heads} is not a multiple of n_kv_heads={args.n_kv_heads}"
+            )
+        if args.dim % args.n_heads != 0:
+            raise CheckpointError(f"{source}: dim={args.dim} is not a multiple of n_heads={args.n_heads}")
+        if args.head_dim % 2 != 0:
+            raise CheckpointError(
+                f"{source}: dim / n_heads = {args.dim} / {args.n_heads} = {args.head_dim} is odd; "
+                f"RoPE needs an even head_dim (dim, n_heads)"
+            )
+        return args
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "ModelArgs":
+        """Read and validate params.json; every failure is a one-line CheckpointError naming it."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise CheckpointError(f"{path}: no such file (Meta's model folders include params.json)") from None
+        except UnicodeDecodeError as exc:
+            raise CheckpointError(f"{path}: not UTF-8 text (byte {exc.start}); expected Meta's params.json") from None
+        except OSError as exc:
+            raise CheckpointError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{path}: not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+        except RecursionError:
+            raise CheckpointError(f"{path}: not valid JSON: nested too deeply") from None
+        return cls.from_dict(data, source=str(path))
+
+
+_FIELDS = (
+    "dim",
+    "n_layers",
+    "n_heads",
+    "n_kv_heads",
+    "vocab_size",
+    "multiple_of",
+    "ffn_dim_multiplier",
+    "norm_eps",
+    "rope_theta",
+    "use_scaled_rope",
+)
+
+
+def _check_type(source: str, key: str, value: Any, kind: str) -> Any:
+    """One value from params.json, checked and normalised (ints stay int, numbers become float).
+
+    bool is a subclass of int in Python, so `true` would pass a plain isinstance(int) check and
+    become dim=1: it is excluded explicitly.
+    """
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        raise CheckpointError(f"{source}: key {key!r} must be true or false, got {_show(value)}")
+    if kind == "size":
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+        raise CheckpointError(f"{source}: key {key!r} must be a positive integer, got {_show(value)}")
+    # kind == "positive": a finite number > 0
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0:
+        return float(value)
+    raise CheckpointError(f"{source}: key {key!r} must be a positive number, got {_show(value)}")
+
+
+def _show(value: Any) -> str:
+    """A short description of a JSON value for error messages: its JSON text and its type."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    if len(text) > 40:
+        text = text[:37] + "..."
+    kind = {bool: "boolean", int: "integer", float: "number", str: "string", type(None): "null",
+            list: "array", dict: "object"}.get(type(value), type(value).__name__)
+    return f"{text} ({kind})"
