@@ -1,0 +1,179 @@
+"""Every registered implementation of every op against the NumPy reference, on the shared case
+table (llama_nb/ops/cases.py, also used by bench/bench_ops.py); the references themselves against
+torch / Meta's RMSNorm; the declared argument checks; in-place aliasing."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from llama_models.llama3.model import RMSNorm, repeat_kv
+
+import llama_nb.ops  # noqa: F401  (registers every op)
+from llama_nb.errors import LlamaNbError
+from llama_nb.ops import registry
+from llama_nb.ops.cases import CASES, TOL, assert_matches, call, make_inputs, ci_cases
+from llama_nb.ops.reference import bf16_to_f32_np
+
+registry.load_plugins()  # plugin implementations are tested too
+NON_REFERENCE = [(op, impl) for op in sorted(registry.impls) for impl in sorted(registry.impls[op]) if impl != "reference"]
+
+
+def test_every_declared_op_has_cases_a_tolerance_and_a_reference():
+    assert set(CASES) == set(TOL) == set(registry.ops)
+    for op in registry.ops:
+        assert "reference" in registry.impls[op] and len(registry.impls[op]) >= 2, op
+
+
+@pytest.mark.parametrize("op,impl", NON_REFERENCE)
+def test_matches_reference(op, impl, rng):
+    check = registry.ops[op].check
+    for case in ci_cases(op):
+        args = make_inputs(op, case, rng)
+        check(*args)  # the input makers produce what the contract allows
+        want = call(registry.get(op, "reference"), args)
+        got = call(registry.get(op, impl), args)
+        assert_matches(op, got, want, f"{op}[{impl}] case={case}")
+
+
+def test_real_8b_shapes_are_tested_not_only_benchmarked():
+    for case in [(1, 4096, 4096), (1, 4096, 14336), (8, 4096, 128256)]:
+        assert case in ci_cases("matmul")
+    assert (1, 32, 8, 128, 1024, 700) in ci_cases("attention")
+
+
+# --------------------------------------------------------------- the references against torch
+
+
+def _t(a):
+    return torch.from_numpy(np.ascontiguousarray(a))
+
+
+def test_reference_rmsnorm_matches_metas_rmsnorm(rng):
+    out, x, weight, eps = make_inputs("rmsnorm", (5, 4097), rng)
+    meta = RMSNorm(x.shape[1], eps=eps)
+    with torch.no_grad():
+        meta.weight.copy_(_t(bf16_to_f32_np(weight)))
+        want = meta(_t(x)).numpy()
+    registry.get("rmsnorm", "reference")(out, x, weight, eps)
+    np.testing.assert_allclose(out, want, **TOL["rmsnorm"])
+
+
+def test_reference_matmul_softmax_silu_embedding_argmax_match_torch(rng):
+    out, x, w = make_inputs("matmul", (3, 4097, 33), rng)
+    registry.get("matmul", "reference")(out, x, w)
+    np.testing.assert_allclose(out, F.linear(_t(x), _t(bf16_to_f32_np(w))).numpy(), **TOL["matmul"])
+
+    out, x = make_inputs("softmax", (32, 1025), rng)
+    registry.get("softmax", "reference")(out, x)
+    np.testing.assert_allclose(out, torch.softmax(_t(x), dim=-1).numpy(), **TOL["softmax"])
+
+    out, a, b = make_inputs("silu", (4, 8192), rng)
+    registry.get("silu", "reference")(out, a, b)
+    np.testing.assert_allclose(out, (F.silu(_t(a)) * _t(b)).numpy(), **TOL["silu"])
+
+    out, table, tokens = make_inputs("embedding", (5, 37, 33), rng)
+    registry.get("embedding", "reference")(out, table, tokens)
+    want = F.embedding(_t(tokens), _t(table.view(np.int16)).view(torch.bfloat16)).float().numpy()
+    np.testing.assert_array_equal(out, want)
+
+    for case in CASES["argmax"]:
+        (x,) = make_inputs("argmax", case, rng)
+        assert registry.get("argmax", "reference")(x) == torch.argmax(_t(x)).item(), case
+
+
+def test_reference_attention_matches_metas_attention_math(rng):
+    # Meta's Attention.forward after the cache update: repeat_kv, scores / sqrt(Dh) + causal mask
+    # (built as in Transformer.forward for chunked prefill), softmax in float32, @ values.
+    for case in [(5, 32, 8, 128, 128, 37), (3, 4, 1, 16, 32, 9), (1, 4, 2, 8, 16, 5)]:
+        out, q, k_cache, v_cache, start_pos = make_inputs("attention", case, rng)
+        n_tokens, n_heads, n_kv, head_dim, _, _ = case
+        n_ctx = start_pos + n_tokens
+        keys = repeat_kv(_t(k_cache[:, :n_ctx]).transpose(0, 1)[None], n_heads // n_kv).transpose(1, 2)
+        values = repeat_kv(_t(v_cache[:, :n_ctx]).transpose(0, 1)[None], n_heads // n_kv).transpose(1, 2)
+        xq = _t(q)[None].transpose(1, 2)  # [1, H, T, Dh]
+        mask = torch.hstack([torch.zeros(n_tokens, start_pos), torch.triu(torch.full((n_tokens, n_tokens), float("-inf")), 1)])
+        scores = torch.matmul(xq, keys.transpose(2, 3)) / np.sqrt(head_dim) + mask
+        want = torch.matmul(F.softmax(scores.float(), dim=-1), values).transpose(1, 2)[0].numpy()
+        registry.get("attention", "reference")(out, q, k_cache, v_cache, start_pos)
+        np.testing.assert_allclose(out, want, **TOL["attention"], err_msg=str(case))
+
+
+# ---------------------------------------------------------------------- checks and aliasing
+
+
+@pytest.mark.parametrize(
+    "op,args,message",
+    [
+        ("matmul", (np.zeros((1, 8), np.float32), np.zeros((1, 4), np.float64), np.zeros((8, 4), np.uint16)), "x must be float32"),
+        ("matmul", (np.zeros((1, 8), np.float32), np.zeros((1, 5), np.float32), np.zeros((8, 4), np.uint16)), r"x\(1, 5\)"),
+        ("rmsnorm", (np.zeros((2, 4), np.float32), np.zeros((2, 4), np.float32), np.zeros(4, np.float32), 1e-5), "weight must be uint16"),
+        ("rmsnorm", (np.zeros((2, 4), np.float32), np.zeros((2, 4), np.float32), np.zeros(5, np.uint16), 1e-5), r"weight\(5,\)"),
+        ("attention", (np.zeros((1, 6, 8), np.float32),) * 2 + (np.zeros((4, 16, 8), np.float32),) * 2 + (0,), "H % KVH"),
+        ("attention", (np.zeros((2, 4, 8), np.float32),) * 2 + (np.zeros((2, 16, 8), np.float32),) * 2 + (15,), "beyond the cache"),
+        ("rope", (np.zeros((2, 4, 8), np.float32), np.zeros((16, 4), np.float32), np.zeros((16, 4), np.float32), 15), "beyond the table"),
+        ("embedding", (np.zeros((1, 4), np.float32), np.zeros((10, 4), np.uint16), np.array([10])), r"\[0, 10\)"),
+        ("softmax", (np.zeros((2, 4), np.float32), np.zeros((2, 3), np.float32)), "shapes must agree"),
+        ("silu", (np.zeros((2, 4), np.float32), np.zeros((2, 4), np.float32)[:, ::2], np.zeros((2, 2), np.float32)), "C-contiguous"),
+    ],
+)
+def test_declared_check_rejects_bad_arguments(op, args, message):
+    with pytest.raises(LlamaNbError, match=message):
+        registry.ops[op].check(*args)
+
+
+def test_matmul_check_rejects_out_aliasing_x():
+    buf = np.zeros((1, 8), np.float32)
+    with pytest.raises(LlamaNbError, match="alias"):
+        registry.ops["matmul"].check(buf, buf, np.zeros((8, 8), np.uint16))
+
+
+@pytest.mark.parametrize("impl", sorted(registry.impls["rmsnorm"]))
+def test_rmsnorm_in_place(impl, rng):
+    out, x, weight, eps = make_inputs("rmsnorm", (3, 4097), rng)
+    want = call(registry.get("rmsnorm", "reference"), (out, x, weight, eps))
+    registry.get("rmsnorm", impl)(x, x, weight, eps)
+    assert_matches("rmsnorm", x, want, f"rmsnorm[{impl}] out is x")
+
+
+@pytest.mark.parametrize("impl", sorted(registry.impls["softmax"]))
+def test_softmax_in_place(impl, rng):
+    out, x = make_inputs("softmax", (32, 1025), rng)
+    want = call(registry.get("softmax", "reference"), (out, x))
+    registry.get("softmax", impl)(x, x)
+    assert_matches("softmax", x, want, f"softmax[{impl}] out is x")
+
+
+@pytest.mark.parametrize("impl", sorted(registry.impls["silu"]))
+@pytest.mark.parametrize("alias", ["a", "b"])
+def test_silu_in_place(impl, alias, rng):
+    out, a, b = make_inputs("silu", (4, 8192), rng)
+    want = call(registry.get("silu", "reference"), (out, a, b))
+    target = a if alias == "a" else b
+    registry.get("silu", impl)(target, a, b)
+    assert_matches("silu", target, want, f"silu[{impl}] out is {alias}")
+
+
+@pytest.mark.parametrize("impl", sorted(registry.impls["silu"]))
+def test_silu_of_large_negative_inputs_warns_nothing_and_is_finite(impl):
+    a = np.array([[-1e4, -3e38, -88.7, -104.0, 0.0, 3e38]], np.float32)
+    out = np.empty_like(a)
+    with np.errstate(all="raise"):
+        registry.get("silu", impl)(out, a, np.ones_like(a))
+    assert np.isfinite(out).all() and (out[0, :5] <= 0).all() and out[0, 5] == np.float32(3e38)
+
+
+@pytest.mark.parametrize("impl", sorted(registry.impls["argmax"]))
+def test_argmax_first_of_ties_and_first_nan(impl):
+    argmax = registry.get("argmax", impl)
+    x = np.zeros(40000, np.float32)
+    x[[5, 20000, 39999]] = 2.0  # ties across parallel chunks: the first wins
+    assert argmax(x) == 5
+    x[[30000, 17]] = np.nan  # NaN counts as the largest, like np.argmax: the first NaN wins
+    assert argmax(x) == 17
+    assert isinstance(argmax(x), int)
+
+
+@pytest.mark.parametrize("impl", sorted(registry.impls["matmul"]))
+def test_matmul_with_no_tokens_writes_nothing(impl):
+    out = np.zeros((0, 3), np.float32)
+    registry.get("matmul", impl)(out, np.zeros((0, 4), np.float32), np.zeros((3, 4), np.uint16))
