@@ -111,7 +111,7 @@ def load_pth(path: str | Path) -> Checkpoint:
     try:
         obj = _RestrictedUnpickler(pkl, archive).load()
     except _Refused as exc:
-        raise CheckpointError(f"{exc.args[0]} in {where}") from None
+        raise CheckpointError(exc.located(where)) from None
     except Exception as exc:  # noqa: BLE001 - nothing unsafe ran; malformed input of any kind
         raise CheckpointError(f"{where}: corrupt or unsupported pickle ({type(exc).__name__}: {exc})") from None
     if not isinstance(obj, dict):
@@ -130,7 +130,14 @@ def load_pth(path: str | Path) -> Checkpoint:
 
 
 class _Refused(Exception):
-    """Raised inside unpickling; load_pth adds the file name and turns it into CheckpointError."""
+    """Raised inside unpickling; load_pth adds the file name and turns it into CheckpointError.
+
+    `_Refused("refusing global os.system", "why")` reads "refusing global os.system in FILE: why".
+    """
+
+    def located(self, where: str) -> str:
+        head, *detail = self.args
+        return f"{head} in {where}" + (f": {detail[0]}" if detail else "")
 
 
 @dataclass(frozen=True)
@@ -304,33 +311,34 @@ class _TensorRef:
 
 def _rebuild_tensor(storage, storage_offset, size, stride) -> _TensorRef:
     if not isinstance(storage, _Storage):
-        raise _Refused(f"refusing a tensor whose storage is a {type(storage).__name__}, not a persistent storage id")
+        raise _Refused("refusing a tensor", f"its storage is a {type(storage).__name__}, not a persistent storage id")
     offset = _nonneg_int(storage_offset, "storage_offset")
     shape = _int_tuple(size, "size")
     strides = _int_tuple(stride, "stride")
     if len(shape) != len(strides):
-        raise _Refused(f"refusing a tensor with size {shape} but stride {strides}")
+        raise _Refused("refusing a tensor", f"size {shape} but stride {strides}")
     if all(n > 0 for n in shape):  # empty tensors touch no element: any offset is harmless
         last = offset + sum((n - 1) * s for n, s in zip(shape, strides))
         if last >= storage.numel:
             raise _Refused(
-                f"refusing a tensor (storage {storage.key!r}, offset {offset}, size {shape}, stride {strides}) reaching "
-                f"element {last} of a storage of {storage.numel} elements"
+                "refusing a tensor",
+                f"storage {storage.key!r}, offset {offset}, size {shape}, stride {strides} reaches element "
+                f"{last} of a storage of {storage.numel} elements",
             )
     return _TensorRef(storage, offset, shape, strides)
 
 
 def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad, backward_hooks, metadata=None):
     if not isinstance(requires_grad, bool):
-        raise _Refused("refusing a tensor whose requires_grad is not a bool")
+        raise _Refused("refusing a tensor", "requires_grad is not a bool")
     if not (isinstance(backward_hooks, dict) and not backward_hooks) or metadata not in (None, {}):
-        raise _Refused("refusing a tensor with backward hooks or Python attributes")
+        raise _Refused("refusing a tensor", "it has backward hooks or Python attributes")
     return _rebuild_tensor(storage, storage_offset, size, stride)
 
 
 def _rebuild_parameter(data, requires_grad, backward_hooks):
     if not isinstance(data, _TensorRef):
-        raise _Refused(f"refusing an nn.Parameter wrapping a {type(data).__name__}")
+        raise _Refused("refusing an nn.Parameter", f"it wraps a {type(data).__name__}")
     return _rebuild_tensor_v2(data.storage, data.storage_offset, data.shape, data.stride, requires_grad, backward_hooks)
 
 
@@ -366,8 +374,8 @@ def _check_opcodes(pkl: bytes, where: str) -> None:
         for op, arg, pos in pickletools.genops(pkl):
             if op.name not in _ALLOWED_OPCODES:
                 raise CheckpointError(
-                    f"refusing pickle opcode {op.name} at byte {pos} in {where}: a tensor checkpoint "
-                    "never needs it (it can instantiate or modify arbitrary objects)"
+                    f"refusing pickle opcode {op.name} (byte {pos}) in {where}: a tensor checkpoint "
+                    "never needs it, and it can instantiate or modify arbitrary objects"
                 )
             if op.name == "GLOBAL":
                 module, _, name = str(arg).partition(" ")
@@ -381,14 +389,15 @@ def _check_opcodes(pkl: bytes, where: str) -> None:
 def _check_global(module: str, name: str, where: str) -> Any:
     target = _ALLOWED_GLOBALS.get((module, name))
     if target is None:
-        raise CheckpointError(f"{_refusal(module, name)} in {where}")
+        raise CheckpointError(_refusal(module, name).located(where))
     return target
 
 
-def _refusal(module: str, name: str) -> str:
+def _refusal(module: str, name: str) -> _Refused:
+    head = f"refusing global {module}.{name}"
     if module == "torch" and name.endswith("Storage"):  # a real tensor, just not a float type we read
-        return f"refusing global {module}.{name} (unsupported tensor dtype; llama_nb reads bfloat16, float16, float32)"
-    return f"refusing global {module}.{name} (a tensor checkpoint needs only {_ALLOWED_NAMES})"
+        return _Refused(head, "unsupported tensor dtype; llama_nb reads bfloat16, float16 and float32 tensors")
+    return _Refused(head, f"a tensor checkpoint needs only {_ALLOWED_NAMES}")
 
 
 _KEY = re.compile(r"[A-Za-z0-9_]{1,64}")
@@ -407,34 +416,34 @@ class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         target = _ALLOWED_GLOBALS.get((module, name))
         if target is None:
-            raise _Refused(_refusal(module, name))
+            raise _refusal(module, name)
         return target
 
     def persistent_load(self, pid: Any) -> _Storage:
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
-            raise _Refused(f"refusing persistent id {_short(pid)} (expected ('storage', type, key, location, numel))")
+            raise _Refused(f"refusing persistent id {_short(pid)}", "expected ('storage', type, key, location, numel)")
         _, stype, key, location, numel = pid
         if not isinstance(stype, _StorageType):
-            raise _Refused(f"refusing storage type {_short(stype)}")
+            raise _Refused(f"refusing storage type {_short(stype)}", "expected torch.BFloat16Storage, HalfStorage or FloatStorage")
         if not (isinstance(key, str) and _KEY.fullmatch(key)):
-            raise _Refused(f"refusing storage key {_short(key)} (expected a plain token like '0')")
+            raise _Refused(f"refusing storage key {_short(key)}", "expected a plain token like '0'")
         if not isinstance(location, str):
             raise _Refused(f"refusing storage location {_short(location)}")
         numel = _nonneg_int(numel, "storage numel")
         if key in self.storages:  # a storage shared by several tensors: same ids every time
             seen = self.storages[key]
             if (seen.stype, seen.numel) != (stype, numel):
-                raise _Refused(f"refusing storage {key!r} declared twice with different types or sizes")
+                raise _Refused(f"refusing storage {key!r}", "declared twice with different types or sizes")
             return seen
         try:
             entry = self.archive.entry(f"{self.archive.prefix}/data/{key}")
         except _Refused as exc:
-            raise _Refused(f"refusing storage {key!r}: {exc.args[0]}") from None
+            raise _Refused(f"refusing storage {key!r}", exc.args[0]) from None
         needed = numel * stype.np_dtype.itemsize
         if needed > entry.size:
             raise _Refused(
-                f"refusing storage {key!r}: {numel} x {stype.torch_name} needs {needed} bytes but "
-                f"zip entry {entry.name!r} holds {entry.size}"
+                f"refusing storage {key!r}",
+                f"{numel} x {stype.torch_name} needs {needed} bytes but zip entry {entry.name!r} holds {entry.size}",
             )
         storage = _Storage(key, stype, entry.offset, numel)
         self.storages[key] = storage
@@ -449,12 +458,12 @@ def _short(value: Any) -> str:
 def _nonneg_int(value: Any, what: str) -> int:
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
-    raise _Refused(f"refusing a tensor with {what} {_short(value)}")
+    raise _Refused("refusing a tensor", f"{what} is {_short(value)}")
 
 
 def _int_tuple(value: Any, what: str) -> tuple[int, ...]:
     if not isinstance(value, (tuple, list)) or len(value) > MAX_NDIM:
-        raise _Refused(f"refusing a tensor with {what} {_short(value)}")
+        raise _Refused("refusing a tensor", f"{what} is {_short(value)}")
     return tuple(_nonneg_int(v, what) for v in value)
 
 
