@@ -26,6 +26,7 @@ from llama_nb.io.tokenizer import (
     SPECIAL_TOKENS,
     StreamDecoder,
     Tokenizer,
+    _merge_with_heap,
     load_ranks,
 )
 
@@ -204,6 +205,22 @@ def test_long_inputs_match_meta(ours, meta, case):
     assert ours.encode(text, bos=True, eos=True) == meta.encode(text, bos=True, eos=True)
     assert ours.encode(text, bos=False, eos=False, allowed_special="all") == meta.encode(
         text, bos=False, eos=False, allowed_special="all")
+
+
+def test_bpe_of_single_pieces_matches_tiktoken(ours, meta):
+    """Both merge paths (the list one for short pieces, the heap one for long) against tiktoken's
+    byte_pair_encode on arbitrary bytes, including pieces the split pattern would never produce."""
+    rng = random.Random(SEED + 9)
+    texts = random_texts(300, seed=SEED + 10)
+    for trial in range(400):
+        if trial % 2:
+            piece = rng.choice(texts).encode("utf-8")[: rng.randint(1, 600)]
+        else:
+            piece = bytes(rng.randrange(256) for _ in range(rng.randint(1, 300)))
+        want = meta.model._encode_single_piece(piece)
+        assert ours._bpe(piece) == want, piece
+        heap_parts = _merge_with_heap(piece, ours.mergeable_ranks)
+        assert [ours.mergeable_ranks[p] for p in heap_parts] == want, piece
 
 
 def test_surrogates_handled_like_tiktoken(ours, meta):

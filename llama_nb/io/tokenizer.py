@@ -8,7 +8,8 @@ encode(s) = [bos] + concat over pieces p of bpe(utf8(p)) + [eos], where the piec
      non-whitespace) passes 25k chars. tiktoken needs it; we replicate it because the cuts change
      the output (a piece never spans a cut).
   2. allowed special tokens (`<|eot_id|>` ...) found in the text become their id; the text around
-     them is split by `pat_str` (the `regex` package: \\p{L}, \\p{N} and a lookahead).
+     them is split by `pat_str` (the `regex` package: \\p{L}, \\p{N} and a lookahead), with
+     letters and numbers as tiktoken's Rust regex knows them (Unicode 16: see _NEWER_LETTERS).
   3. bpe(b): if b is itself a token, that token; else start from single bytes and repeatedly merge
      the adjacent pair whose concatenation has the lowest rank (the leftmost among equals) until
      no adjacent pair is a token. This is tiktoken's `byte_pair_merge`.
@@ -62,10 +63,11 @@ SPECIAL_TOKENS = NAMED_SPECIAL_TOKENS + tuple(
     f"<|reserved_special_token_{2 + i}|>" for i in range(NUM_RESERVED_SPECIAL_TOKENS - len(NAMED_SPECIAL_TOKENS))
 )
 
-# tiktoken 0.14 splits with Rust's regex crate (Unicode 16 tables); the `regex` package we use
-# knows Unicode 17, which made these code points letters (L) or numbers (N). To tiktoken they are
-# neither, so to us too: measured by tests/test_tokenizer.py over every code point. A text holding
-# one of them is split with a pattern that subtracts them (2x slower; such text is rare).
+# tiktoken 0.14 splits with Rust's regex crate (Unicode 16 tables); `regex` 2025+ knows Unicode 17,
+# which made these code points letters (L) or numbers (N). To tiktoken they are neither, so to us
+# too. tests/test_tokenizer.py compares every class with tiktoken's over all code points, so a
+# `regex` or tiktoken upgrade that moves the boundary fails loudly. A text holding one of these
+# is split with a pattern that subtracts them (2x slower than the plain pattern; such text is rare).
 _NEWER_LETTERS = (
     "0558 058B-058C 088F 0C5C 0CDC 208F 209D-209F A7CE-A7CF A7D2 A7D4 A7DD A7E2 A7F1 AB6C-AB6D "
     "107BB-107BF 10940-10959 10EC5-10EC7 10ED9-10EEE 11B0A 11DB0-11DDB 11DF1 16EA0-16EB8 "
@@ -154,7 +156,7 @@ def load_ranks(path: Path) -> dict[bytes, int]:
     if not ranks:
         raise CheckpointError(f"{path}: no tokens in tokenizer file")
     n = len(ranks)
-    if len(line_of_rank) != n or max(line_of_rank) != n - 1:
+    if max(line_of_rank) != n - 1:  # n distinct non-negative ranks: 0..n-1 iff the largest is n-1
         rank = max(line_of_rank)
         raise CheckpointError(
             f"{path}:{line_of_rank[rank]}: rank {rank} but only {n} tokens: ranks must be 0..{n - 1}"
