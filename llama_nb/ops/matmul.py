@@ -6,8 +6,8 @@ w    uint16[N, K]    bf16 bits, exactly as stored in consolidated.00.pth
 
 Nearly all of a forward pass is spent here, so there are two kernels behind the one op:
 - T == 1 (decode): a matrix-vector product. Each weight is read once and used once, so the only
-  goal is to stream w at memory bandwidth: parallel over output rows, one row per iteration, the
-  widening and the dot product in a single vectorised loop.
+  goal is to stream w at memory bandwidth: parallel over blocks of MATVEC_BLOCK output rows, one
+  row at a time, the widening and the dot product in a single vectorised loop.
 - T > 1 (prefill): each weight is used T times. Parallel over blocks of ROW_BLOCK output rows;
   a block's rows are widened once into a small float32 scratch (ROW_BLOCK * K * 4 bytes, L2
   sized), then every token's dot products read that scratch, so w is streamed once for all T.
@@ -15,8 +15,11 @@ Both accumulate in float32 lanes (see DOT_FASTMATH in _jit.py); the reduction ax
 across threads.
 
 Measured on the 2-core AMD EPYC dev box (bench/bench_ops.py has the current numbers):
-- matvec: one row per iteration reaches the plain-read bandwidth (39 GB/s, 1 thread, 4096x14336);
-  four rows per iteration sharing x loads was slower (30 GB/s): x is in L1 anyway.
+- matvec, 1 thread, 512 MB of weights (cold), interleaved runs on a busy machine: `prange` over
+  single rows streamed 18-21 GB/s; `prange` over blocks of 64 rows with a plain `range` inside
+  streamed 31-37 GB/s, the same as a plain read kernel written the same way (32-36 GB/s), so the
+  blocked form is used (Numba's parfor lowering of a prange body optimises the inner loop less
+  well than a loop nested in it). Four rows per iteration sharing x loads was slower: x is in L1.
 - prefill: ~90 GFLOP/s at T=8 and ~120 GFLOP/s at T=64 (2 threads, K=N=4096); a 2x2 register
   block (two tokens x two rows) bought nothing measurable, so the simple loop stays.
 """
@@ -31,18 +34,20 @@ from llama_nb.ops.bf16 import bf16_to_f32
 from llama_nb.ops.registry import register
 
 ROW_BLOCK = 16  # output rows widened together in the prefill kernel
+MATVEC_BLOCK = 64  # output rows per parallel task in the matvec (see the measurements above)
 
 
 @njit_parallel_dot
 def _matvec(out, x, w):
     n_out, k_in = w.shape
     xv = x[0]
-    for n in prange(n_out):
-        row = w[n]  # a 0-based view: `range(k_in)` over it vectorises, `range(lo, hi)` would not
-        acc = np.float32(0.0)
-        for k in range(k_in):
-            acc += xv[k] * bf16_to_f32(row[k])
-        out[0, n] = acc
+    for block in prange((n_out + MATVEC_BLOCK - 1) // MATVEC_BLOCK):
+        for n in range(block * MATVEC_BLOCK, min((block + 1) * MATVEC_BLOCK, n_out)):
+            row = w[n]  # a 0-based view: `range(k_in)` over it vectorises, `range(lo, hi)` would not
+            acc = np.float32(0.0)
+            for k in range(k_in):
+                acc += xv[k] * bf16_to_f32(row[k])
+            out[0, n] = acc
 
 
 @njit_parallel_dot
