@@ -57,7 +57,19 @@ def test_32_greedy_tokens_match_meta(pair):
     want = meta.greedy(ids, N_GREEDY)
     got = [e.token for e in ours.generate(ids, N_GREEDY, stop_tokens=[])]
     assert got == want
-    assert len(set(got)) > 1  # a constant sequence would hide a broken decode path
+
+
+def test_decode_logits_match_meta_at_every_step(pair):
+    """Greedy tokens alone can hide a decode bug when a random tied model just repeats its input
+    token; the logits of every decode pass are compared too."""
+    ours, meta, _ = pair
+    ids = prompt_ids(ours)
+    meta.forward(ids, 0)
+    ours.forward(ids, 0)
+    rng = np.random.default_rng(0)
+    for step, token in enumerate(rng.integers(0, 128000, size=8)):
+        pos = len(ids) + step
+        np.testing.assert_allclose(ours.forward([int(token)], pos), meta.forward([int(token)], pos)[-1], atol=1e-3, rtol=0)
 
 
 def test_kv_cached_decode_equals_full_recompute(pair):

@@ -1,0 +1,122 @@
+"""The CLI end to end on a tiny model folder: run (plain and --json), menu with scripted input,
+and the one-line errors a user sees (through the real entry point, in a subprocess)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+import llama_nb
+from llama_nb.cli import app
+from tests.tinymodel import write_tiny_model
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return write_tiny_model(tmp_path_factory.mktemp("cli"), dim=64, n_layers=2, n_heads=4, n_kv_heads=2, seed=3)
+
+
+def invoke(*args, input=None):
+    return runner.invoke(app, [str(a) for a in args], input=input, catch_exceptions=False)
+
+
+def cli(*args, input=None):
+    """The real console entry point in a fresh interpreter: what a user's shell sees."""
+    return subprocess.run([sys.executable, "-m", "llama_nb", *map(str, args)], input=input,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_run_json_is_one_object_matching_the_library(folder):
+    result = invoke("run", "Once upon a time", "--model", folder, "--max-tokens", 6, "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)  # nothing but the object on stdout
+    llm = llama_nb.load_model(folder, ctx=64)
+    ids = llm.tokenizer.encode("Once upon a time", bos=True, eos=False)
+    want = [e.token for e in llm.generate(ids, 6)]
+    assert data["prompt_ids"] == ids and data["prompt_ids"][0] == 128000
+    assert data["generated_ids"] == want
+    assert data["text"] == llm.tokenizer.decode(want)
+    assert data["timings"]["prefill_tokens_per_second"] > 0
+    assert set(data["timings"]["op_seconds"]) >= {"matmul", "attention", "rmsnorm", "rope", "silu"}
+
+
+def test_run_chat_uses_metas_template(folder):
+    result = invoke("run", "Hi there", "--model", folder, "--system", "Be brief", "--max-tokens", 2, "--json")
+    assert result.exit_code == 0, result.output
+    ids = json.loads(result.stdout)["prompt_ids"]
+    llm = llama_nb.load_model(folder, ctx=64)
+    assert ids == llm.encode_prompt("Hi there", system="Be brief")
+    assert ids.count(128000) == 1
+    assert llm.tokenizer.decode(ids).endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
+
+
+def test_run_plain_streams_text_then_summary(folder):
+    result = invoke("run", "Once upon a time", "--model", folder, "--max-tokens", 5, "--impl", "matmul=reference")
+    assert result.exit_code == 0, result.output
+    assert "prefill:" in result.stderr and "decode:" in result.stderr and "stopped by" in result.stderr
+    data = json.loads(invoke("run", "Once upon a time", "--model", folder, "--max-tokens", 5, "--json").stdout)
+    assert result.stdout == data["text"] + "\n"
+
+
+def test_run_caps_max_tokens_to_the_context(folder):
+    result = invoke("run", "Once upon a time", "--model", folder, "--max-tokens", 500, "--ctx", 16, "--json")
+    data = json.loads(result.stdout)
+    assert any("capped to 11" in note for note in data["notes"])
+    assert len(data["prompt_ids"]) + len(data["generated_ids"]) <= 16
+
+
+def test_menu_scripted_session(folder):
+    script = "\n".join(["9", "abc", "0", "1", "7", "Once upon a time", "8", "", "Say hi", "q"]) + "\n"
+    result = invoke("menu", "--model", folder, "--max-tokens", 3, "--plain", input=script)
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert out.count("Select from the predefined prompts") == 7  # back to the menu after each answer
+    assert "Not a valid choice: 9" in out and "Not a valid choice: abc" in out
+    assert "Model metadata was printed" in out and "tok_embeddings.weight" in out
+    assert "You are Einstein" in out and "What is the flag of Turkey?" in out
+    assert out.rstrip().endswith("bye")
+
+
+def test_menu_end_of_input_leaves_cleanly(folder):
+    result = invoke("menu", "--model", folder, input="")
+    assert result.exit_code == 0 and "bye" in result.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "hi", "--model", "/no/such/folder"], "--model /no/such/folder: no such folder"),
+    (["run", "hi", "--temperature", "-1"], "--temperature must be a finite number >= 0"),
+    (["run", "hi", "--top-p", "2", "--temperature", "1"], "--top-p must be in (0, 1]"),
+    (["run", "hi", "--impl", "matmul=turbo"], "no implementation 'turbo' for op 'matmul'"),
+])
+def test_user_errors_are_one_line(args, message, folder):
+    if "--model" not in args:
+        args += ["--model", str(folder)]
+    proc = cli(*args)
+    assert proc.returncode == 1, proc.stderr
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len([l for l in proc.stderr.splitlines() if l.strip()]) <= 2  # the error + the debug hint
+
+
+def test_threads_beyond_the_cores_is_refused(folder):
+    proc = cli("run", "hi", "--model", folder, "--threads", "999")
+    assert proc.returncode == 1 and "--threads 999" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_no_model_explains_how_to_get_metas_files(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "llama_nb", "run", "hi"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert "models-original/Meta-Llama-3.1-8B-Instruct" in proc.stderr and "download" in proc.stderr
+
+
+def test_ops_lists_every_op():
+    result = invoke("ops")
+    assert result.exit_code == 0
+    for op in ("matmul", "rmsnorm", "rope", "attention", "embedding", "softmax", "silu", "argmax"):
+        assert op in result.stdout
