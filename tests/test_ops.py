@@ -2,6 +2,7 @@
 table (llama_nb/ops/cases.py, also used by bench/bench_ops.py); the references themselves against
 torch / Meta's RMSNorm; the declared argument checks; in-place aliasing."""
 
+import numba
 import numpy as np
 import pytest
 import torch
@@ -177,3 +178,19 @@ def test_argmax_first_of_ties_and_first_nan(impl):
 def test_matmul_with_no_tokens_writes_nothing(impl):
     out = np.zeros((0, 3), np.float32)
     registry.get("matmul", impl)(out, np.zeros((0, 4), np.float32), np.zeros((3, 4), np.uint16))
+
+
+@pytest.mark.parametrize("case", [(1, 127, 61), (5, 255, 129), (3, 4097, 33)])
+def test_matmul_result_does_not_depend_on_the_thread_count(case, rng):
+    # Each output element is one thread's dot product over the whole of K (never split across
+    # threads), so 1 and 2 threads must agree bit for bit.
+    args = make_inputs("matmul", case, rng)
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = call(registry.get("matmul"), args)
+        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+        two = call(registry.get("matmul"), args)
+    finally:
+        numba.set_num_threads(before)
+    np.testing.assert_array_equal(one, two)

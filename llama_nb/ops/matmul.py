@@ -21,11 +21,13 @@ Measured on the 2-core AMD EPYC dev box (bench/bench_ops.py has the current numb
   blocked form is used (Numba's parfor lowering of a prange body optimises the inner loop less
   well than a loop nested in it). Four rows per iteration sharing x loads was slower: x is in L1.
 - prefill: ~90 GFLOP/s at T=8 and ~120 GFLOP/s at T=64 (2 threads, K=N=4096); a 2x2 register
-  block (two tokens x two rows) bought nothing measurable, so the simple loop stays.
+  block (two tokens x two rows) bought nothing measurable, so the simple loop stays. A blocked
+  GEMM with a register-tiled micro-kernel would do better for long prompts; not done yet.
 """
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from numba import prange
 
@@ -51,13 +53,16 @@ def _matvec(out, x, w):
 
 
 @njit_parallel_dot
-def _matmul_prefill(out, x, w):
+def _matmul_prefill(out, x, w, n_slots):
     n_tokens, k_in = x.shape
     n_out = w.shape[0]
+    # One scratch per thread, allocated once per call: a fresh 256 KB array per block would be an
+    # mmap plus page faults every time (measured: 15-30% slower at 8x4096x128256 and 64x2048x8192).
+    scratch = np.empty((n_slots, ROW_BLOCK, k_in), np.float32)
     for block in prange((n_out + ROW_BLOCK - 1) // ROW_BLOCK):
         n0 = block * ROW_BLOCK
         rows = min(ROW_BLOCK, n_out - n0)
-        wide = np.empty((ROW_BLOCK, k_in), np.float32)  # float32(w[n0:n0+rows]), per task
+        wide = scratch[numba.get_thread_id()]  # float32(w[n0:n0+rows]), this thread's own
         for r in range(rows):
             src, dst = w[n0 + r], wide[r]
             for k in range(k_in):
@@ -80,4 +85,5 @@ def matmul(out: np.ndarray, x: np.ndarray, w: np.ndarray) -> None:
     if x.shape[0] == 1:
         _matvec(out, x, w)
     else:
-        _matmul_prefill(out, x, w)
+        # Thread ids are below NUMBA_NUM_THREADS whatever set_num_threads() chose.
+        _matmul_prefill(out, x, w, numba.config.NUMBA_NUM_THREADS)
