@@ -11,6 +11,9 @@ import os
 
 from numba import njit
 
+# Numba checks a cached kernel against its own source file only: after editing a helper that
+# kernels inline from another file (bf16.py), run once with LLAMA_NB_JIT_CACHE=0 or delete the
+# __pycache__/*.nbi/*.nbc files, or the kernels keep the old helper.
 CACHE = os.environ.get("LLAMA_NB_JIT_CACHE", "1") != "0"
 
 
