@@ -26,7 +26,10 @@ A folder holds exactly what Meta's download.sh writes for a single-file model:
 Shapes are computed here independently of llama_nb (hidden_dim with Meta's FeedForward formula);
 tests/test_pth.py checks them against Meta's own Transformer.state_dict(). Weights are random
 normal: matrices std 0.02 (as in GPT-2/Llama init), norms 1.0 +- 0.1, so logits are neither
-constant nor saturated. The same seed writes the same bytes.
+constant nor saturated. The same seed writes the same bytes. At dim 64, std 0.02 makes each layer's
+contribution small next to the embedding, so a TIED model tends to repeat its input token under
+greedy decoding; weight_std=None scales each matrix by 1/sqrt(fan_in) instead (unit-size
+activations at any dim, which is what std 0.02 is for dim ~2500) when varied tokens matter.
 """
 
 from __future__ import annotations
@@ -87,7 +90,9 @@ def tiny_params(
     return params
 
 
-def tiny_state_dict(params: dict, *, tie_output: bool = False, seed: int = 0) -> "collections.OrderedDict[str, torch.Tensor]":
+def tiny_state_dict(
+    params: dict, *, tie_output: bool = False, seed: int = 0, weight_std: float | None = 0.02
+) -> "collections.OrderedDict[str, torch.Tensor]":
     """Random bf16 weights with Meta's names and shapes for `params` (a params.json dict)."""
     dim, n_heads = params["dim"], params["n_heads"]
     n_kv_heads = params.get("n_kv_heads") or n_heads
@@ -96,8 +101,9 @@ def tiny_state_dict(params: dict, *, tie_output: bool = False, seed: int = 0) ->
     vocab = params["vocab_size"]
     gen = torch.Generator().manual_seed(seed)
 
-    def matrix(rows: int, cols: int) -> torch.Tensor:
-        return (torch.randn(rows, cols, generator=gen) * 0.02).to(torch.bfloat16)
+    def matrix(rows: int, cols: int) -> torch.Tensor:  # cols = fan_in (nn.Linear layout); embeddings: dim
+        std = weight_std if weight_std is not None else cols**-0.5
+        return (torch.randn(rows, cols, generator=gen) * std).to(torch.bfloat16)
 
     def norm() -> torch.Tensor:
         return (1.0 + 0.1 * torch.randn(dim, generator=gen)).to(torch.bfloat16)
@@ -137,6 +143,7 @@ def write_tiny_model(
     tie_output: bool = False,
     seed: int = 0,
     tokenizer: str | None = "llama3",
+    weight_std: float | None = 0.02,
 ) -> Path:
     """Write consolidated.00.pth, params.json (and tokenizer.model) into `dir`; return `dir`.
 
@@ -163,7 +170,8 @@ def write_tiny_model(
         rope_theta=rope_theta,
         use_scaled_rope=use_scaled_rope,
     )
-    torch.save(tiny_state_dict(params, tie_output=tie_output, seed=seed), folder / "consolidated.00.pth")
+    state = tiny_state_dict(params, tie_output=tie_output, seed=seed, weight_std=weight_std)
+    torch.save(state, folder / "consolidated.00.pth")
     (folder / "params.json").write_text(json.dumps(params) + "\n")
     if tokenizer == "llama3":
         shutil.copyfile(llama3_tokenizer_path(), folder / "tokenizer.model")
