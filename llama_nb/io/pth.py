@@ -96,7 +96,7 @@ class Checkpoint:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of tensor data (tensors sharing storage counted once per tensor)."""
+        """Bytes the tensors span (a storage shared by two tensors is counted twice)."""
         return sum(t.nbytes for t in self.tensors.values())
 
 
@@ -113,7 +113,8 @@ def load_pth(path: str | Path) -> Checkpoint:
     except _Refused as exc:
         raise CheckpointError(exc.located(where)) from None
     except Exception as exc:  # noqa: BLE001 - nothing unsafe ran; malformed input of any kind
-        raise CheckpointError(f"{where}: corrupt or unsupported pickle ({type(exc).__name__}: {exc})") from None
+        detail = " ".join(str(exc).split())[:200]  # one line, whatever the exception said
+        raise CheckpointError(f"{where}: corrupt or unsupported pickle ({type(exc).__name__}: {detail})") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{where}: expected a state dict (name -> tensor), got {type(obj).__name__}")
     tensors: dict[str, np.ndarray] = {}
@@ -167,7 +168,7 @@ class _Archive:
                 try:
                     zf = zipfile.ZipFile(f)
                     infolist = zf.infolist()
-                except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, struct.error) as exc:
+                except Exception as exc:  # noqa: BLE001 - BadZipFile, EOFError, struct.error, ... on garbage
                     raise CheckpointError(_not_a_zip(path, head, exc)) from None
         except FileNotFoundError:
             raise CheckpointError(f"{path}: no such file") from None
@@ -267,7 +268,7 @@ def _not_a_zip(path: Path, head: bytes, exc: Exception) -> str:
         return f"{path}: legacy tar-format torch checkpoint; re-save it with a recent torch"
     if head.startswith(b"GGUF"):
         return f"{path}: a GGUF file (llama.cpp format), not a torch checkpoint"
-    return f"{path}: not a torch.save zip archive ({exc})"
+    return f"{path}: not a torch.save zip archive ({' '.join(str(exc).split())[:200]})"
 
 
 # --- the restricted unpickler --------------------------------------------------------------------
