@@ -37,7 +37,7 @@ def test_matches_reference(op, impl, rng):
 
 
 def test_real_8b_shapes_are_tested_not_only_benchmarked():
-    for case in [(1, 4096, 4096), (1, 4096, 14336), (8, 4096, 128256)]:
+    for case in [(1, 4096, 4096), (1, 4096, 14336), (1, 14336, 4096), (8, 4096, 128256)]:
         assert case in ci_cases("matmul")
     assert (1, 32, 8, 128, 1024, 700) in ci_cases("attention")
 
