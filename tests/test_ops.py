@@ -194,3 +194,17 @@ def test_matmul_result_does_not_depend_on_the_thread_count(case, rng):
     finally:
         numba.set_num_threads(before)
     np.testing.assert_array_equal(one, two)
+
+
+def test_benchmark_runs_the_same_table_and_rejects_unknown_names():
+    from llama_nb.ops import benchmark
+
+    seen = []
+    result = benchmark.run(ops=["silu"], repeat=1, read_bytes=1 << 20, progress=lambda r, row: seen.append(row))
+    assert [(r.impl, r.case) for r in result.rows] == [(i, c) for c in CASES["silu"] for i in sorted(registry.impls["silu"])]
+    assert seen == result.rows and result.read_gbps > 0 and all(r.ms > 0 for r in result.rows)
+    assert "silu" in benchmark.format_table(result)
+    with pytest.raises(LlamaNbError, match="--op 'silly'"):
+        benchmark.run(ops=["silly"])
+    with pytest.raises(LlamaNbError, match="--impl 'fast'"):
+        benchmark.run(ops=["silu"], impls=["fast"])

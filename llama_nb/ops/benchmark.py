@@ -137,6 +137,7 @@ def run(
     repeat: int = 5,
     seed: int = 0,
     progress=None,
+    read_bytes: int = _READ_BYTES,
 ) -> Result:
     """Benchmark every (op, impl, case) selected; None selects all.
 
@@ -157,7 +158,7 @@ def run(
         if not 1 <= threads <= numba.config.NUMBA_NUM_THREADS:
             raise LlamaNbError(f"--threads {threads}: must be between 1 and {numba.config.NUMBA_NUM_THREADS}")
         numba.set_num_threads(threads)
-    result = Result(numba.get_num_threads(), read_bandwidth())
+    result = Result(numba.get_num_threads(), read_bandwidth(nbytes=read_bytes))
     rng = np.random.default_rng(seed)
     for op in ops:
         chosen = [i for i in sorted(registry.impls[op]) if impls is None or i in impls]
