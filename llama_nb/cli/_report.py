@@ -21,7 +21,8 @@ class RunReport:
     """Everything `run` and `menu` show about one generation."""
 
     model: str
-    impl: str
+    impl: str  # the full spec, e.g. "argmax=numba,...,softmax=numba"
+    impl_short: str  # "defaults" or "defaults + matmul=reference"
     threads: int
     load_seconds: float
     compile_seconds: float
@@ -58,12 +59,12 @@ class RunReport:
         }
 
 
-def layer_table(layer_seconds: np.ndarray, title: str = "per-layer time of the last token (ms)") -> Table:
+def layer_table(layer_seconds: np.ndarray) -> Table:
     """Attention and feed-forward milliseconds per layer; long models fold into side-by-side columns."""
     n = len(layer_seconds)
     per_column = 16
     columns = max(1, -(-n // per_column))
-    table = Table(title=title, title_justify="left", box=None, pad_edge=False, show_edge=False)
+    table = Table(box=None, pad_edge=False, show_edge=False)
     for _ in range(columns):
         table.add_column("layer", justify="right", style="dim")
         table.add_column("attn", justify="right")
@@ -93,6 +94,7 @@ def progress_panel(n_prompt: int, n_generated: int, max_tokens: int, elapsed: fl
     )
     parts: list = [head]
     if layer_seconds is not None and len(layer_seconds):
+        parts.append(Text("per-layer time of the last token, ms", style="dim"))
         parts.append(layer_table(layer_seconds))
     return Panel(Group(*parts), title="llama-nb", title_align="left", border_style="blue")
 
@@ -102,9 +104,9 @@ def summary_table(report: RunReport) -> Table:
     s = report.stats
     table = Table(title="summary", title_justify="left", show_header=False, box=None)
     table.add_column(style="dim")
-    table.add_column(justify="right", style="bold")
+    table.add_column(style="bold")
     table.add_row("model", report.model)
-    table.add_row("kernels", report.impl)
+    table.add_row("kernels", report.impl_short)
     table.add_row("threads", str(report.threads))
     table.add_row("load", f"{report.load_seconds:.3f} s")
     table.add_row("JIT compile / cache load", f"{report.compile_seconds:.3f} s")

@@ -84,7 +84,7 @@ def stream(llm, prompt_ids: list[int], max_tokens: int, *, temperature: float = 
     if mode is None:
         mode = "live" if console.is_terminal else "plain"
     report = RunReport(
-        model=str(llm.folder), impl=llm.ops.describe(), threads=set_threads(None),
+        model=str(llm.folder), impl=llm.ops.describe(), impl_short=llm.ops.describe_short(), threads=set_threads(None),
         load_seconds=llm.load_seconds, compile_seconds=llm.compile_seconds or 0.0, prompt_ids=list(prompt_ids),
     )
     room = llm.ctx - len(prompt_ids)

@@ -259,6 +259,11 @@ class OpSet:
         """`"matmul=numba,rope=numba,..."`: a spec that rebuilds this OpSet."""
         return ",".join(f"{op}={name}" for op, name in sorted(self.choice.items()))
 
+    def describe_short(self) -> str:
+        """`"defaults"`, or the ops that differ from their default: `"defaults + matmul=reference"`."""
+        changed = [f"{op}={name}" for op, name in sorted(self.choice.items()) if _DEFAULTS.get(op) != name]
+        return "defaults" + (" + " + ",".join(changed) if changed else "")
+
 
 def table_rows() -> Iterable[tuple[str, str, bool, str]]:
     """(op, implementation, is_default, source) for every registered implementation, sorted."""
