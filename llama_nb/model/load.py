@@ -70,9 +70,10 @@ class Llama:
     def forward(self, tokens: Sequence[int], start_pos: int) -> np.ndarray:
         """float32[vocab_size] logits of the last of `tokens`, placed at positions start_pos..
 
-        Earlier positions must have been run before (they live in the KV cache)."""
+        Earlier positions must have been run before (they live in the KV cache). The result is
+        a new array (the model's own logits buffer is overwritten by the next pass)."""
         self.compile()
-        return self.model.forward(tokens, start_pos)
+        return self.model.forward(tokens, start_pos).copy()
 
     def generate(
         self,

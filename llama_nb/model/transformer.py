@@ -132,6 +132,7 @@ class Transformer:
         """Run `tokens` at positions start_pos.. and return float32[V] logits of the last one.
 
         The KV cache keeps positions 0..start_pos-1 from earlier calls; they are not recomputed.
+        The logits are a view of the state's buffer: the next call overwrites them.
         """
         tokens = np.ascontiguousarray(tokens, dtype=np.int64).reshape(-1)
         n = len(tokens)
