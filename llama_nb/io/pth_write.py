@@ -30,7 +30,10 @@ The pickle opcodes are emitted here by hand: pickle.Pickler would import torch t
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
+import os
 import shutil
 import struct
 import zlib
@@ -264,3 +267,49 @@ def write_random_model(folder: str | Path, args: ModelArgs, seed: int = 0, token
 def _stem(filename: str) -> str:
     """torch.save's archive folder name: the file name up to its last dot ("consolidated.00")."""
     return filename.rsplit(".", 1)[0] if "." in filename else filename
+
+
+# --- random models of the real Llama shapes, cached -----------------------------------------------
+
+# Meta's params.json of each model (Llama 3.2 1B ties the output to the embeddings).
+SHAPES: dict[str, tuple[ModelArgs, bool]] = {
+    "llama3.2-1b": (ModelArgs(dim=2048, n_layers=16, n_heads=32, n_kv_heads=8, vocab_size=128256, multiple_of=256,
+                              ffn_dim_multiplier=1.5, norm_eps=1e-5, rope_theta=500000.0, use_scaled_rope=True), True),
+    "llama3.1-8b": (ModelArgs(dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, vocab_size=128256, multiple_of=1024,
+                              ffn_dim_multiplier=1.3, norm_eps=1e-5, rope_theta=500000.0, use_scaled_rope=True), False),
+}
+SHAPES["llama3.1-8b-4layers"] = (dataclasses.replace(SHAPES["llama3.1-8b"][0], n_layers=4), False)
+
+
+def shape_nbytes(name: str) -> int:
+    """Bytes of the bf16 tensors of the random model `name` (the file is a few KB more)."""
+    args, tied = SHAPES[name]
+    return 2 * sum(math.prod(s) for s in expected_shapes(args, tied_output=tied).values())
+
+
+def shape_folder(name: str) -> Path:
+    """Where the random model `name` is cached: $LLAMA_NB_CACHE/shapes/<name> (default ~/.cache/llama_nb)."""
+    cache = os.environ.get("LLAMA_NB_CACHE") or Path.home() / ".cache" / "llama_nb"
+    return Path(cache).expanduser() / "shapes" / name
+
+
+def ensure_shape_model(name: str, seed: int = 0, on_write=None) -> Path:
+    """The folder of a random model of shape `name`, written once (seed 0) and reused afterwards.
+
+    `on_write(folder, nbytes)` is called before a (possibly long) write. LlamaNbError for an unknown
+    name or when the disk has not room for it."""
+    if name not in SHAPES:
+        raise LlamaNbError(f"--shape {name!r}: unknown; known shapes: {', '.join(SHAPES)}")
+    folder = shape_folder(name)
+    if (folder / CHECKPOINT_NAME).is_file() and (folder / PARAMS_NAME).is_file():
+        return folder
+    nbytes = shape_nbytes(name)
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    if free < nbytes * 1.05:
+        raise LlamaNbError(f"--shape {name}: needs {nbytes / 1e9:.1f} GB in {folder}, only {free / 1e9:.1f} GB free "
+                           "(set LLAMA_NB_CACHE to a bigger disk)")
+    if on_write is not None:
+        on_write(folder, nbytes)
+    args, tied = SHAPES[name]
+    return write_random_model(folder, args, seed=seed, tied_output=tied)
