@@ -8,11 +8,14 @@
     call(fn, args) -> result             runs fn on a fresh copy of args[0] (the output, or rope's
                                          in-place x) and returns the result
     TOL[op]          dict(rtol=, atol=) for comparing any implementation with "reference"
-    assert_matches(op, got, want, msg)   the comparison itself (bit-exact where TOL is zero)
+    X_ROUNDED_TO_BF16  the (op, impl) pairs that round the activations to bf16 (looser, see below)
+    assert_matches(op, got, want, msg, impl=, args=)   the comparison itself (bit-exact where TOL
+                                         is zero; the bf16-activation bound for those impls)
 
 Sizes: tiny ones, odd ones that do not divide any block or vector width (tiling bugs), and the real
 Llama 3.1 8B shapes (dim 4096, 32 heads / 8 kv heads of 128, hidden 14336, vocab 128256); the
-Llama 3.2 1B shapes (dim 2048, hidden 8192) are benchmarked only.
+Llama 3.2 1B shapes (dim 2048, hidden 8192) and the 128-token prefill shapes (llama.cpp's pp128)
+are benchmarked only.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from llama_nb.ops.reference import f32_to_bf16_np
+from llama_nb.ops.reference import bf16_to_f32_np, f32_to_bf16_np
 from llama_nb.ops.rope import rope_tables
 
 FIELDS = {
@@ -48,6 +51,10 @@ CASES: dict[str, list[tuple[int, ...]]] = {
         (1, 4096, 4096), (1, 4096, 14336), (8, 4096, 128256),      # 8B: wq/wo, w1/w3, output
         (1, 2048, 2048), (1, 2048, 8192), (1, 2048, 128256),       # 1B decode
         (1, 14336, 4096), (64, 2048, 8192),                         # 8B w2; 1B prefill chunk
+        (17, 1100, 71),                                             # prefill: ragged T, N, and K blocks
+        # pp128 (bench): 1B wq/wo, w1/w3, w2; 8B wq/wo, w1/w3, w2
+        (128, 2048, 2048), (128, 2048, 8192), (128, 8192, 2048),
+        (128, 4096, 4096), (128, 4096, 14336), (128, 14336, 4096),
     ],
     "rope": [
         (1, 1, 2, 1, 0), (3, 5, 8, 16, 7), (7, 8, 128, 1024, 100),
@@ -69,7 +76,11 @@ CASES: dict[str, list[tuple[int, ...]]] = {
 }
 
 BENCH_ONLY: dict[str, set[tuple[int, ...]]] = {
-    "matmul": {(1, 2048, 2048), (1, 2048, 8192), (1, 2048, 128256), (64, 2048, 8192)},
+    "matmul": {
+        (1, 2048, 2048), (1, 2048, 8192), (1, 2048, 128256), (64, 2048, 8192),
+        (128, 2048, 2048), (128, 2048, 8192), (128, 8192, 2048),
+        (128, 4096, 4096), (128, 4096, 14336), (128, 14336, 4096),
+    },
     "attention": {(1, 32, 8, 128, 8192, 4095)},
 }
 
@@ -105,9 +116,32 @@ TOL: dict[str, dict[str, float]] = {
 }
 
 
-def assert_matches(op: str, got, want, msg: str = "") -> None:
-    """Raise AssertionError unless `got` equals `want` within TOL[op] (bit for bit when TOL is 0)."""
+# Implementations that round the activations x to bf16 before multiplying (vdpbf16ps multiplies bf16
+# pairs; llama.cpp's bf16 path does the same). bf16 keeps 8 significant bits, so rounding to nearest
+# moves each x[k] by at most 2^-8 |x[k]| and a dot product by at most 2^-8 * sum_k |x[k] w[k]|.
+# They are held to that bound, elementwise, plus TOL["matmul"] for the float32 summation; the
+# tests also compare them tightly with the reference run on bf16(x). On the cases of make_inputs
+# the largest error seen was 0.72 of the bound, and 0.04 absolute on outputs up to 120.
+# Whole model: with matmul=numba_bf16dot the tiny models of tests/test_model.py miss Meta's logits
+# by up to ~1e-3 (the test's tolerance), so this path is opt-in, never the default.
+X_ROUNDED_TO_BF16 = {("matmul", "numba_bf16dot")}
+BF16_UNIT_ROUNDOFF = 2.0**-8
+
+
+def assert_matches(op: str, got, want, msg: str = "", impl: str | None = None, args: Sequence | None = None) -> None:
+    """Raise AssertionError unless `got` equals `want` within TOL[op] (bit for bit when TOL is 0).
+
+    For (op, impl) in X_ROUNDED_TO_BF16, `args` (the op's arguments) give the error bound instead.
+    """
     tol = TOL[op]
+    if (op, impl) in X_ROUNDED_TO_BF16:
+        _, x, w = args
+        bound = BF16_UNIT_ROUNDOFF * _abs_matmul(x, w)
+        allowed = bound + tol["atol"] + tol["rtol"] * np.abs(want)
+        excess = np.abs(np.asarray(got, np.float64) - want) - allowed
+        bad = np.flatnonzero(~(excess <= 0))  # NaN counts as bad
+        assert bad.size == 0, f"{msg}: {bad.size} elements beyond the bf16-activation bound, first at flat index {bad[0]}"
+        return
     if np.isscalar(want) or np.ndim(want) == 0:
         assert got == want, f"{msg}: got {got}, want {want}"
     elif tol["rtol"] == 0 and tol["atol"] == 0:
@@ -118,6 +152,15 @@ def assert_matches(op: str, got, want, msg: str = "") -> None:
         assert bad.size == 0, f"{msg}: {bad.size} elements differ, first at flat index {bad[0]}"
     else:
         np.testing.assert_allclose(got, want, err_msg=msg, **tol)
+
+
+def _abs_matmul(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """|x| @ |float32(w)|.T in float64, in slabs of rows (an 8B output matrix is 1 GB of bf16)."""
+    out = np.empty((x.shape[0], w.shape[0]))
+    ax = np.abs(x).astype(np.float64)
+    for n0 in range(0, w.shape[0], 8192):
+        out[:, n0 : n0 + 8192] = ax @ np.abs(bf16_to_f32_np(w[n0 : n0 + 8192])).astype(np.float64).T
+    return out
 
 
 def call(fn: Callable, args: Sequence):

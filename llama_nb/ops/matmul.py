@@ -31,15 +31,18 @@ Measured on the 2-core AMD EPYC dev box (bench/bench_ops.py has the current numb
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 from numba import prange
 
-from llama_nb.ops._jit import njit_parallel_dot
-from llama_nb.ops.bf16 import bf16_to_f32
+from llama_nb.ops._jit import njit_inline, njit_parallel_dot
+from llama_nb.ops.bf16 import bf16_to_f32, f32_to_bf16
 from llama_nb.ops.registry import register
+from llama_nb.ops.simd import (
+    HAS_AVX512_BF16, bf16x16_load_f32, bf16x32_dot, bf16x32_load, f32x16_fma, f32x16_load, f32x16_sum, f32x16_zero,
+)
 
-ROW_BLOCK = 16  # output rows widened together in the prefill kernel
+TASK_ROWS = 64  # output rows per parallel task in the prefill kernels
+K_BLOCK = 1024  # prefill reduction block: a task's w[64, 1024] (128 KB bf16) stays in L2
 MATVEC_BLOCK = 64  # output rows per parallel task in the matvec (see the measurements above)
 X_IN_L1 = 8192  # float32 elements of x (32 KB) that stay in a typical 32-48 KB L1d; beyond: 4 rows
 
@@ -84,41 +87,199 @@ def _matvec_4rows(out, x, w):
             n += 1
 
 
+# ------------------------------------------------------------------------------ prefill (T > 1)
+# Both prefill kernels compute a 4-token x 4-row tile of out at a time, with sixteen 16-lane
+# accumulators held in registers (ops/simd.py): per step every loaded x vector serves 4 rows and
+# every loaded w vector serves 4 tokens, so 8 loads feed 16 multiply-add instructions. Lane j of
+# an accumulator sums the products of k = j (mod lanes); the 16 lanes are added by a fixed tree at
+# the end (f32x16_sum), so the result is deterministic and independent of the thread count.
+# Ragged edges need no code of their own: token and row indices past the end are clamped to the
+# last one, so an edge tile recomputes (and rewrites, with the same value) a valid cell.
+
+
+@njit_inline
+def _bf16_dot_tail(xr, wr, lo, hi):
+    """sum(float32(xr[k]) * float32(wr[k]) for k in lo..hi-1): the K % 32 leftover of a dot."""
+    acc = np.float32(0.0)
+    for k in range(lo, hi):
+        acc += bf16_to_f32(xr[k]) * bf16_to_f32(wr[k])
+    return acc
+
+
+@njit_inline
+def _f32_dot_tail(xr, wr, lo, hi):
+    """sum(xr[k] * float32(wr[k]) for k in lo..hi-1): the K % 16 leftover of a dot."""
+    acc = np.float32(0.0)
+    for k in range(lo, hi):
+        acc += xr[k] * bf16_to_f32(wr[k])
+    return acc
+
+
+@njit_inline
+def _put(out, t, r, partial, first, distinct):
+    # The first K block writes; later ones add, but only into cells not already covered by the
+    # tile (a clamped duplicate index must not add its partial sum twice).
+    if first:
+        out[t, r] = partial
+    elif distinct:
+        out[t, r] += partial
+
+
+@njit_inline
+def _store_tile(out, t0, r0, n_tokens, r_end, first, s00, s01, s02, s03, s10, s11, s12, s13,
+                s20, s21, s22, s23, s30, s31, s32, s33):
+    ta, tb, tc, td = t0, min(t0 + 1, n_tokens - 1), min(t0 + 2, n_tokens - 1), min(t0 + 3, n_tokens - 1)
+    ra, rb, rc, rd = r0, min(r0 + 1, r_end - 1), min(r0 + 2, r_end - 1), min(r0 + 3, r_end - 1)
+    ob, oc, od = t0 + 1 < n_tokens, t0 + 2 < n_tokens, t0 + 3 < n_tokens
+    pb, pc, pd = r0 + 1 < r_end, r0 + 2 < r_end, r0 + 3 < r_end
+    _put(out, ta, ra, s00, first, True)
+    _put(out, ta, rb, s01, first, pb)
+    _put(out, ta, rc, s02, first, pc)
+    _put(out, ta, rd, s03, first, pd)
+    _put(out, tb, ra, s10, first, ob)
+    _put(out, tb, rb, s11, first, ob and pb)
+    _put(out, tb, rc, s12, first, ob and pc)
+    _put(out, tb, rd, s13, first, ob and pd)
+    _put(out, tc, ra, s20, first, oc)
+    _put(out, tc, rb, s21, first, oc and pb)
+    _put(out, tc, rc, s22, first, oc and pc)
+    _put(out, tc, rd, s23, first, oc and pd)
+    _put(out, td, ra, s30, first, od)
+    _put(out, td, rb, s31, first, od and pb)
+    _put(out, td, rc, s32, first, od and pc)
+    _put(out, td, rd, s33, first, od and pd)
+
+
+@njit_inline
+def _tile_bf16dot(out, xh, w, t0, r0, r_end, k0, k1):
+    """out[t0:t0+4, r0:r0+4] (+)= xh[t, k0:k1] . w[r, k0:k1] with vdpbf16ps; xh: bf16 bits of x."""
+    n_tokens = xh.shape[0]
+    xa, xb, xc, xd = xh[t0], xh[min(t0 + 1, n_tokens - 1)], xh[min(t0 + 2, n_tokens - 1)], xh[min(t0 + 3, n_tokens - 1)]
+    wa, wb, wc, wd = w[r0], w[min(r0 + 1, r_end - 1)], w[min(r0 + 2, r_end - 1)], w[min(r0 + 3, r_end - 1)]
+    a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = f32x16_zero()
+    a20 = a21 = a22 = a23 = a30 = a31 = a32 = a33 = f32x16_zero()
+    k_vec = k0 + (k1 - k0) // 32 * 32
+    for k in range(k0, k_vec, 32):
+        va, vb, vc, vd = bf16x32_load(wa, k), bf16x32_load(wb, k), bf16x32_load(wc, k), bf16x32_load(wd, k)
+        u = bf16x32_load(xa, k)
+        a00, a01, a02, a03 = bf16x32_dot(a00, u, va), bf16x32_dot(a01, u, vb), bf16x32_dot(a02, u, vc), bf16x32_dot(a03, u, vd)
+        u = bf16x32_load(xb, k)
+        a10, a11, a12, a13 = bf16x32_dot(a10, u, va), bf16x32_dot(a11, u, vb), bf16x32_dot(a12, u, vc), bf16x32_dot(a13, u, vd)
+        u = bf16x32_load(xc, k)
+        a20, a21, a22, a23 = bf16x32_dot(a20, u, va), bf16x32_dot(a21, u, vb), bf16x32_dot(a22, u, vc), bf16x32_dot(a23, u, vd)
+        u = bf16x32_load(xd, k)
+        a30, a31, a32, a33 = bf16x32_dot(a30, u, va), bf16x32_dot(a31, u, vb), bf16x32_dot(a32, u, vc), bf16x32_dot(a33, u, vd)
+    _store_tile(
+        out, t0, r0, n_tokens, r_end, k0 == 0,
+        f32x16_sum(a00) + _bf16_dot_tail(xa, wa, k_vec, k1), f32x16_sum(a01) + _bf16_dot_tail(xa, wb, k_vec, k1),
+        f32x16_sum(a02) + _bf16_dot_tail(xa, wc, k_vec, k1), f32x16_sum(a03) + _bf16_dot_tail(xa, wd, k_vec, k1),
+        f32x16_sum(a10) + _bf16_dot_tail(xb, wa, k_vec, k1), f32x16_sum(a11) + _bf16_dot_tail(xb, wb, k_vec, k1),
+        f32x16_sum(a12) + _bf16_dot_tail(xb, wc, k_vec, k1), f32x16_sum(a13) + _bf16_dot_tail(xb, wd, k_vec, k1),
+        f32x16_sum(a20) + _bf16_dot_tail(xc, wa, k_vec, k1), f32x16_sum(a21) + _bf16_dot_tail(xc, wb, k_vec, k1),
+        f32x16_sum(a22) + _bf16_dot_tail(xc, wc, k_vec, k1), f32x16_sum(a23) + _bf16_dot_tail(xc, wd, k_vec, k1),
+        f32x16_sum(a30) + _bf16_dot_tail(xd, wa, k_vec, k1), f32x16_sum(a31) + _bf16_dot_tail(xd, wb, k_vec, k1),
+        f32x16_sum(a32) + _bf16_dot_tail(xd, wc, k_vec, k1), f32x16_sum(a33) + _bf16_dot_tail(xd, wd, k_vec, k1),
+    )
+
+
+@njit_inline
+def _tile_fma(out, x, w, t0, r0, r_end, k0, k1):
+    """out[t0:t0+4, r0:r0+4] (+)= x[t, k0:k1] . float32(w[r, k0:k1]), float32 FMA, w widened in registers."""
+    n_tokens = x.shape[0]
+    xa, xb, xc, xd = x[t0], x[min(t0 + 1, n_tokens - 1)], x[min(t0 + 2, n_tokens - 1)], x[min(t0 + 3, n_tokens - 1)]
+    wa, wb, wc, wd = w[r0], w[min(r0 + 1, r_end - 1)], w[min(r0 + 2, r_end - 1)], w[min(r0 + 3, r_end - 1)]
+    a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = f32x16_zero()
+    a20 = a21 = a22 = a23 = a30 = a31 = a32 = a33 = f32x16_zero()
+    k_vec = k0 + (k1 - k0) // 16 * 16
+    for k in range(k0, k_vec, 16):
+        va, vb, vc, vd = bf16x16_load_f32(wa, k), bf16x16_load_f32(wb, k), bf16x16_load_f32(wc, k), bf16x16_load_f32(wd, k)
+        u = f32x16_load(xa, k)
+        a00, a01, a02, a03 = f32x16_fma(a00, u, va), f32x16_fma(a01, u, vb), f32x16_fma(a02, u, vc), f32x16_fma(a03, u, vd)
+        u = f32x16_load(xb, k)
+        a10, a11, a12, a13 = f32x16_fma(a10, u, va), f32x16_fma(a11, u, vb), f32x16_fma(a12, u, vc), f32x16_fma(a13, u, vd)
+        u = f32x16_load(xc, k)
+        a20, a21, a22, a23 = f32x16_fma(a20, u, va), f32x16_fma(a21, u, vb), f32x16_fma(a22, u, vc), f32x16_fma(a23, u, vd)
+        u = f32x16_load(xd, k)
+        a30, a31, a32, a33 = f32x16_fma(a30, u, va), f32x16_fma(a31, u, vb), f32x16_fma(a32, u, vc), f32x16_fma(a33, u, vd)
+    _store_tile(
+        out, t0, r0, n_tokens, r_end, k0 == 0,
+        f32x16_sum(a00) + _f32_dot_tail(xa, wa, k_vec, k1), f32x16_sum(a01) + _f32_dot_tail(xa, wb, k_vec, k1),
+        f32x16_sum(a02) + _f32_dot_tail(xa, wc, k_vec, k1), f32x16_sum(a03) + _f32_dot_tail(xa, wd, k_vec, k1),
+        f32x16_sum(a10) + _f32_dot_tail(xb, wa, k_vec, k1), f32x16_sum(a11) + _f32_dot_tail(xb, wb, k_vec, k1),
+        f32x16_sum(a12) + _f32_dot_tail(xb, wc, k_vec, k1), f32x16_sum(a13) + _f32_dot_tail(xb, wd, k_vec, k1),
+        f32x16_sum(a20) + _f32_dot_tail(xc, wa, k_vec, k1), f32x16_sum(a21) + _f32_dot_tail(xc, wb, k_vec, k1),
+        f32x16_sum(a22) + _f32_dot_tail(xc, wc, k_vec, k1), f32x16_sum(a23) + _f32_dot_tail(xc, wd, k_vec, k1),
+        f32x16_sum(a30) + _f32_dot_tail(xd, wa, k_vec, k1), f32x16_sum(a31) + _f32_dot_tail(xd, wb, k_vec, k1),
+        f32x16_sum(a32) + _f32_dot_tail(xd, wc, k_vec, k1), f32x16_sum(a33) + _f32_dot_tail(xd, wd, k_vec, k1),
+    )
+
+
 @njit_parallel_dot
-def _matmul_prefill(out, x, w, n_slots):
+def _matmul_fma(out, x, w):
     n_tokens, k_in = x.shape
     n_out = w.shape[0]
-    # One scratch per thread, allocated once per call: a fresh 256 KB array per block would be an
-    # mmap plus page faults every time (measured: 15-30% slower at 8x4096x128256 and 64x2048x8192).
-    scratch = np.empty((n_slots, ROW_BLOCK, k_in), np.float32)
-    for block in prange((n_out + ROW_BLOCK - 1) // ROW_BLOCK):
-        n0 = block * ROW_BLOCK
-        rows = min(ROW_BLOCK, n_out - n0)
-        wide = scratch[numba.get_thread_id()]  # float32(w[n0:n0+rows]), this thread's own
-        for r in range(rows):
-            src, dst = w[n0 + r], wide[r]
-            for k in range(k_in):
-                dst[k] = bf16_to_f32(src[k])
-        for t in range(n_tokens):
-            xt = x[t]
-            for r in range(rows):
-                wr = wide[r]
-                acc = np.float32(0.0)
-                for k in range(k_in):
-                    acc += xt[k] * wr[k]
-                out[t, n0 + r] = acc
+    for task in prange((n_out + TASK_ROWS - 1) // TASK_ROWS):
+        n0 = task * TASK_ROWS
+        n1 = min(n0 + TASK_ROWS, n_out)
+        for k0 in range(0, k_in, K_BLOCK):
+            k1 = min(k0 + K_BLOCK, k_in)
+            for t0 in range(0, n_tokens, 4):
+                for r0 in range(n0, n1, 4):
+                    _tile_fma(out, x, w, t0, r0, n1, k0, k1)
+
+
+@njit_parallel_dot
+def _matmul_bf16dot(out, x, w):
+    n_tokens, k_in = x.shape
+    n_out = w.shape[0]
+    # x rounded to bf16 once (T * K * 2 bytes, 1 MB at 128 x 4096), read T/4 * N/4 times below.
+    xh = np.empty((n_tokens, k_in), np.uint16)
+    for t in prange(n_tokens):
+        src, dst = x[t], xh[t]
+        for k in range(k_in):
+            dst[k] = f32_to_bf16(src[k])
+    for task in prange((n_out + TASK_ROWS - 1) // TASK_ROWS):
+        n0 = task * TASK_ROWS
+        n1 = min(n0 + TASK_ROWS, n_out)
+        for k0 in range(0, k_in, K_BLOCK):
+            k1 = min(k0 + K_BLOCK, k_in)
+            for t0 in range(0, n_tokens, 4):
+                for r0 in range(n0, n1, 4):
+                    _tile_bf16dot(out, xh, w, t0, r0, n1, k0, k1)
+
+
+def _decode(out: np.ndarray, x: np.ndarray, w: np.ndarray) -> None:
+    if x.shape[1] > X_IN_L1:
+        _matvec_4rows(out, x, w)
+    else:
+        _matvec(out, x, w)
+
+
+@register("matmul", "numba_fma")
+def matmul_fma(out: np.ndarray, x: np.ndarray, w: np.ndarray) -> None:
+    """out[T, N] = x[T, K] @ float32(w[N, K]).T; T > 1 on float32 FMA tiles (any CPU)."""
+    if x.shape[0] == 0:
+        return
+    if x.shape[0] == 1:
+        _decode(out, x, w)
+    else:
+        _matmul_fma(out, x, w)
+
+
+if HAS_AVX512_BF16:
+
+    @register("matmul", "numba_bf16dot")
+    def matmul_bf16dot(out: np.ndarray, x: np.ndarray, w: np.ndarray) -> None:
+        """out[T, N] = bf16(x[T, K]) @ float32(w[N, K]).T for T > 1 (vdpbf16ps); T = 1 as numba_fma."""
+        if x.shape[0] == 0:
+            return
+        if x.shape[0] == 1:
+            _decode(out, x, w)
+        else:
+            _matmul_bf16dot(out, x, w)
 
 
 @register("matmul", "numba", default=True)
 def matmul(out: np.ndarray, x: np.ndarray, w: np.ndarray) -> None:
     """out[T, N] = x[T, K] @ float32(w[N, K]).T; dispatches on T (1: matvec, >1: prefill)."""
-    if x.shape[0] == 0:
-        return
-    if x.shape[0] == 1:
-        if x.shape[1] > X_IN_L1:
-            _matvec_4rows(out, x, w)
-        else:
-            _matvec(out, x, w)
-    else:
-        # Thread ids are below NUMBA_NUM_THREADS whatever set_num_threads() chose.
-        _matmul_prefill(out, x, w, numba.config.NUMBA_NUM_THREADS)
+    matmul_fma(out, x, w)

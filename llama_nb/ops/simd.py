@@ -1,0 +1,199 @@
+"""SIMD vectors for Numba kernels: two 512-bit register types and the few intrinsics on them.
+
+Numba has no vector types, and LLVM's auto-vectoriser cannot register-tile a matmul by itself (it
+vectorises one loop, never a 4 x 4 block of dot products). These types let a kernel written in
+plain Numba keep sixteen 16-lane accumulators in registers and say which instruction to use:
+
+    f32x16   <16 x float>   sixteen float32 lanes
+    bf16x32  <32 x i16>     thirty-two bf16 values (raw bits), i.e. sixteen adjacent pairs
+
+    f32x16_zero() -> f32x16
+    f32x16_load(a: float32[:], i) -> f32x16           a[i : i + 16], unaligned
+    f32x16_fma(acc, a, b) -> f32x16                   acc + a * b, lane by lane (llvm.fma: one rounding)
+    f32x16_sum(v) -> float32                          v[0] + ... + v[15], a fixed pairwise tree
+    bf16x32_load(a: uint16[:], i) -> bf16x32          a[i : i + 32], unaligned
+    bf16x32_dot(acc, a, b) -> f32x16                  acc[j] += a[2j] * b[2j] + a[2j+1] * b[2j+1]
+
+The f32x16 operations are generic LLVM vector IR: they compile on any CPU (LLVM splits them into
+AVX2 or SSE registers where there is no AVX-512). `bf16x32_dot` is the AVX512_BF16 instruction
+`vdpbf16ps` (LLVM intrinsic `llvm.x86.avx512bf16.dpbf16ps.512`) and must only be compiled where
+`HAS_AVX512_BF16` is true: LLVM cannot lower it for any other CPU. vdpbf16ps multiplies bf16 pairs
+exactly (a bf16 x bf16 product fits in float32) and adds them to the float32 lane with round to
+nearest even; bf16 subnormal inputs count as zero and subnormal results are flushed (Intel SDM).
+
+Loads take an index, not a slice: the caller guarantees i + 16 (or 32) <= a.size, no check is made.
+"""
+
+from __future__ import annotations
+
+import os
+
+import llvmlite.binding as llvm_binding
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils, config
+from numba.extending import intrinsic, models, register_model
+
+
+def _cpu_features() -> str:
+    # The features Numba compiles for: NUMBA_CPU_FEATURES / NUMBA_CPU_NAME (portable caches) win
+    # over the host's, so a kernel is never built with an instruction the target may lack.
+    if config.CPU_FEATURES is not None:
+        return config.CPU_FEATURES
+    if config.CPU_NAME is not None and config.CPU_NAME != "host":
+        return ""
+    return llvm_binding.get_host_cpu_features().flatten()
+
+
+# LLAMA_NB_NO_BF16DOT=1 forces the float32 path (to compare, or to work around a platform bug).
+HAS_AVX512_BF16 = "+avx512bf16" in _cpu_features().split(",") and os.environ.get("LLAMA_NB_NO_BF16DOT", "0") == "0"
+
+
+class _F32x16(types.Type):
+    def __init__(self):
+        super().__init__(name="f32x16")
+
+
+class _BF16x32(types.Type):
+    def __init__(self):
+        super().__init__(name="bf16x32")
+
+
+f32x16 = _F32x16()
+bf16x32 = _BF16x32()
+_F32 = ir.FloatType()
+_V_F32 = ir.VectorType(_F32, 16)
+_V_I16 = ir.VectorType(ir.IntType(16), 32)
+
+
+class _BFloatIR(ir.Type):
+    """LLVM's `bfloat` scalar type, which llvmlite's IR builder does not provide."""
+
+    def _to_string(self):
+        return "bfloat"
+
+    def __eq__(self, other):
+        return isinstance(other, _BFloatIR)
+
+    def __hash__(self):
+        return hash(_BFloatIR)
+
+
+_V_BF16 = ir.VectorType(_BFloatIR(), 32)
+
+
+@register_model(_F32x16)
+class _F32x16Model(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, _V_F32)
+
+
+@register_model(_BF16x32)
+class _BF16x32Model(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, _V_I16)
+
+
+def _element_pointer(context, builder, array_type, array, index, vector_type):
+    """Pointer to array[index] as a pointer to vector_type (1-d contiguous arrays only)."""
+    ary = context.make_array(array_type)(context, builder, array)
+    ptr = builder.gep(ary.data, [index])
+    return builder.bitcast(ptr, vector_type.as_pointer())
+
+
+def _is_1d(a, dtype) -> bool:
+    return isinstance(a, types.Array) and a.ndim == 1 and a.dtype == dtype and a.layout in "CA"
+
+
+@intrinsic
+def f32x16_zero(typingctx):
+    def codegen(context, builder, signature, args):
+        return ir.Constant(_V_F32, [0.0] * 16)
+
+    return f32x16(), codegen
+
+
+@intrinsic
+def f32x16_load(typingctx, a, i):
+    if not (_is_1d(a, types.float32) and isinstance(i, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        ptr = _element_pointer(context, builder, signature.args[0], args[0], args[1], _V_F32)
+        return builder.load(ptr, align=4)
+
+    return f32x16(a, i), codegen
+
+
+@intrinsic
+def bf16x32_load(typingctx, a, i):
+    if not (_is_1d(a, types.uint16) and isinstance(i, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        ptr = _element_pointer(context, builder, signature.args[0], args[0], args[1], _V_I16)
+        return builder.load(ptr, align=2)
+
+    return bf16x32(a, i), codegen
+
+
+@intrinsic
+def f32x16_fma(typingctx, acc, a, b):
+    if not (acc == f32x16 and a == f32x16 and b == f32x16):
+        return None
+
+    def codegen(context, builder, signature, args):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V_F32, [_V_F32] * 3), "llvm.fma.v16f32")
+        acc_, a_, b_ = args
+        return builder.call(fn, [a_, b_, acc_])
+
+    return f32x16(acc, a, b), codegen
+
+
+@intrinsic
+def bf16x32_dot(typingctx, acc, a, b):
+    if not (acc == f32x16 and a == bf16x32 and b == bf16x32):
+        return None
+
+    def codegen(context, builder, signature, args):
+        fnty = ir.FunctionType(_V_F32, [_V_F32, _V_BF16, _V_BF16])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.x86.avx512bf16.dpbf16ps.512")
+        acc_, a_, b_ = args
+        return builder.call(fn, [acc_, builder.bitcast(a_, _V_BF16), builder.bitcast(b_, _V_BF16)])
+
+    return f32x16(acc, a, b), codegen
+
+
+@intrinsic
+def f32x16_sum(typingctx, v):
+    if v != f32x16:
+        return None
+
+    def codegen(context, builder, signature, args):
+        (vec,) = args
+        width = 16
+        while width > 1:  # halves added lane by lane: 8 + 4 + 2 + 1 adds, always in this order
+            width //= 2
+            lo = builder.shuffle_vector(vec, vec, ir.Constant(ir.VectorType(ir.IntType(32), width), list(range(width))))
+            hi = builder.shuffle_vector(vec, vec, ir.Constant(ir.VectorType(ir.IntType(32), width), list(range(width, 2 * width))))
+            vec = builder.fadd(lo, hi)
+        return builder.extract_element(vec, ir.Constant(ir.IntType(32), 0))
+
+    return types.float32(v), codegen
+
+
+@intrinsic
+def bf16x16_load_f32(typingctx, a, i):
+    """float32(a[i : i + 16]) for bf16 bits a: each uint16 becomes the high half of a float32."""
+    if not (_is_1d(a, types.uint16) and isinstance(i, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        v_i16 = ir.VectorType(ir.IntType(16), 16)
+        v_i32 = ir.VectorType(ir.IntType(32), 16)
+        ptr = _element_pointer(context, builder, signature.args[0], args[0], args[1], v_i16)
+        wide = builder.zext(builder.load(ptr, align=2), v_i32)
+        shifted = builder.shl(wide, ir.Constant(v_i32, [16] * 16))
+        return builder.bitcast(shifted, _V_F32)
+
+    return f32x16(a, i), codegen
