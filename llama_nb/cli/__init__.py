@@ -65,11 +65,27 @@ def report_error(exc: BaseException) -> None:
 
 def main() -> None:
     """Console-script entry point. Click handles usage errors itself (exit 2); commands handle
-    Ctrl-C themselves (exit 130, after printing what they have)."""
+    Ctrl-C themselves (exit 130, after printing what they have), and typer turns a Ctrl-C they
+    do not catch into a quiet exit 130 too."""
     try:
         app()
     except LlamaNbError as exc:
         if os.environ.get("LLAMA_NB_DEBUG") == "1":
             raise
-        report_error(exc)
+        try:
+            report_error(exc)
+        except BrokenPipeError:  # `2>&1 | head -c 1`: nobody reads stderr any more
+            _silence(sys.stderr)
         sys.exit(1)
+    except BrokenPipeError:  # the reader of our output left (`llama-nb info ... | head -1`)
+        _silence(sys.stdout)
+        sys.exit(0)
+
+
+def _silence(stream) -> None:
+    """Point a closed pipe's fd at /dev/null so the interpreter's exit flush stays quiet."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+    except (OSError, ValueError):
+        pass

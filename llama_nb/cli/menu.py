@@ -19,6 +19,7 @@ from typing import Annotated
 import typer
 
 from llama_nb.cli._options import ImplOpt, ModelOpt
+from llama_nb.errors import LlamaNbError
 from llama_nb.cli.run import CtxOpt, MaxTokensOpt, ThreadsOpt, TemperatureOpt, SeedOpt
 
 
@@ -141,7 +142,11 @@ def menu(
                 item = MenuPrompt(prompt, chat=choice == MANUAL_CHAT, system=system)
             ids = llm.encode_prompt(item.prompt, chat=item.chat, system=item.system)
             console.print(f"\n[dim]{'chat' if item.chat else 'text completion'}, {len(ids)} prompt tokens[/]")
-            code = stream(llm, ids, max_tokens, temperature=temperature, seed=seed, mode=mode, console=console)
+            try:
+                code = stream(llm, ids, max_tokens, temperature=temperature, seed=seed, mode=mode, console=console)
+            except LlamaNbError as exc:  # e.g. a prompt longer than --ctx: say so, ask again
+                console.print(f"\n[red]{_escape(str(exc))}[/]\n")
+                continue
             if code == 130:
                 console.print("[yellow]stopped (Ctrl-C); back to the menu[/]")
             console.print()

@@ -88,7 +88,14 @@ def stream(llm, prompt_ids: list[int], max_tokens: int, *, temperature: float = 
         load_seconds=llm.load_seconds, compile_seconds=llm.compile_seconds or 0.0, prompt_ids=list(prompt_ids),
     )
     room = llm.ctx - len(prompt_ids)
-    if 0 < room < max_tokens:
+    if room < 1:  # checked here, before any output, so the error is the only thing shown
+        from llama_nb.errors import LlamaNbError
+
+        raise LlamaNbError(
+            f"the prompt has {len(prompt_ids)} tokens but --ctx is {llm.ctx}, which must also hold the "
+            f"generated tokens: shorten the prompt or raise --ctx (e.g. --ctx {len(prompt_ids) + max_tokens})"
+        )
+    if room < max_tokens:
         report.notes.append(f"--max-tokens {max_tokens} capped to {room}: the prompt has {len(prompt_ids)} tokens and --ctx is {llm.ctx}")
         max_tokens = room
     if mode != "json":
@@ -110,7 +117,10 @@ def stream(llm, prompt_ids: list[int], max_tokens: int, *, temperature: float = 
         return 0
     report.text += report.stats.tail_text
     if mode == "json":
-        print(json.dumps(report.as_json(), ensure_ascii=False))
+        try:
+            print(json.dumps(report.as_json(), ensure_ascii=False), flush=True)
+        except BrokenPipeError:
+            _silence_broken_stdout()
     elif mode == "plain":
         try:
             print(report.stats.tail_text, flush=True)

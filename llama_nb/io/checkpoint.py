@@ -101,6 +101,11 @@ def load_model_files(folder: str | Path, *, require_tokenizer: bool = True) -> M
 def check_tensors(checkpoint: Checkpoint, args: ModelArgs, source: str | Path = PARAMS_NAME) -> None:
     """The checkpoint holds exactly the tensors `args` implies: names, shapes, bf16, C order."""
     path = checkpoint.path
+    if args.n_layers > len(checkpoint):  # each layer is 9 tensors: listing 10^10 names would hang
+        raise CheckpointError(
+            f"{path}: {source} says n_layers={args.n_layers} but the file holds only {len(checkpoint)} tensors"
+            + _layer_hint(checkpoint, args)
+        )
     expected = expected_shapes(args, tied_output="output.weight" not in checkpoint)
     missing = [name for name in expected if name not in checkpoint]
     if missing:

@@ -114,6 +114,13 @@ class ModelArgs:
                 f"{source}: dim / n_heads = {args.dim} / {args.n_heads} = {args.head_dim} is odd; "
                 f"RoPE needs an even head_dim (dim, n_heads)"
             )
+        try:  # int(1e308 * h) is inf: OverflowError, not a size
+            args.hidden_dim
+        except OverflowError:
+            raise CheckpointError(
+                f"{source}: ffn_dim_multiplier={args.ffn_dim_multiplier} makes the FFN hidden size "
+                f"infinite (dim={args.dim}, multiple_of={args.multiple_of})"
+            ) from None
         return args
 
     @classmethod

@@ -28,11 +28,18 @@ returns them: still zero-copy. Whether a strided weight is acceptable is the mod
 
 Safety. Unpickling runs code named by the file, so the pickle is read in two passes:
   1. every opcode is checked against an allowlist (pickletools parses without executing): no
-     BUILD/INST/OBJ/NEWOBJ/EXT* (the opcodes that instantiate or mutate arbitrary objects);
+     BUILD/INST/OBJ/NEWOBJ/EXT* (the opcodes that instantiate or mutate arbitrary objects). The
+     same pass runs the pickle's stack machine on placeholders, so structures that would hurt
+     the real unpickler or the code after it are refused before any object exists: more than
+     MAX_OPCODES opcodes, nesting deeper than MAX_DEPTH (hashing a 1M-deep tuple overflows the C
+     stack: a segfault, not an exception), self-containing containers, memo reads of unwritten
+     slots and memo writes far beyond any real pickle (the C unpickler allocates up to the index);
   2. a pickle.Unpickler whose find_class resolves only the globals a tensor checkpoint needs, each
      to OUR OWN function or marker (torch is never imported), and whose persistent_load accepts
      only well-formed storage ids naming an existing STORED entry large enough for numel.
 Anything else is a CheckpointError naming the file, and nothing from the file is ever executed.
+Every walk over the unpickled objects is depth-bounded and visits a shared object once, so a
+"billion laughs" of lists repeated by reference costs what its pickle costs.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ import collections
 import pickle
 import pickletools
 import re
+import reprlib
 import struct
 import zipfile
 from dataclasses import dataclass, field
@@ -53,7 +61,10 @@ from llama_nb.errors import CheckpointError
 
 MAX_PICKLE_BYTES = 100 * 2**20  # Meta's 8B data.pkl is ~30 KB; anything near this is not a state dict
 MAX_NDIM = 32
-MAX_NESTING = 32
+MAX_NESTING = 32  # dicts inside dicts in a state dict (Meta's: 0)
+MAX_OPCODES = 300_000  # ~32 per tensor (~9,000 tensors); Meta's 8B data.pkl has ~9,300; parsing 300k takes ~0.4 s
+MAX_DEPTH = 100  # containers inside containers in the pickle (a state dict: < 16)
+MAX_ELEMENTS = 2**40  # per tensor; Llama 3.1 405B's largest holds 2.1e9
 
 
 class MissingTensorError(CheckpointError, KeyError):
@@ -124,6 +135,9 @@ def load_pth(path: str | Path) -> Checkpoint:
         _flatten(obj, "", tensors, dtypes, metadata, mm, depth=0)
     except _Refused as exc:
         raise CheckpointError(f"{where}: {exc.args[0]}") from None
+    except Exception as exc:  # noqa: BLE001 - checked above; a last guard for the unforeseen
+        detail = " ".join(str(exc).split())[:200]
+        raise CheckpointError(f"{where}: unsupported tensor layout ({type(exc).__name__}: {detail})") from None
     return Checkpoint(path=path, tensors=tensors, dtypes=dtypes, mmap=mm, metadata=metadata)
 
 
@@ -318,6 +332,11 @@ def _rebuild_tensor(storage, storage_offset, size, stride) -> _TensorRef:
     strides = _int_tuple(stride, "stride")
     if len(shape) != len(strides):
         raise _Refused("refusing a tensor", f"size {shape} but stride {strides}")
+    elements = 1
+    for n in shape:
+        elements *= n
+    if elements > MAX_ELEMENTS:  # a zero stride could otherwise map an exabyte view onto 2 bytes
+        raise _Refused("refusing a tensor", f"size {shape} has {elements} elements; at most {MAX_ELEMENTS} are allowed")
     if all(n > 0 for n in shape):  # empty tensors touch no element: any offset is harmless
         last = offset + sum((n - 1) * s for n, s in zip(shape, strides))
         if last >= storage.numel:
@@ -370,21 +389,155 @@ _ALLOWED_OPCODES = frozenset(
 
 
 def _check_opcodes(pkl: bytes, where: str) -> None:
-    """Pass 1: parse (never execute) the pickle and refuse any opcode or GLOBAL not allowed."""
+    """Pass 1: parse (never execute) the pickle; refuse any opcode, GLOBAL or structure not allowed."""
+    machine = _Shape(where)
     try:
-        for op, arg, pos in pickletools.genops(pkl):
+        for count, (op, arg, pos) in enumerate(pickletools.genops(pkl)):
             if op.name not in _ALLOWED_OPCODES:
                 raise CheckpointError(
                     f"refusing pickle opcode {op.name} (byte {pos}) in {where}: a tensor checkpoint "
                     "never needs it, and it can instantiate or modify arbitrary objects"
                 )
+            if count >= MAX_OPCODES:
+                raise CheckpointError(
+                    f"refusing a pickle of more than {MAX_OPCODES} opcodes in {where}: a state dict needs "
+                    "about 32 per tensor"
+                )
             if op.name == "GLOBAL":
                 module, _, name = str(arg).partition(" ")
                 _check_global(module, name, where)
+            machine.step(op, arg, pos)
     except CheckpointError:
         raise
     except Exception as exc:  # noqa: BLE001 - genops raises ValueError and friends on garbage
-        raise CheckpointError(f"{where}: corrupt pickle ({exc})") from None
+        detail = " ".join(str(exc).split())[:200]
+        raise CheckpointError(f"{where}: corrupt pickle ({detail})") from None
+
+
+class _Node:
+    """A placeholder for a container the pickle would build: how deep it is, who holds it."""
+
+    __slots__ = ("depth", "parents")
+
+    def __init__(self, depth: int):
+        self.depth = depth
+        self.parents: list[_Node] = []
+
+
+_MARK = object()  # a MARK on the simulated stack
+_STEPS_PER_OPCODE = 4  # depth propagation budget: a real pickle needs about 1 step per opcode
+
+
+class _Shape:
+    """The pickle stack machine run on placeholders: nesting depth and memo use, no objects.
+
+    Atoms (numbers, strings, globals) are None; containers are _Node. When an item goes into a
+    container, the container's depth becomes at least the item's + 1, and an increase travels up
+    to everything holding the container (`parents`), since pickles fill lists and dicts after
+    they are referenced. A container that holds itself grows without bound and is refused too.
+    """
+
+    _MUTATORS = {"APPEND": 1, "SETITEM": 2}  # pop n items into the container below them
+
+    def __init__(self, where: str):
+        self.where = where
+        self.stack: list = []
+        self.memo: dict[int, Any] = {}
+        self.budget = MAX_OPCODES * _STEPS_PER_OPCODE
+
+    def _refuse(self, pos: int, problem: str) -> CheckpointError:
+        return CheckpointError(f"refusing the pickle in {self.where}: {problem} (byte {pos})")
+
+    def _pop(self, pos: int):
+        if not self.stack or self.stack[-1] is _MARK:
+            raise self._refuse(pos, "an opcode reads more items than the stack holds (corrupt pickle)")
+        return self.stack.pop()
+
+    def _pop_mark(self, pos: int) -> list:
+        for i in range(len(self.stack) - 1, -1, -1):
+            if self.stack[i] is _MARK:
+                items = self.stack[i + 1 :]
+                del self.stack[i:]
+                return items
+        raise self._refuse(pos, "an opcode needs a MARK that is not on the stack (corrupt pickle)")
+
+    def _top(self, pos: int):
+        if not self.stack or self.stack[-1] is _MARK:
+            raise self._refuse(pos, "an opcode needs an item on an empty stack (corrupt pickle)")
+        return self.stack[-1]
+
+    def _put(self, parent: Any, children: list, pos: int) -> None:
+        """`children` go into `parent` (a _Node): raise its depth and its holders' depths."""
+        if not isinstance(parent, _Node):
+            return  # the real unpickler refuses adding to an atom
+        work = []
+        for child in children:
+            if isinstance(child, _Node):
+                if not child.parents or child.parents[-1] is not parent:
+                    child.parents.append(parent)
+                work.append((parent, child.depth + 1))
+            else:
+                work.append((parent, 1))
+        while work:
+            node, depth = work.pop()
+            if depth <= node.depth:
+                continue
+            node.depth = depth
+            if depth > MAX_DEPTH:
+                raise self._refuse(
+                    pos, f"containers nested more than {MAX_DEPTH} deep (or a container inside itself); "
+                    "a state dict needs fewer than 16 levels"
+                )
+            self.budget -= 1 + len(node.parents)
+            if self.budget < 0:
+                raise self._refuse(pos, "too many references between containers for a state dict")
+            work.extend((holder, depth + 1) for holder in node.parents)
+
+    def step(self, op: pickletools.OpcodeInfo, arg: Any, pos: int) -> None:
+        name, stack = op.name, self.stack
+        if name in ("PROTO", "FRAME"):
+            return
+        if name == "MARK":
+            stack.append(_MARK)
+        elif name == "POP":
+            if stack and stack[-1] is _MARK:
+                stack.pop()
+            else:
+                self._pop(pos)
+        elif name == "POP_MARK":
+            self._pop_mark(pos)
+        elif name == "DUP":
+            stack.append(self._top(pos))
+        elif name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
+            index = len(self.memo) if name == "MEMOIZE" else arg
+            if not isinstance(index, int) or not 0 <= index <= len(self.memo) + MAX_OPCODES // 100:
+                raise self._refuse(pos, f"memo index {_short(index)} is far beyond the {len(self.memo)} used so far")
+            self.memo[index] = self._top(pos)
+        elif name in ("GET", "BINGET", "LONG_BINGET"):
+            if arg not in self.memo:
+                raise self._refuse(pos, f"memo index {_short(arg)} is read before anything was stored there")
+            stack.append(self.memo[arg])
+        elif name in self._MUTATORS:
+            items = [self._pop(pos) for _ in range(self._MUTATORS[name])]
+            self._put(self._top(pos), items, pos)
+        elif name in ("APPENDS", "SETITEMS"):
+            items = self._pop_mark(pos)
+            self._put(self._top(pos), items, pos)
+        elif name == "STOP":
+            self._pop(pos)
+        else:  # everything else pops its inputs and pushes one result built from them
+            inputs: list = []
+            for kind in reversed(op.stack_before):
+                if kind is pickletools.stackslice:
+                    inputs += self._pop_mark(pos)
+                elif kind is not pickletools.markobject:
+                    inputs.append(self._pop(pos))
+            if name in ("EMPTY_LIST", "EMPTY_DICT", "LIST", "DICT") or inputs:
+                node = _Node(1)
+                self._put(node, inputs, pos)
+                stack.extend(node for _ in op.stack_after)
+            else:
+                stack.extend(None for _ in op.stack_after)
 
 
 def _check_global(module: str, name: str, where: str) -> Any:
@@ -397,9 +550,18 @@ def _check_global(module: str, name: str, where: str) -> Any:
 def _refusal(module: str, name: str) -> _Refused:
     head = f"refusing global {module}.{name}"
     if module == "torch" and name.endswith("Storage"):  # a real tensor, just not a float type we read
-        return _Refused(head, "unsupported tensor dtype; llama_nb reads bfloat16, float16 and float32 tensors")
+        dtype = _OTHER_DTYPES.get(name, name[: -len("Storage")] or name)
+        return _Refused(head, f"unsupported tensor dtype {dtype}; llama_nb reads bfloat16, float16 and float32 tensors")
     return _Refused(head, f"a tensor checkpoint needs only {_ALLOWED_NAMES}")
 
+
+# torch's storage class names for the dtypes llama_nb refuses, to name them in the error
+_OTHER_DTYPES = {
+    "DoubleStorage": "float64", "LongStorage": "int64", "IntStorage": "int32", "ShortStorage": "int16",
+    "CharStorage": "int8", "ByteStorage": "uint8", "BoolStorage": "bool", "ComplexFloatStorage": "complex64",
+    "ComplexDoubleStorage": "complex128", "QInt8Storage": "qint8", "QUInt8Storage": "quint8",
+    "QInt32Storage": "qint32", "ComplexHalfStorage": "complex32",
+}
 
 _KEY = re.compile(r"[A-Za-z0-9_]{1,64}")
 
@@ -451,8 +613,13 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return storage
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, 50, 50
+
+
 def _short(value: Any) -> str:
-    text = repr(value)
+    """A repr of at most 60 characters that never recurses deeply (hostile values nest)."""
+    text = _REPR.repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -506,15 +673,17 @@ def _flatten(obj: dict, prefix: str, tensors: dict, dtypes: dict, metadata: dict
             metadata[name] = value
 
 
-def _holds_tensor(value: Any, depth: int) -> bool:
+def _holds_tensor(value: Any, depth: int, seen: set[int] | None = None) -> bool:
+    """Whether a tensor hides in lists/tuples/dicts; each shared container is visited once."""
     if isinstance(value, (_TensorRef, _Storage)):
         return True
-    if isinstance(value, (list, tuple)):
-        if depth > MAX_NESTING:
-            raise _Refused(f"containers nested more than {MAX_NESTING} deep")
-        return any(_holds_tensor(v, depth + 1) for v in value)
-    if isinstance(value, dict):
-        if depth > MAX_NESTING:
-            raise _Refused(f"containers nested more than {MAX_NESTING} deep")
-        return any(_holds_tensor(v, depth + 1) for v in value.values())
-    return False
+    if not isinstance(value, (list, tuple, dict)):
+        return False
+    if depth > MAX_NESTING:
+        raise _Refused(f"containers nested more than {MAX_NESTING} deep")
+    seen = set() if seen is None else seen
+    if id(value) in seen:
+        return False
+    seen.add(id(value))
+    items = value.values() if isinstance(value, dict) else value
+    return any(_holds_tensor(v, depth + 1, seen) for v in items)

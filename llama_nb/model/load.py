@@ -4,12 +4,25 @@
     ids = llm.tokenizer.encode("The capital of France is", bos=True, eos=False)
     for event in llm.generate(ids, max_new_tokens=16):
         print(event.text, end="", flush=True)
+
+Before anything large is allocated, `check_memory` compares what the model will use with the
+memory the system says is available (MemAvailable in /proc/meminfo, or $LLAMA_NB_MEM_AVAILABLE):
+
+    weights    the bf16 tensors: memory-mapped, so "loading" is free, but every decode step reads
+               all of them, and if they do not fit in RAM the pages are re-read from disk each step
+    KV cache   n_layers * 2 * n_kv_heads * ctx * head_dim * 4 bytes  (float32; 1.07 GB for the 8B
+               at --ctx 4096, 34 GB at 131072)
+    buffers    RunState's activations for one prefill chunk, the logits and the RoPE tables
+
+NumPy's zeros() only reserves the KV cache: without this check a too-large --ctx would "load" and
+then be killed by the OOM killer mid-answer.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
@@ -18,6 +31,7 @@ import numpy as np
 from llama_nb.errors import CheckpointError, LlamaNbError
 from llama_nb.io.chat import ChatFormat
 from llama_nb.io.checkpoint import load_model_files
+from llama_nb.io.params import ModelArgs
 from llama_nb.io.tokenizer import Tokenizer
 from llama_nb.model.generate import GenerationStats, TokenEvent, generate
 from llama_nb.model.transformer import Transformer, Weights
@@ -39,6 +53,96 @@ def set_threads(threads: int | None) -> int:
             )
         numba.set_num_threads(threads)
     return numba.get_num_threads()
+
+
+MEM_ENV = "LLAMA_NB_MEM_AVAILABLE"  # bytes, or with a k/M/G suffix (powers of 1000): "8G"
+_SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+
+
+@dataclass(frozen=True)
+class MemoryNeed:
+    """Bytes a model will use at a given context length (see the module docstring)."""
+
+    weights: int
+    kv_cache: int
+    buffers: int
+    kv_per_position: int  # bytes the KV cache and RoPE tables grow by per unit of ctx
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.kv_cache + self.buffers
+
+
+def memory_need(args: ModelArgs, ctx: int, weight_bytes: int, max_batch: int = 256) -> MemoryNeed:
+    """What Transformer(args, ctx=ctx, max_batch=max_batch) allocates, plus the mapped weights.
+
+    Mirrors RunState (model/transformer.py): float32 activations for min(max_batch, ctx) tokens,
+    the logits, the KV cache [n_layers, n_kv_heads, ctx, head_dim] twice, RoPE cos/sin [ctx, Dh/2].
+    """
+    D, H, KVH, Dh, F, V = args.dim, args.n_heads, args.n_kv_heads, args.head_dim, args.hidden_dim, args.vocab_size
+    batch = max(1, min(max_batch, ctx))
+    activations = 4 * (batch * (3 * D + 2 * H * Dh + 2 * KVH * Dh + 2 * F) + D + V)
+    kv_per_position = args.n_layers * 2 * KVH * Dh * 4
+    rope_per_position = 2 * 4 * (Dh // 2)
+    return MemoryNeed(
+        weights=int(weight_bytes),
+        kv_cache=kv_per_position * ctx,
+        buffers=activations + rope_per_position * ctx,
+        kv_per_position=kv_per_position + rope_per_position,
+    )
+
+
+def available_memory() -> tuple[int, str] | None:
+    """(bytes, where the number came from): $LLAMA_NB_MEM_AVAILABLE, else /proc/meminfo's
+    MemAvailable; None where neither exists (macOS, Windows: the check is skipped)."""
+    override = os.environ.get(MEM_ENV)
+    if override is not None:
+        text = override.strip().upper().removesuffix("B")
+        number, suffix = (text[:-1], text[-1]) if text[-1:] in _SUFFIX else (text, "")
+        try:
+            value = float(number) * _SUFFIX[suffix]
+        except ValueError:
+            raise LlamaNbError(f"${MEM_ENV}={override!r} is not a size; use bytes or e.g. 8G, 512M") from None
+        if not value >= 0:
+            raise LlamaNbError(f"${MEM_ENV}={override!r} is not a size; use bytes or e.g. 8G, 512M")
+        return int(value), f"${MEM_ENV}"
+    try:
+        with open("/proc/meminfo", "rb") as f:
+            for line in f:
+                if line.startswith(b"MemAvailable:"):
+                    return int(line.split()[1]) * 1024, "MemAvailable in /proc/meminfo"
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_memory(need: MemoryNeed, ctx: int, what: str, available: tuple[int, str] | None = None) -> None:
+    """Refuse (LlamaNbError with the numbers and a --ctx that fits) when `need` exceeds what is
+    available; `available` defaults to available_memory()."""
+    available = available if available is not None else available_memory()
+    if available is None:
+        return
+    free, source = available
+    if need.total <= free:
+        return
+    gb = lambda n: f"{n / 1e9:.2f} GB"  # noqa: E731
+    fixed = need.total - need.kv_per_position * ctx  # what does not shrink with --ctx
+    fitting_ctx = (free - fixed) // need.kv_per_position if free > fixed else 0
+    if fitting_ctx >= 1:
+        hint = f"use a smaller --ctx (at most {_round_down(fitting_ctx)} fits)"
+    else:
+        hint = "the weights alone do not fit: close other programs or use a machine with more memory"
+    raise LlamaNbError(
+        f"not enough memory for {what} at --ctx {ctx}: it needs {gb(need.weights)} of weights + "
+        f"{gb(need.kv_cache)} of KV cache + {gb(need.buffers)} of buffers = {gb(need.total)}, but only "
+        f"{gb(free)} is available ({source}); {hint}"
+    )
+
+
+def _round_down(n: int) -> int:
+    """A friendly context length: a multiple of 1024 (or 64, for small ones) not above n."""
+    step = 1024 if n >= 2048 else 64 if n >= 128 else 1
+    return n // step * step
 
 
 class Llama:
@@ -128,6 +232,10 @@ def load_model(
             f"{files.tokenizer_path}: the tokenizer has {tokenizer.n_words} tokens but params.json "
             f"says vocab_size {files.args.vocab_size}"
         )
+    if ctx < 1:
+        raise LlamaNbError(f"--ctx must be at least 1, got {ctx}")
+    weight_bytes = sum(int(t.nbytes) for t in files.checkpoint.tensors.values())
+    check_memory(memory_need(files.args, ctx, weight_bytes, max_batch), ctx, str(path))
     weights = Weights.from_tensors(files.checkpoint.tensors, files.args)
     model = Transformer(files.args, weights, ops, ctx=ctx, max_batch=max_batch)
     return Llama(model, tokenizer, Path(path), time.perf_counter() - t0, files.checkpoint.dtypes)
