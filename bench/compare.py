@@ -1,0 +1,298 @@
+"""llama_nb vs llama.cpp on the same random bf16 weights, alternating in one run.
+
+    /work/benchenv/bin/python bench/compare.py                     # 1B and 8B-width-4-layer shapes
+    python bench/compare.py --shape llama3.2-1b -p 128 -n 64 -r 5 --threads 2
+
+Needs llama-cpp-python (built with CMAKE_ARGS="-DGGML_NATIVE=ON") and gguf: see bench/README.md.
+
+For each shape, the random model of `llama-nb bench model --shape` (Meta's format, cached) is
+also written as a bf16 GGUF beside it, tensor for tensor the same bits:
+    wq, wk      as they are: Meta's checkpoint already has the interleaved-pair RoPE layout that
+                llama.cpp's LLAMA architecture uses (its converter's `permute` only undoes the
+                Hugging Face rotate_half permutation; the greedy-token check below confirms it)
+    norms       float32 (exact widening of the bf16 bits; ggml multiplies norms in f32)
+    rope_freqs  float32[head_dim/2]: llama.cpp divides each rotary frequency by this factor; the
+                factors are llama_nb's unscaled / scaled frequencies (Llama 3.1's rope scaling)
+    tokenizer   a stand-in "gpt2" BPE vocabulary of vocab_size tokens: llama.cpp insists on one,
+                but both engines are fed token ids only
+
+Then, per round, each engine (order alternating between rounds, A B, B A, ...) runs:
+    ppN   N prompt token ids at positions 0..N-1, one batched pass, logits of the last only
+    tgM   M greedy decode passes continuing after the prompt (argmax included on both sides)
+The host's memory bandwidth changes from one spell of seconds to the next, so only ratios within
+a round are compared; the table shows each round and the mean ± standard deviation.
+
+Agreement: before timing, llama.cpp is fed llama_nb's prompt and llama_nb's greedy tokens
+(teacher forcing, so one near-tie does not derail the rest) and its argmax is compared with
+llama_nb's at each of the M + 1 positions. llama.cpp rounds activations to bf16 before each bf16
+matrix product, llama_nb keeps them float32: where llama_nb's top-2 logit margin is tiny the two
+may legitimately differ, so disagreements are listed with that margin.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from llama_nb.cli.bench import decode, load_transformer, prompt_ids
+from llama_nb.io.checkpoint import load_model_files
+from llama_nb.io.pth_write import SHAPES, ensure_shape_model
+from llama_nb.ops.reference import bf16_to_f32_np
+from llama_nb.ops.rope import rope_frequencies
+
+GGUF_NAME = "model-bf16.gguf"
+TRAIN_CONTEXT = 131072  # Llama 3.1 / 3.2's context length (metadata only; the run uses -p + -n)
+BOS, EOS = 128000, 128001
+
+
+# --- the GGUF ------------------------------------------------------------------------------------
+
+
+def _gguf_name(meta: str) -> str:
+    """Meta's key -> llama.cpp's tensor name."""
+    if meta == "tok_embeddings.weight":
+        return "token_embd.weight"
+    if meta == "norm.weight":
+        return "output_norm.weight"
+    if meta == "output.weight":
+        return "output.weight"
+    _, i, rest = meta.split(".", 2)
+    return f"blk.{i}." + {
+        "attention.wq.weight": "attn_q.weight", "attention.wk.weight": "attn_k.weight",
+        "attention.wv.weight": "attn_v.weight", "attention.wo.weight": "attn_output.weight",
+        "feed_forward.w1.weight": "ffn_gate.weight", "feed_forward.w2.weight": "ffn_down.weight",
+        "feed_forward.w3.weight": "ffn_up.weight", "attention_norm.weight": "attn_norm.weight",
+        "ffn_norm.weight": "ffn_norm.weight",
+    }[rest]
+
+
+def _vocab(vocab_size: int):
+    """A stand-in byte-level BPE vocabulary: the 256 GPT-2 byte characters, one merge, fillers,
+    and Llama 3's special-token range marked as control tokens."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    tokens = [chr(c) for c in cs] + ["ĠĠ"]
+    tokens += [f"[tok{i}]" for i in range(len(tokens), min(vocab_size, BOS))]
+    tokens += [f"<|reserved_special_token_{i - BOS}|>" for i in range(len(tokens), vocab_size)]
+    types = [1 if i < BOS else 3 for i in range(vocab_size)]  # NORMAL, CONTROL
+    return tokens, types, ["Ġ Ġ"]
+
+
+def write_gguf(folder: Path, path: Path) -> None:
+    """The folder's Meta checkpoint as a llama.cpp bf16 GGUF (see the module docstring)."""
+    import gguf
+
+    files = load_model_files(folder, require_tokenizer=False)
+    a = files.args
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_name(f"llama_nb random {folder.name}")
+    w.add_context_length(TRAIN_CONTEXT)
+    w.add_embedding_length(a.dim)
+    w.add_block_count(a.n_layers)
+    w.add_feed_forward_length(a.hidden_dim)
+    w.add_head_count(a.n_heads)
+    w.add_head_count_kv(a.n_kv_heads)
+    w.add_rope_dimension_count(a.head_dim)
+    w.add_rope_freq_base(a.rope_theta)
+    w.add_layer_norm_rms_eps(a.norm_eps)
+    w.add_vocab_size(a.vocab_size)
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_BF16)
+    tokens, types, merges = _vocab(a.vocab_size)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("llama-bpe")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(merges)
+    if a.vocab_size > EOS:
+        w.add_bos_token_id(BOS)
+        w.add_eos_token_id(EOS)
+    for name, t in files.checkpoint.items():
+        if t.ndim == 1:  # norms: f32
+            w.add_tensor(_gguf_name(name), bf16_to_f32_np(t))
+        else:  # bf16 bits, untouched; the mapped view is only read while the file is written
+            w.add_tensor(_gguf_name(name), t, raw_dtype=gguf.GGMLQuantizationType.BF16)
+    if a.use_scaled_rope:
+        factors = rope_frequencies(a.head_dim, a.rope_theta, False) / rope_frequencies(a.head_dim, a.rope_theta, True)
+        w.add_tensor("rope_freqs.weight", factors.astype(np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+# --- the two engines -----------------------------------------------------------------------------
+
+
+class LlamaNb:
+    name = "llama_nb"
+
+    def __init__(self, folder: Path, ctx: int, threads: int):
+        self.model = load_transformer(folder, ctx=ctx, max_batch=512, threads=threads)
+        self.model.warmup()
+
+    def prefill(self, ids: np.ndarray) -> np.ndarray:
+        return self.model.forward(ids, 0).copy()
+
+    def step(self, token: int, pos: int) -> np.ndarray:
+        return self.model.forward([token], pos)
+
+    def decode(self, first: int, n: int, start_pos: int) -> list[int]:
+        return decode(self.model, first, n, start_pos)
+
+
+class LlamaCpp:
+    name = "llama.cpp"
+
+    def __init__(self, gguf_path: Path, ctx: int, threads: int):
+        from llama_cpp import Llama
+
+        self.llm = Llama(model_path=str(gguf_path), n_ctx=ctx, n_batch=512, n_ubatch=512, n_threads=threads,
+                         n_threads_batch=threads, logits_all=False, verbose=False)
+
+    def _logits(self) -> np.ndarray:
+        """float32[vocab] of the batch's last token, a view into llama.cpp's buffer (Llama.eval
+        no longer copies logits unless logits_all)."""
+        import llama_cpp
+
+        ptr = llama_cpp.llama_get_logits_ith(self.llm._ctx.ctx, -1)
+        return np.ctypeslib.as_array(ptr, shape=(self.llm.n_vocab(),))
+
+    def prefill(self, ids: np.ndarray) -> np.ndarray:
+        self.llm.reset()  # n_tokens = 0; eval() then drops cached positions >= 0
+        self.llm.eval([int(t) for t in ids])
+        return self._logits().copy()
+
+    def step(self, token: int, pos: int) -> np.ndarray:
+        assert self.llm.n_tokens == pos
+        self.llm.eval([token])
+        return self._logits()
+
+    def decode(self, first: int, n: int, start_pos: int) -> list[int]:
+        out, token = [], first
+        for i in range(n):
+            token = int(np.argmax(self.step(token, start_pos + i)))
+            out.append(token)
+        return out
+
+
+# --- the comparison ------------------------------------------------------------------------------
+
+
+def agreement(nb: LlamaNb, cpp: LlamaCpp, ids: np.ndarray, n_gen: int):
+    """Teacher-forced top-1 agreement over n_gen + 1 positions: [(pos, nb_top, cpp_top, nb_margin, rel_diff)]."""
+    rows = []
+    a, b = nb.prefill(ids), cpp.prefill(ids)
+    for i in range(n_gen + 1):
+        top2 = np.argsort(a)[-2:]
+        margin = float(a[top2[1]] - a[top2[0]])
+        rel = float(np.abs(a - b).max() / (np.abs(a).max() + 1e-30))
+        rows.append((len(ids) + i, int(top2[1]), int(np.argmax(b)), margin, rel))
+        if i == n_gen:
+            break
+        token = int(top2[1])
+        a, b = nb.step(token, len(ids) + i).copy(), cpp.step(token, len(ids) + i)
+    return rows
+
+
+def timed(engine, ids: np.ndarray, n_gen: int) -> tuple[float, float]:
+    t0 = time.perf_counter()
+    logits = engine.prefill(ids)
+    pp = len(ids) / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    engine.decode(int(np.argmax(logits)), n_gen, len(ids))
+    tg = n_gen / (time.perf_counter() - t0)
+    return pp, tg
+
+
+def compare_shape(shape: str, n_prompt: int, n_gen: int, rounds: int, threads: int, log) -> dict:
+    folder = ensure_shape_model(shape, on_write=lambda f, n: log(f"writing random {shape} ({n / 1e9:.1f} GB) to {f}"))
+    gguf_path = folder / GGUF_NAME
+    if not gguf_path.is_file():
+        log(f"writing {gguf_path}")
+        write_gguf(folder, gguf_path.with_suffix(".partial"))
+        gguf_path.with_suffix(".partial").replace(gguf_path)
+    ctx = n_prompt + n_gen + 1
+    nb, cpp = LlamaNb(folder, ctx, threads), LlamaCpp(gguf_path, ctx, threads)
+    ids = prompt_ids(n_prompt, SHAPES[shape][0].vocab_size)
+    for engine in (nb, cpp):  # warm-up: page the weights in, first-call costs
+        timed(engine, ids[: min(n_prompt, 32)], 2)
+    check = agreement(nb, cpp, ids, n_gen)
+    results = []
+    for r in range(rounds):
+        pair = {}
+        for engine in ((nb, cpp) if r % 2 == 0 else (cpp, nb)):
+            time.sleep(0.3)  # let the other engine's worker threads stop spinning
+            pair[engine.name] = timed(engine, ids, n_gen)
+        results.append(pair)
+        log(f"{shape} round {r + 1}: " + ", ".join(f"{k} pp {v[0]:.1f} tg {v[1]:.2f}" for k, v in pair.items()))
+    return {"shape": shape, "n_prompt": n_prompt, "n_gen": n_gen, "check": check, "rounds": results}
+
+
+def _ms(xs) -> str:
+    return f"{statistics.mean(xs):.2f} ± {statistics.stdev(xs):.2f}" if len(xs) > 1 else f"{xs[0]:.2f}"
+
+
+def render(results: list[dict], threads: int) -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor())
+    import llama_cpp
+
+    lines = [f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {cpu}, {threads} threads, "
+             f"llama-cpp-python {llama_cpp.__version__}, bf16 weights, random values", ""]
+    lines += ["| shape | test | llama_nb tok/s | llama.cpp tok/s | llama_nb / llama.cpp |",
+              "| --- | --- | ---: | ---: | ---: |"]
+    for res in results:
+        for k, test in ((0, f"pp{res['n_prompt']}"), (1, f"tg{res['n_gen']}")):
+            nb = [p["llama_nb"][k] for p in res["rounds"]]
+            cpp = [p["llama.cpp"][k] for p in res["rounds"]]
+            ratio = [a / b for a, b in zip(nb, cpp)]
+            lines.append(f"| {res['shape']} | {test} | {_ms(nb)} | {_ms(cpp)} | {_ms(ratio)} |")
+    lines.append("")
+    for res in results:
+        lines.append(f"per round, {res['shape']} (ratio llama_nb / llama.cpp):")
+        for i, p in enumerate(res["rounds"]):
+            (nbp, nbt), (cp, ct) = p["llama_nb"], p["llama.cpp"]
+            lines.append(f"  round {i + 1}: pp {nbp:7.1f} vs {cp:7.1f} = {nbp / cp:.2f}   tg {nbt:6.2f} vs {ct:6.2f} = {nbt / ct:.2f}")
+        check = res["check"]
+        agree = sum(nb == cp for _, nb, cp, _, _ in check)
+        lines.append(f"  greedy top-1 agreement (teacher-forced): {agree} of {len(check)} positions; "
+                     f"max |logit diff| / max |logit| = {max(r[4] for r in check):.4f}")
+        for pos, nb, cp, margin, _ in check:
+            if nb != cp:
+                lines.append(f"    pos {pos}: llama_nb {nb}, llama.cpp {cp}, llama_nb's top-2 margin {margin:.4f}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shape", action="append", choices=sorted(SHAPES),
+                        help="model shape (repeatable) [default: llama3.2-1b and llama3.1-8b-4layers]")
+    parser.add_argument("-p", "--n-prompt", type=int, default=128)
+    parser.add_argument("-n", "--n-gen", type=int, default=64)
+    parser.add_argument("-r", "--rounds", type=int, default=5)
+    parser.add_argument("-t", "--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+
+    def log(msg):
+        print(msg, file=sys.stderr, flush=True)
+
+    results = [compare_shape(s, args.n_prompt, args.n_gen, args.rounds, args.threads, log)
+               for s in args.shape or ["llama3.2-1b", "llama3.1-8b-4layers"]]
+    print(render(results, args.threads))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
