@@ -175,6 +175,44 @@ def test_argmax_first_of_ties_and_first_nan(impl):
     assert isinstance(argmax(x), int)
 
 
+@pytest.mark.parametrize("impl", sorted(registry.impls["argmax"]))
+def test_argmax_edge_values_like_numpy(impl, rng):
+    # The kernel's fast path (vector max) hands over to integer keys when x holds NaN or +-inf,
+    # and treats the last n % 64 elements apart: put each special value in each region.
+    argmax = registry.get("argmax", impl)
+    for n in (1, 63, 64, 130, 1000):
+        for special in (np.nan, np.inf, -np.inf, -0.0, 0.0):
+            for where in {0, n // 2, n - 1}:
+                x = -np.abs(rng.standard_normal(n).astype(np.float32)) - 1  # all negative
+                x[where] = special
+                assert argmax(x) == int(np.argmax(x)), (n, special, where)
+    x = np.full(100, -np.inf, np.float32)
+    assert argmax(x) == 0
+    x = np.array([-0.0, 0.0, -0.0], np.float32)  # -0 == +0: the first wins, as in np.argmax
+    assert argmax(x) == 0
+
+
+def test_fastexp_is_within_an_ulp_of_exp():
+    from numba import njit
+
+    from llama_nb.ops.fastexp import exp_nonpositive
+
+    @njit
+    def apply(out, x):
+        for i in range(x.size):
+            out[i] = exp_nonpositive(x[i])
+
+    x = -np.linspace(0, 87.3, 400_001).astype(np.float32)
+    out = np.empty_like(x)
+    apply(out, x)
+    want = np.exp(x.astype(np.float64))
+    ulps = np.abs(out - want) / np.spacing(want.astype(np.float32)).astype(np.float64)
+    assert ulps.max() <= 1.0, ulps.max()
+    edges = np.array([-np.inf, np.nan, -0.0, -87.31, -104.0, -3e38], np.float32)
+    apply(out[:6], edges)
+    np.testing.assert_array_equal(out[:6], [0.0, np.nan, 1.0, 0.0, 0.0, 0.0])
+
+
 @pytest.mark.parametrize("impl", sorted(registry.impls["matmul"]))
 def test_matmul_with_no_tokens_writes_nothing(impl):
     out = np.zeros((0, 3), np.float32)

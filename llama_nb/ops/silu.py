@@ -3,12 +3,18 @@
 out  float32[T, F]   may be a or b itself
 a    float32[T, F]   w1 @ x
 b    float32[T, F]   w3 @ x
-Parallel over rows (tokens). Written as
+Written as
     e = exp(-|a|)  in (0, 1]           never overflows, for any finite a
     silu(a) = a / (1 + e)              a >= 0
             = a * e / (1 + e)          a < 0   (multiply top and bottom of the definition by e)
 so a large negative a gives a tiny or zero result without ever computing exp(-a) = inf (an
 overflow). a = -inf gives NaN (-inf * 0), as torch's silu does; activations are never infinite.
+
+The exp is ops/fastexp.py's, and the branch is a select, so the loop vectorises (16 lanes).
+An elementwise op: arrays are walked flat, in blocks of _BLOCK elements; one block (a decode row,
+F <= 16384) runs serially, since waking the second thread costs more than the row itself.
+Measured, 1 x 14336 (8B decode), same process, alternating: np.exp-based Numba loop 34 us
+(scalar libm expf calls), NumPy `a / (1 + np.exp(-a)) * b` 11 us, this kernel ~5 us serial.
 """
 
 from __future__ import annotations
@@ -16,23 +22,37 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from llama_nb.ops._jit import njit_parallel
+from llama_nb.ops._jit import njit_parallel, njit_serial
+from llama_nb.ops.fastexp import exp_nonpositive
 from llama_nb.ops.registry import register
+
+_BLOCK = 16384  # elements per parallel task (64 KB of each array: L2 resident)
+
+
+def _silu_span(out, a, b):
+    for i in range(a.size):  # element i of a and b is read before out[i] is written
+        av = a[i]
+        e = exp_nonpositive(-abs(av))
+        num = av if av >= 0 else av * e
+        out[i] = num / (np.float32(1.0) + e) * b[i]
+
+
+_silu_span_serial = njit_serial(_silu_span)
 
 
 @njit_parallel
-def _silu(out, a, b):
-    n_rows, width = a.shape
-    for r in prange(n_rows):
-        ar, br, dst = a[r], b[r], out[r]
-        for i in range(width):  # element i of a and b is read before out[r, i] is written
-            av = ar[i]
-            e = np.exp(-abs(av))
-            num = av if av >= 0 else av * e
-            dst[i] = num / (np.float32(1.0) + e) * br[i]
+def _silu_blocks(out, a, b):
+    n = a.size
+    for blk in prange((n + _BLOCK - 1) // _BLOCK):
+        lo, hi = blk * _BLOCK, min(blk * _BLOCK + _BLOCK, n)
+        _silu_span_serial(out[lo:hi], a[lo:hi], b[lo:hi])
 
 
 @register("silu", "numba", default=True)
 def silu(out: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
     """out = a * sigmoid(a) * b, elementwise."""
-    _silu(out, a, b)
+    flat_out, flat_a, flat_b = out.reshape(-1), a.reshape(-1), b.reshape(-1)
+    if a.size <= _BLOCK:
+        _silu_span_serial(flat_out, flat_a, flat_b)
+    else:
+        _silu_blocks(flat_out, flat_a, flat_b)

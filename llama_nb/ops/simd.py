@@ -11,6 +11,8 @@ plain Numba keep sixteen 16-lane accumulators in registers and say which instruc
     f32x16_load(a: float32[:], i) -> f32x16           a[i : i + 16], unaligned
     f32x16_fma(acc, a, b) -> f32x16                   acc + a * b, lane by lane (llvm.fma: one rounding)
     f32x16_sum(v) -> float32                          v[0] + ... + v[15], a fixed pairwise tree
+    f32x16_max(a, b) -> f32x16                        a if a > b else b, lane by lane (vmaxps)
+    f32x16_max_lane(v) -> float32                     the largest lane (for v without NaN)
     bf16x32_load(a: uint16[:], i) -> bf16x32          a[i : i + 32], unaligned
     bf16x32_dot(acc, a, b) -> f32x16                  acc[j] += a[2j] * b[2j] + a[2j+1] * b[2j+1]
 
@@ -197,3 +199,35 @@ def bf16x16_load_f32(typingctx, a, i):
         return builder.bitcast(shifted, _V_F32)
 
     return f32x16(a, i), codegen
+
+
+@intrinsic
+def f32x16_max(typingctx, a, b):
+    """a[j] if a[j] > b[j] else b[j], lane by lane: one vmaxps (a NaN in either lane gives b[j])."""
+    if not (a == f32x16 and b == f32x16):
+        return None
+
+    def codegen(context, builder, signature, args):
+        a_, b_ = args
+        return builder.select(builder.fcmp_ordered(">", a_, b_), a_, b_)
+
+    return f32x16(a, b), codegen
+
+
+@intrinsic
+def f32x16_max_lane(typingctx, v):
+    """The largest lane of v, by the same `>` select tree (meaningful when v has no NaN)."""
+    if v != f32x16:
+        return None
+
+    def codegen(context, builder, signature, args):
+        (vec,) = args
+        width = 16
+        while width > 1:
+            width //= 2
+            lo = builder.shuffle_vector(vec, vec, ir.Constant(ir.VectorType(ir.IntType(32), width), list(range(width))))
+            hi = builder.shuffle_vector(vec, vec, ir.Constant(ir.VectorType(ir.IntType(32), width), list(range(width, 2 * width))))
+            vec = builder.select(builder.fcmp_ordered(">", lo, hi), lo, hi)
+        return builder.extract_element(vec, ir.Constant(ir.IntType(32), 0))
+
+    return types.float32(v), codegen
