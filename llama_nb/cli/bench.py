@@ -135,7 +135,7 @@ class ModelBench:
     weights_bytes: int  # every tensor of the checkpoint
     decode_bytes: int  # what one decode pass streams
     kv_cache_bytes: int
-    peak_rss_bytes: int = 0
+    peak_rss_bytes: int = 0  # ru_maxrss after load, compile and warm-up (before the bandwidth probe)
     tests: list[TestResult] = field(default_factory=list)
 
     def to_json(self) -> dict:
@@ -179,6 +179,9 @@ def run_model_bench(folder: Path, prompts: list[int], gens: list[int], repetitio
     for _name, n_prompt, n_gen, run in tests:  # llama-bench's warm-up run, shortened: same kernels, same pages
         run(min(n_prompt or n_gen, 32))
     result.warmup_seconds = time.perf_counter() - t0
+    # sampled before the first bandwidth probe, whose 0.5 GB scratch array would count in the peak;
+    # the timed runs allocate nothing (RunState and the KV cache were allocated with the model)
+    result.peak_rss_bytes = _peak_rss_bytes()
     for name, n_prompt, n_gen, run in tests:
         test = TestResult(name, n_prompt, n_gen, [])
         for _ in range(repetitions):
@@ -189,15 +192,14 @@ def run_model_bench(folder: Path, prompts: list[int], gens: list[int], repetitio
         result.tests.append(test)
         if progress is not None:
             progress(test)
-    result.peak_rss_bytes = _peak_rss_bytes()
     return result
 
 
 def _checkpoint_bytes(weights) -> int:
-    total = weights.tok_embeddings.nbytes + weights.norm.nbytes
-    if weights.output is not weights.tok_embeddings:
-        total += weights.output.nbytes
-    return total + decode_bytes(weights) - weights.output.nbytes - weights.norm.nbytes
+    """Bytes of every tensor of the checkpoint (a tied output is the embedding table: counted once)."""
+    layers = decode_bytes(weights) - weights.output.nbytes - weights.norm.nbytes
+    tied = weights.output is weights.tok_embeddings
+    return weights.tok_embeddings.nbytes + (0 if tied else weights.output.nbytes) + weights.norm.nbytes + layers
 
 
 def _peak_rss_bytes() -> int:
@@ -247,7 +249,7 @@ def model_bench_notes(r: ModelBench) -> list[str]:
         f"kernels     {', '.join(f'{op}={name}' for op, name in sorted(r.impl.items()))}",
         f"excluded    JIT compile / cache load {r.compile_seconds:.2f} s; warm-up runs {r.warmup_seconds:.2f} s",
         f"repeats     {reps} per test, mean ± sample standard deviation; tg includes the greedy argmax",
-        f"memory      peak RSS {r.peak_rss_bytes / 1e9:.2f} GB vs weights {r.weights_bytes / 1e9:.2f} GB"
+        f"memory      peak RSS {r.peak_rss_bytes / 1e9:.2f} GB (after warm-up) vs weights {r.weights_bytes / 1e9:.2f} GB"
         f" + KV cache {r.kv_cache_bytes / 1e9:.3f} GB = {expected / 1e9:.2f} GB",
     ]
 

@@ -1,7 +1,8 @@
 """Write Meta-format checkpoints without torch: `save_pth` (a torch.save zip) and `write_random_model`.
 
     save_pth("out/consolidated.00.pth", {"norm.weight": bf16_bits, "x": np.zeros(3, np.float32)})
-    write_random_model("~/.cache/llama_nb/shapes/llama3.2-1b", args, seed=0)
+    write_random_model("/tmp/m", args, seed=0)     # random bf16 weights, Meta's names, params.json
+    ensure_shape_model("llama3.2-1b")              # SHAPES[name], cached in $LLAMA_NB_CACHE/shapes
 
 The file is what torch.save writes (torch.load and llama_nb.io.pth read it back bit for bit):
 
