@@ -276,7 +276,11 @@ def mutate_params(data: bytes, rng: random.Random) -> tuple[bytes, str]:
     if kind == "top":
         text = rng.choice(["[]", "null", "3", '"dim"', "[" * 100_000, '{"dim": ' * 50_000])
         return text.encode(), f"params.json: {text[:12]}..."
-    params = json.loads(data)
+    try:
+        params = json.loads(data)
+        assert isinstance(params, dict)
+    except Exception:  # noqa: BLE001 - a second mutation of an already broken file: bytes only
+        return _flip(data, rng), "params.json: bytes flipped"
     key = rng.choice(sorted(params) + ["ffn_dim_multiplier", "n_kv_heads", "use_scaled_rope"])
     if kind == "drop":
         params.pop(key, None)
@@ -288,6 +292,13 @@ def mutate_params(data: bytes, rng: random.Random) -> tuple[bytes, str]:
 
 
 def mutate_tokenizer(data: bytes, rng: random.Random) -> tuple[bytes, str]:
+    try:
+        return _mutate_lines(data, rng)
+    except (ValueError, IndexError):  # a second mutation of an already broken file: bytes only
+        return (_flip(data, rng) if data else b"\x00"), "tokenizer.model: bytes flipped"
+
+
+def _mutate_lines(data: bytes, rng: random.Random) -> tuple[bytes, str]:
     lines = data.split(b"\n")
     k = rng.randrange(len(lines) - 1)  # the last element is the "" after the final newline
     kind = rng.choice(["drop", "duplicate", "swap_ranks", "base64", "rank", "fields", "bytes", "empty"])

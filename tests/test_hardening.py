@@ -566,3 +566,13 @@ def test_closed_pipe_is_a_quiet_exit(chain_model):
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) in (0, 141, -signal.SIGPIPE), err
     assert "Traceback" not in err and "Exception ignored" not in err and "BrokenPipe" not in err, err
+
+
+def test_menu_explains_a_prompt_longer_than_the_context_and_asks_again(base):
+    from llama_nb.cli import app
+
+    result = CliRunner().invoke(app, ["menu", "--model", str(base), "--ctx", "4", "--plain"], input="1\nq\n",
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "tokens but --ctx is 4" in result.output and "raise --ctx" in result.output
+    assert result.output.count("Select from the predefined prompts") == 2 and result.output.rstrip().endswith("bye")

@@ -1,0 +1,57 @@
+"""The mutation fuzzer (tests/fuzzing.py) in CI: a few hundred seeded cases, each loads or is refused.
+
+A case that loads also runs llama_nb.load_model, one forward pass and three greedy tokens, so
+flipped weights (NaN, Inf) must still give valid token ids. Any other exception, a multi-line
+message, a payload that ran, or a case over its time limit fails the test with the case number;
+`python bench/fuzz.py --seed 2024 --case N` replays it. Longer runs, one subprocess per worker so a
+segfault shows as a crashed case: `python bench/fuzz.py --cases 20000`.
+"""
+
+from __future__ import annotations
+
+import collections
+import random
+import time
+
+import pytest
+
+from tests import fuzzing
+
+SEED = 2024
+CASES = 300
+CASE_SECONDS = 20  # a case takes ~20 ms (the fixture compiled the kernels)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """The valid folder's files; loading it once also compiles the kernels outside any case's limit."""
+    folder = tmp_path_factory.mktemp("fuzz") / "base"
+    files = fuzzing.base_files(folder)
+    assert fuzzing.load_and_run(folder).endswith("logits finite")  # else every case is a trivial refusal
+    return files
+
+
+def test_mutations_are_deterministic_and_varied(base, tmp_path):
+    runs = [fuzzing.mutate(base, random.Random(f"{SEED}:{case}"), tmp_path / "M") for case in range(60)]
+    again = [fuzzing.mutate(base, random.Random(f"{SEED}:{case}"), tmp_path / "M") for case in range(60)]
+    assert runs == again
+    kinds = collections.Counter(what.split(":")[0] for _, done in runs for what in done)
+    assert {"pth", "zip", "pickle", "params.json", "tokenizer.model"} <= set(kinds), kinds
+    assert all(files != base for files, _ in runs[:20])
+
+
+def test_fuzz_cases_load_or_are_refused(base, tmp_path):
+    outcomes = collections.Counter()
+    mutations = collections.Counter()
+    start = time.perf_counter()
+    for case in range(CASES):
+        with fuzzing.time_limit(CASE_SECONDS):
+            result = fuzzing.run_case(base, SEED, case, tmp_path)  # raises FuzzFailure on a bug
+        outcomes[result.outcome] += 1
+        for what in result.mutations:
+            mutations[what.split(":")[0], result.outcome] += 1
+    elapsed = time.perf_counter() - start
+    # both outcomes are common, and each kind of mutation reached the loader
+    assert outcomes["loaded"] > CASES // 10 and outcomes["refused"] > CASES // 2, outcomes
+    assert mutations["pickle", "refused"] > 20 and mutations["pth", "loaded"] > 5, mutations
+    assert elapsed < 60, f"{CASES} cases took {elapsed:.1f} s"
