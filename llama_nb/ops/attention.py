@@ -15,6 +15,17 @@ place; nothing is copied per head (Meta's repeat_kv is a broadcast, not a copy, 
 Softmax in two passes over a per-task float32 scores buffer of p + 1 entries: scores and their
 max, then exp and sum (float64 sum, rounded once), then the weighted sum of value rows. An online
 (one-pass) softmax would save the buffer but rescales the Dh-long accumulator on every new max.
+
+Is it a bottleneck in prefill? Measured at Llama 3.2 1B width (H 32, KVH 8, Dh 64, D 2048,
+F 8192), prefill from position 0, 1 thread, against the seven matmuls of the same layer (numba):
+    T = 128: attention 2.8 ms vs matmuls 179 ms (1.5%)
+    T = 256: 18.7 ms vs 319 ms (5.9%)
+    T = 512: 85 ms vs 666 ms (12.8%)
+It grows as T^2 against the matmuls' T and runs at only ~14-25 GFLOP/s, so long prompts (> 1K
+tokens) will want a tiled kernel (the H/KVH heads of a group sharing each key load, keys
+transposed per block so the scores need no horizontal sums); for pp128-512 it is not the
+bottleneck. Tried: the vectorised exp of ops/fastexp.py for the softmax (no change measured:
+the q.k dot products and value sums dominate, not the exp).
 """
 
 from __future__ import annotations

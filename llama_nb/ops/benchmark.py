@@ -180,14 +180,14 @@ def format_row(row: Row, read_gbps: float) -> str:
     names = ",".join(FIELDS[row.op])
     gflops = f"{row.gflops:8.1f}" if row.flops else f"{'-':>8}"
     frac = f"{row.gbps / read_gbps:6.0%}" if row.op == "matmul" else f"{'':>6}"
-    return f"{row.op:<12} {row.impl:<10} {names + '=' + case:<40} {row.ms:10.3f} {row.best_ms:10.3f} {row.gbps:8.1f} {gflops} {frac}"
+    return f"{row.op:<12} {row.impl:<14} {names + '=' + case:<40} {row.ms:10.3f} {row.best_ms:10.3f} {row.gbps:8.1f} {gflops} {frac}"
 
 
 def format_header(result: Result) -> str:
     return (
         f"threads: {result.threads}   plain-read bandwidth (Numba sum of a 512 MB uint16 array): "
         f"{result.read_gbps:.1f} GB/s\n"
-        f"{'op':<12} {'impl':<10} {'case':<40} {'median ms':>10} {'best ms':>10} {'GB/s':>8} {'GFLOP/s':>8} {'%read':>6}"
+        f"{'op':<12} {'impl':<14} {'case':<40} {'median ms':>10} {'best ms':>10} {'GB/s':>8} {'GFLOP/s':>8} {'%read':>6}"
     )
 
 

@@ -4,15 +4,23 @@ out  float32[T, N]   must not alias x
 x    float32[T, K]   activations
 w    uint16[N, K]    bf16 bits, exactly as stored in consolidated.00.pth
 
-Nearly all of a forward pass is spent here, so there are two kernels behind the one op:
+Nearly all of a forward pass is spent here, so there are several kernels behind the one op:
 - T == 1 (decode): a matrix-vector product. Each weight is read once and used once, so the only
   goal is to stream w at memory bandwidth: parallel over blocks of MATVEC_BLOCK output rows, one
   row at a time, the widening and the dot product in a single vectorised loop.
-- T > 1 (prefill): each weight is used T times. Parallel over blocks of ROW_BLOCK output rows;
-  a block's rows are widened once into a small float32 scratch (ROW_BLOCK * K * 4 bytes, L2
-  sized), then every token's dot products read that scratch, so w is streamed once for all T.
-Both accumulate in float32 lanes (see DOT_FASTMATH in _jit.py); the reduction axis K is never split
-across threads.
+- T > 1 (prefill): each weight is used T times, so the goal is arithmetic throughput. Parallel over
+  tasks of TASK_ROWS output rows; inside a task, K in blocks of K_BLOCK (the task's w block stays
+  in L2), tokens in groups of 4, rows in groups of 4: a 4 x 4 register tile (below).
+  Two tile kernels, three registered implementations:
+    numba_fma      float32 FMA; w widened in registers (vpmovzxwd + vpslld), x as is. Any CPU.
+    numba_bf16dot  vdpbf16ps (AVX512_BF16 only; registered only where the CPU has it): w's bf16
+                   pairs are used as stored and x is rounded to bf16 first, as llama.cpp does.
+                   About 1.5x the FMA kernel, but it changes numerics: the tiny models of
+                   tests/test_model.py then miss Meta's logits by ~1e-3, their tolerance, so it
+                   is opt-in (`--impl matmul=numba_bf16dot`), held to a bf16 error bound in tests.
+    numba          the default: numba_fma (float32 activations, like Meta's model).
+All accumulate in float32; the reduction axis K is never split across threads, so results do not
+depend on the thread count.
 
 Measured on the 2-core AMD EPYC dev box (bench/bench_ops.py has the current numbers):
 - matvec, 1 thread, 512 MB of weights (cold), interleaved runs on a busy machine: `prange` over
@@ -24,9 +32,27 @@ Measured on the 2-core AMD EPYC dev box (bench/bench_ops.py has the current numb
   (16 KB) sits in L1 and one row at a time is best: 36 GB/s vs 23 (2 rows) and 26-28 (4 rows).
   With K = 14336 (w2), x is 57 KB, out of L1: one row 19 GB/s, 2 rows 26, 4 rows 31. Hence
   `_matvec_4rows` above X_IN_L1. Splitting K into L1-sized chunks instead did not help (19).
-- prefill: ~90 GFLOP/s at T=8 and ~120 GFLOP/s at T=64 (2 threads, K=N=4096); a 2x2 register
-  block (two tokens x two rows) bought nothing measurable, so the simple loop stays. A blocked
-  GEMM with a register-tiled micro-kernel would do better for long prompts; not done yet.
+- prefill, previous kernel (rows widened into a float32 scratch, one auto-vectorised dot per
+  token and row, LLVM reducing 16 lanes each time): 40-60 GFLOP/s on 1 thread; a 2x2 register
+  block written in plain Numba bought nothing (LLVM does not keep a tile of vector accumulators).
+- prefill with the 4 x 4 tiles on explicit vectors (ops/simd.py), 1 thread, one process,
+  alternating old / fma / bf16dot, best of 5 (GFLOP/s):
+      T x K x N          old   fma  bf16dot
+      128x2048x2048       62   194   341
+      128x2048x8192       58   208   297
+      128x8192x2048       45   193   309
+      128x4096x4096       60   195   272
+      128x4096x14336      49   195   316
+      128x14336x4096      43   191   303
+      64x2048x8192        45   188   262
+      8x4096x128256       41   108   146    (T = 8: reading 1 GB of weights bounds it)
+  Zen 5 peaks per core: 234 GFLOP/s float32 FMA, 469 bf16 dot (the same register-tiling in
+  torch bf16 gets ~390 on 2 threads). On 2 threads the numbers were erratic (the other core was
+  busy with other jobs); on an idle machine expect close to 2x.
+- what did not work: the tile as a called function instead of inlined at the Numba level
+  (1.5-3x slower); 16 leftover-K loops inlined into every tile (18 s compile,
+  now 4-7 s with one leftover pass per task); a 4-row-outer / token-inner order or K_BLOCK=512
+  or TASK_ROWS 16/32/128 (within noise or worse, on a busy machine).
 """
 
 from __future__ import annotations

@@ -38,12 +38,10 @@ from numba.extending import intrinsic, models, register_model
 
 
 def _cpu_features() -> str:
-    # The features Numba compiles for: NUMBA_CPU_FEATURES / NUMBA_CPU_NAME (portable caches) win
-    # over the host's, so a kernel is never built with an instruction the target may lack.
+    # The features Numba compiles for, as numba.core.codegen.CPUCodegen decides them:
+    # NUMBA_CPU_FEATURES if set (portable caches), else the host's, whatever NUMBA_CPU_NAME says.
     if config.CPU_FEATURES is not None:
         return config.CPU_FEATURES
-    if config.CPU_NAME is not None and config.CPU_NAME != "host":
-        return ""
     return llvm_binding.get_host_cpu_features().flatten()
 
 
