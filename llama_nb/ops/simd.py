@@ -9,6 +9,8 @@ plain Numba keep sixteen 16-lane accumulators in registers and say which instruc
 
     f32x16_zero() -> f32x16
     f32x16_load(a: float32[:], i) -> f32x16           a[i : i + 16], unaligned
+    f32x16_store(a: float32[:], i, v)                 a[i : i + 16] = v, unaligned
+    f32x16_splat(s: float32) -> f32x16                s in every lane
     f32x16_fma(acc, a, b) -> f32x16                   acc + a * b, lane by lane (llvm.fma: one rounding)
     f32x16_sum(v) -> float32                          v[0] + ... + v[15], a fixed pairwise tree
     f32x16_max(a, b) -> f32x16                        a if a > b else b, lane by lane (vmaxps)
@@ -229,3 +231,30 @@ def f32x16_max_lane(typingctx, v):
         return builder.extract_element(vec, ir.Constant(ir.IntType(32), 0))
 
     return types.float32(v), codegen
+
+
+@intrinsic
+def f32x16_splat(typingctx, value):
+    """All 16 lanes = value (a float32)."""
+    if value != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        lane0 = builder.insert_element(ir.Constant(_V_F32, ir.Undefined), args[0], ir.Constant(ir.IntType(32), 0))
+        return builder.shuffle_vector(lane0, lane0, ir.Constant(ir.VectorType(ir.IntType(32), 16), [0] * 16))
+
+    return f32x16(value), codegen
+
+
+@intrinsic
+def f32x16_store(typingctx, a, i, v):
+    """a[i : i + 16] = v, unaligned (a: float32[:], i + 16 <= a.size)."""
+    if not (_is_1d(a, types.float32) and isinstance(i, types.Integer) and v == f32x16):
+        return None
+
+    def codegen(context, builder, signature, args):
+        ptr = _element_pointer(context, builder, signature.args[0], args[0], args[1], _V_F32)
+        builder.store(args[2], ptr, align=4)
+        return context.get_dummy_value()
+
+    return types.none(a, i, v), codegen
