@@ -35,20 +35,23 @@ Measured on the 2-core AMD EPYC dev box (bench/bench_ops.py has the current numb
 - prefill, previous kernel (rows widened into a float32 scratch, one auto-vectorised dot per
   token and row, LLVM reducing 16 lanes each time): 40-60 GFLOP/s on 1 thread; a 2x2 register
   block written in plain Numba bought nothing (LLVM does not keep a tile of vector accumulators).
-- prefill with the 4 x 4 tiles on explicit vectors (ops/simd.py), 1 thread, one process,
-  alternating old / fma / bf16dot, best of 5 (GFLOP/s):
-      T x K x N          old   fma  bf16dot
-      128x2048x2048       62   194   341
-      128x2048x8192       58   208   297
-      128x8192x2048       45   193   309
-      128x4096x4096       60   195   272
-      128x4096x14336      49   195   316
-      128x14336x4096      43   191   303
-      64x2048x8192        45   188   262
-      8x4096x128256       41   108   146    (T = 8: reading 1 GB of weights bounds it)
-  Zen 5 peaks per core: 234 GFLOP/s float32 FMA, 469 bf16 dot (the same register-tiling in
-  torch bf16 gets ~390 on 2 threads). On 2 threads the numbers were erratic (the other core was
-  busy with other jobs); on an idle machine expect close to 2x.
+- prefill with the 4 x 4 tiles on explicit vectors (ops/simd.py), one process, alternating
+  old / fma / bf16dot, best of 5, GFLOP/s (2 threads in a quiet spell of the shared host):
+                         1 thread              2 threads
+      T x K x N          old   fma  bf16dot    old   fma  bf16dot
+      128x2048x2048       62   194   341       127   429   628
+      128x2048x8192       58   208   297       127   408   606
+      128x8192x2048       45   193   309        80   428   587
+      128x4096x4096       60   195   272        94   405   666
+      128x4096x14336      49   195   316       113   416   661
+      128x14336x4096      43   191   303        84   411   562
+      64x2048x8192        45   188   262       123   395   668
+      8x4096x128256       41   108   146        71   211   257   (T = 8: 1 GB of weights to read)
+  Per-core peaks of this CPU (LLVM says znver5: full-width AVX-512): 234 GFLOP/s float32 FMA,
+  469 bf16 dot. torch's bf16 matmul gets 367-398 on 2 threads. When other jobs hold the cores,
+  every parallel launch can stall for 4-16 ms (a scheduler tick), whatever the kernel.
+  Compiled for AVX2 only (NUMBA_CPU_NAME=haswell + its NUMBA_CPU_FEATURES), 1 thread: old 50-59,
+  fma 84-91 GFLOP/s (16 accumulators of 2 ymm each spill, but the tiling still pays).
 - what did not work: the tile as a called function instead of inlined at the Numba level
   (1.5-3x slower); 16 leftover-K loops inlined into every tile (18 s compile,
   now 4-7 s with one leftover pass per task); a 4-row-outer / token-inner order or K_BLOCK=512
