@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 import llama_nb
+import llama_nb.demo
 from llama_nb.cli import app
 from tests.tinymodel import write_tiny_model
 
@@ -109,10 +110,21 @@ def test_threads_beyond_the_cores_is_refused(folder):
     assert proc.returncode == 1 and "--threads 999" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_no_model_explains_how_to_get_metas_files(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "llama_nb", "run", "hi"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+def test_no_model_uses_the_demo_and_a_bad_model_explains_how_to_get_metas_files(tmp_path):
+    # cwd = an empty folder: no models-original/ there, so the built-in demo model is used, said in one line
+    proc = subprocess.run([sys.executable, "-m", "llama_nb", "run", "hi", "--max-tokens", "2", "--json"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    notes = [line for line in proc.stderr.splitlines() if "built-in demo model" in line]
+    assert len(notes) == 1 and "no --model and no models-original/Meta-Llama-3.1-8B-Instruct" in notes[0]
+    assert "README" in notes[0]
+    assert json.loads(proc.stdout)["model"] == str(llama_nb.demo.demo_model_dir())
+    # an explicit --model that does not exist is still an error, with the way to get Meta's files
+    proc = subprocess.run([sys.executable, "-m", "llama_nb", "run", "hi", "--model", "models-original/nope"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1
-    assert "models-original/Meta-Llama-3.1-8B-Instruct" in proc.stderr and "download" in proc.stderr
+    assert "--model models-original/nope: no such folder" in proc.stderr and "download" in proc.stderr
+    assert "demo" not in proc.stderr
 
 
 def test_ops_lists_every_op():

@@ -24,7 +24,7 @@ ModelOpt = Annotated[
         "--model",
         "-m",
         help=f"Folder with Meta's consolidated.00.pth, params.json and tokenizer.model "
-        f"[default: {DEFAULT_MODEL_DIR} when present].",
+        f"[default: {DEFAULT_MODEL_DIR} when present, else the built-in demo model].",
         show_default=False,
     ),
 ]
@@ -41,13 +41,25 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object and
 
 
 def resolve_model_dir(model: Path | None) -> Path:
-    """The model folder to use: --model when given, else the default folder when present."""
+    """The model folder to use: --model when given, else the default folder when present, else
+    the built-in demo model (llama_nb/demo), announced in one line on stderr."""
     if model is None:
         if DEFAULT_MODEL_DIR.is_dir():
             return DEFAULT_MODEL_DIR
-        raise LlamaNbError(f"no model given and {DEFAULT_MODEL_DIR} does not exist. {HOW_TO_GET_WEIGHTS}")
+        from llama_nb.demo import demo_description, demo_model_dir
+
+        _note(f"no --model and no {DEFAULT_MODEL_DIR.as_posix()}: using the built-in demo model "
+              f"({demo_description()}); see README to get Meta's weights")
+        return demo_model_dir()
     if not model.exists():
         raise LlamaNbError(f"--model {model}: no such folder. {HOW_TO_GET_WEIGHTS}")
     if not model.is_dir():
         raise LlamaNbError(f"--model {model}: expected a folder holding consolidated.00.pth, params.json and tokenizer.model")
     return model
+
+
+def _note(text: str) -> None:
+    """One yellow line on stderr (stdout stays clean for --json and pipes)."""
+    from rich.console import Console
+
+    Console(stderr=True, soft_wrap=True).print(f"note: {text}", style="yellow", markup=False, highlight=False)
