@@ -93,9 +93,12 @@ def test_broken_folder_is_one_line_exit_1(tmp_path):
     one_line_error(invoke("--model", folder), str(folder / "params.json"), "not valid JSON at line 1")
 
 
-def test_no_model_and_no_default_folder(tmp_path, monkeypatch):
+def test_no_model_and_no_default_folder_describes_the_demo(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    one_line_error(invoke(), "no model given")
+    result = invoke()
+    assert result.exit_code == 0, result.output
+    assert "using the built-in demo model" in result.stderr
+    assert "tok_embeddings.weight" in result.stdout and "4352" in result.stdout  # 4,096 BPE + 256 special
 
 
 def test_tied_model_without_tokenizer(tmp_path):

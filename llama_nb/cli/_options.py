@@ -54,7 +54,9 @@ def resolve_model_dir(model: Path | None) -> Path:
     if not model.exists():
         raise LlamaNbError(f"--model {model}: no such folder. {HOW_TO_GET_WEIGHTS}")
     if not model.is_dir():
-        raise LlamaNbError(f"--model {model}: expected a folder holding consolidated.00.pth, params.json and tokenizer.model")
+        from llama_nb.io.checkpoint import check_folder
+
+        check_folder(model)  # says what the file is (a GGUF, a .pth, ...) and what llama_nb expects
     return model
 
 

@@ -86,7 +86,7 @@ def expected_shapes(args: ModelArgs, *, tied_output: bool = False) -> dict[str, 
 def load_model_files(folder: str | Path, *, require_tokenizer: bool = True) -> ModelFiles:
     """Find, read and cross-check a Meta model folder; a one-line CheckpointError on any problem."""
     folder = Path(folder)
-    _check_folder(folder)
+    check_folder(folder)
     args = ModelArgs.from_file(folder / PARAMS_NAME)
     tokenizer_path: Path | None = folder / TOKENIZER_NAME
     if not tokenizer_path.is_file():
@@ -162,7 +162,7 @@ def describe(model_files: ModelFiles) -> dict[str, Any]:
     }
 
 
-def _check_folder(folder: Path) -> None:
+def check_folder(folder: Path) -> None:
     """Say what a path is when it is not a Meta folder: missing, a GGUF, Hugging Face, sharded."""
     if not folder.exists():
         raise CheckpointError(f"{folder}: no such folder; {_EXPECTS}")
