@@ -39,14 +39,18 @@ Measured on the 2-core AMD EPYC dev box (bench/bench_ops.py has the current numb
   old / fma / bf16dot, best of 5, GFLOP/s (2 threads in a quiet spell of the shared host):
                          1 thread              2 threads
       T x K x N          old   fma  bf16dot    old   fma  bf16dot
-      128x2048x2048       62   194   341       127   429   628
-      128x2048x8192       58   208   297       127   408   606
-      128x8192x2048       45   193   309        80   428   587
-      128x4096x4096       60   195   272        94   405   666
-      128x4096x14336      49   195   316       113   416   661
-      128x14336x4096      43   191   303        84   411   562
-      64x2048x8192        45   188   262       123   395   668
-      8x4096x128256       41   108   146        71   211   257   (T = 8: 1 GB of weights to read)
+      128x2048x2048       49   202   320        92   359   706
+      128x2048x8192       57   207   310       120   368   692
+      128x8192x2048       35   191   298        76   390   586
+      128x4096x4096       47   197   360        92   375   700
+      128x4096x14336      56   206   359       117   385   600
+      128x14336x4096      39   187   289        68   372   578
+      64x2048x8192        46   186   285        90   368   585
+      8x4096x128256       39   108   141        68   195   253   (T = 8: 1 GB of weights to read)
+  Whole model, prefill of 128 tokens (random weights of the real shapes, one process,
+  alternating, 2 threads, tokens/s): Llama 3.2 1B: old 48, fma 176, bf16dot 285 (pp512: 53,
+  169, 277); Llama 3.1 8B, 4 layers: old 58, fma 202, bf16dot 350. llama.cpp bf16 on this
+  machine: 169 (1B) and 239 (8B width, 4 layers).
   Per-core peaks of this CPU (LLVM says znver5: full-width AVX-512): 234 GFLOP/s float32 FMA,
   469 bf16 dot. torch's bf16 matmul gets 367-398 on 2 threads. When other jobs hold the cores,
   every parallel launch can stall for 4-16 ms (a scheduler tick), whatever the kernel.
@@ -54,8 +58,8 @@ Measured on the 2-core AMD EPYC dev box (bench/bench_ops.py has the current numb
   fma 84-91 GFLOP/s (16 accumulators of 2 ymm each spill, but the tiling still pays).
 - what did not work: the tile as a called function instead of inlined at the Numba level
   (1.5-3x slower); 16 leftover-K loops inlined into every tile (18 s compile,
-  now 4-7 s with one leftover pass per task); a 4-row-outer / token-inner order or K_BLOCK=512
-  or TASK_ROWS 16/32/128 (within noise or worse, on a busy machine).
+  now 4-7 s with one leftover pass per task); a 4-row-outer / token-inner order (within noise
+  or worse, on a busy machine); other block sizes (see K_BLOCK_BF16).
 """
 
 from __future__ import annotations
@@ -71,7 +75,13 @@ from llama_nb.ops.simd import (
 )
 
 TASK_ROWS = 64  # output rows per parallel task in the prefill kernels
-K_BLOCK = 1024  # prefill reduction block: a task's w[64, 1024] (128 KB bf16) stays in L2
+K_BLOCK = 1024  # FMA prefill reduction block: a task's w[64, 1024] (128 KB bf16) stays in L2
+# bf16-dot reduction block: its x is bf16 (half the bytes), and the longer inner loop amortises the
+# tile's 16 lane sums better. Measured, 1 thread, TASK_ROWS x K_BLOCK_BF16 (GFLOP/s at 128x2048x8192,
+# 128x4096x4096, 128x14336x4096): 64x1024 330/318/309, 64x2048 363/361/347, 64x4096 363/258/272,
+# 128x2048 372/324/351, 32x2048 349/335/335, 16x1024 309/306/294, 32x512 269/269/265.
+# (FMA kernel: 64x1024 194/190/203, 64x2048 188/183/207, 32x1024 188/185/195, 16x1024 178/171/181.)
+K_BLOCK_BF16 = 2048
 MATVEC_BLOCK = 64  # output rows per parallel task in the matvec (see the measurements above)
 X_IN_L1 = 8192  # float32 elements of x (32 KB) that stay in a typical 32-48 KB L1d; beyond: 4 rows
 
@@ -276,8 +286,8 @@ def _matmul_bf16dot(out, x, w):
     for task in prange((n_out + TASK_ROWS - 1) // TASK_ROWS):
         n0 = task * TASK_ROWS
         n1 = min(n0 + TASK_ROWS, n_out)
-        for k0 in range(0, k_vec, K_BLOCK):
-            k1 = min(k0 + K_BLOCK, k_vec)
+        for k0 in range(0, k_vec, K_BLOCK_BF16):
+            k1 = min(k0 + K_BLOCK_BF16, k_vec)
             for t0 in range(0, n_tokens, 4):
                 for r0 in range(n0, n1, 4):
                     _tile_bf16dot(out, xh, w, t0, r0, n1, k0, k1)
