@@ -57,8 +57,9 @@ Measured on the 2-core AMD EPYC dev box (bench/bench_ops.py has the current numb
   Compiled for AVX2 only (NUMBA_CPU_NAME=haswell + its NUMBA_CPU_FEATURES), 1 thread: old 50-59,
   fma 84-91 GFLOP/s (16 accumulators of 2 ymm each spill, but the tiling still pays).
 - what did not work: the tile as a called function instead of inlined at the Numba level
-  (1.5-3x slower); 16 leftover-K loops inlined into every tile (18 s compile,
-  now 4-7 s with one leftover pass per task); a 4-row-outer / token-inner order (within noise
+  (1.5-3x slower); 16 leftover-K loops inlined into every tile (18 s compile; 4.6-4.9 s with
+  one leftover pass per task, 2.3 s with the tile's store called, not inlined, at no measurable
+  cost: 1 thread, alternating, within +-4%); a 4-row-outer / token-inner order (within noise
   or worse, on a busy machine); other block sizes (see K_BLOCK_BF16).
 """
 
@@ -135,7 +136,8 @@ def _matvec_4rows(out, x, w):
 # Ragged edges need no code of their own: token and row indices past the end are clamped to the
 # last one, so an edge tile recomputes (and rewrites, with the same value) a valid cell.
 # The tile is inlined into the kernel (Numba-level inline): called as a function instead it
-# ran 1.5-3x slower (measured, 1 thread). The K % 16 (or 32) leftover columns are one pass per
+# ran 1.5-3x slower (measured, 1 thread). Its store of 16 lane sums is a call (once per tile, out
+# of the hot loop: halves the compile time). The K % 16 (or 32) leftover columns are one pass per
 # task (_tail_*), not 16 inlined loops per tile: those made the kernel take 18 s to compile.
 
 
@@ -149,7 +151,7 @@ def _put(out, t, r, partial, first, distinct):
         out[t, r] += partial
 
 
-@njit_inline
+@njit_serial
 def _store_tile(out, t0, r0, r_end, first, s00, s01, s02, s03, s10, s11, s12, s13,
                 s20, s21, s22, s23, s30, s31, s32, s33):
     """out[t0:t0+4, r0:r0+4] = (first K block) or += (later blocks) the 16 lane sums."""
