@@ -1,6 +1,6 @@
 """Compile policy for every kernel, in one place.
 
-`njit_serial` and `njit_parallel` are the only decorators kernel files use, so caching, fastmath
+The decorators defined here are the only ones kernel files use, so caching, fastmath
 and error models are switched here and nowhere else. `cache=True` writes compiled machine code
 beside the module (or under $NUMBA_CACHE_DIR), so a second process compiles nothing.
 `fastmath` stays off, except for one narrow pair of flags in `njit_parallel_dot` (below): NaN and
