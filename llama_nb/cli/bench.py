@@ -9,7 +9,8 @@
     tgN   N decode passes of one token each at positions 0..N-1, each feeding back the greedy
           argmax of the previous logits (argmax included: ~0.1 ms of a 25+ ms pass); tokens/s =
           N / seconds
-Each test runs `-r` times after one untimed warm-up run; the KV cache starts empty each time
+Each test runs `-r` times after an untimed, shortened warm-up run (at most 32 tokens, as
+llama-bench shortens its warm-up prompt); the KV cache starts empty each time
 (positions restart at 0). Token ids are fixed pseudo-random ids, so no tokenizer is needed and
 tokenization and sampling are excluded. The JIT compile and the first pass (which pages the
 memory-mapped weights in) are excluded and reported separately. Results are mean ± standard
