@@ -139,8 +139,8 @@ def write_gguf(folder: Path, path: Path) -> None:
 class LlamaNb:
     name = "llama_nb"
 
-    def __init__(self, folder: Path, ctx: int, threads: int):
-        self.model = load_transformer(folder, ctx=ctx, max_batch=512, threads=threads)
+    def __init__(self, folder: Path, ctx: int, threads: int, impl: str | None = None):
+        self.model = load_transformer(folder, impl, ctx=ctx, max_batch=512, threads=threads)
         self.model.warmup()
 
     def prefill(self, ids: np.ndarray) -> np.ndarray:
@@ -218,7 +218,7 @@ def timed(engine, ids: np.ndarray, n_gen: int) -> tuple[float, float]:
     return pp, tg
 
 
-def compare_shape(shape: str, n_prompt: int, n_gen: int, rounds: int, threads: int, log) -> dict:
+def compare_shape(shape: str, n_prompt: int, n_gen: int, rounds: int, threads: int, log, impl: str | None = None) -> dict:
     folder = ensure_shape_model(shape, on_write=lambda f, n: log(f"writing random {shape} ({n / 1e9:.1f} GB) to {f}"))
     gguf_path = folder / GGUF_NAME
     if not gguf_path.is_file():
@@ -226,7 +226,7 @@ def compare_shape(shape: str, n_prompt: int, n_gen: int, rounds: int, threads: i
         write_gguf(folder, gguf_path.with_suffix(".partial"))
         gguf_path.with_suffix(".partial").replace(gguf_path)
     ctx = n_prompt + n_gen + 1
-    nb, cpp = LlamaNb(folder, ctx, threads), LlamaCpp(gguf_path, ctx, threads)
+    nb, cpp = LlamaNb(folder, ctx, threads, impl), LlamaCpp(gguf_path, ctx, threads)
     ids = prompt_ids(n_prompt, SHAPES[shape][0].vocab_size)
     for engine in (nb, cpp):  # warm-up: page the weights in, first-call costs
         timed(engine, ids[: min(n_prompt, 32)], 2)
@@ -246,13 +246,14 @@ def _ms(xs) -> str:
     return f"{statistics.mean(xs):.2f} ± {statistics.stdev(xs):.2f}" if len(xs) > 1 else f"{xs[0]:.2f}"
 
 
-def render(results: list[dict], threads: int) -> str:
+def render(results: list[dict], threads: int, impl: str | None = None) -> str:
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                platform.processor())
     import llama_cpp
 
     lines = [f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {cpu}, {threads} threads, "
-             f"llama-cpp-python {llama_cpp.__version__}, bf16 weights, random values", ""]
+             f"llama-cpp-python {llama_cpp.__version__}, bf16 weights, random values, "
+             f"llama_nb kernels: {impl or 'defaults'}", ""]
     lines += ["| shape | test | llama_nb tok/s | llama.cpp tok/s | llama_nb / llama.cpp |",
               "| --- | --- | ---: | ---: | ---: |"]
     for res in results:
@@ -290,14 +291,15 @@ def main(argv=None) -> int:
     parser.add_argument("-n", "--n-gen", type=int, default=64)
     parser.add_argument("-r", "--rounds", type=int, default=5)
     parser.add_argument("-t", "--threads", type=int, default=2)
+    parser.add_argument("--impl", default=None, help="llama_nb kernel spec, e.g. matmul=numba_bf16dot")
     args = parser.parse_args(argv)
 
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
 
-    results = [compare_shape(s, args.n_prompt, args.n_gen, args.rounds, args.threads, log)
+    results = [compare_shape(s, args.n_prompt, args.n_gen, args.rounds, args.threads, log, args.impl)
                for s in args.shape or ["llama3.2-1b", "llama3.1-8b-4layers"]]
-    print(render(results, args.threads))
+    print(render(results, args.threads, args.impl))
     return 0
 
 
