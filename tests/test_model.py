@@ -7,6 +7,10 @@ weights): last-position logits within 1e-3 absolute, and 32 greedy tokens identi
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 
@@ -152,3 +156,35 @@ def test_bad_requests_are_clear_errors(llm):
         next(iter(llm.generate(list(range(100)), 3)))
     with pytest.raises(ContextLimitError):
         llm.forward([1, 2, 3], 46)
+
+
+def test_warmup_compiles_every_kernel_a_forward_pass_uses():
+    """After warmup(), a real prompt and decode compile nothing more, so no prefill or decode
+    timing includes a compile. Run in a fresh interpreter: this test process has compiled many
+    kernels already, which would hide a gap. The demo model's prompt pass crosses the size
+    thresholds at which silu and matmul switch kernels."""
+    code = textwrap.dedent("""
+        import numba, llama_nb
+        from llama_nb.demo import demo_model_dir
+        import llama_nb.ops as ops_pkg, pkgutil, importlib
+
+        def compiled():
+            total = 0
+            for info in pkgutil.iter_modules(ops_pkg.__path__):
+                module = importlib.import_module(f"llama_nb.ops.{info.name}")
+                for value in vars(module).values():
+                    if isinstance(value, numba.core.registry.CPUDispatcher):
+                        total += len(value.signatures)
+            return total
+
+        llm = llama_nb.load_model(demo_model_dir(), ctx=256)
+        llm.compile()
+        before = compiled()
+        ids = llm.tokenizer.encode("And it came to pass " * 12, bos=True, eos=False)
+        list(llm.generate(ids, 4, temperature=0.8, seed=1))
+        print(before, compiled())
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    before, after = map(int, proc.stdout.split())
+    assert before > 10 and after == before

@@ -109,6 +109,11 @@ class RunState:
         self.cache_v = np.zeros((args.n_layers, KVH, ctx, Dh), f32)
 
 
+# Elements past every size threshold at which an op switches compiled kernels (largest today:
+# softmax goes parallel at 65,536 elements over 2+ rows); see Transformer.warmup.
+WARMUP_WIDE = 2 * 65536 + 8
+
+
 class Transformer:
     """Meta's `Transformer.forward(tokens, start_pos)`, on registered ops.
 
@@ -206,9 +211,13 @@ class Transformer:
     def warmup(self) -> float:
         """Compile (or load from Numba's cache) every kernel the forward pass uses; return seconds.
 
-        Numba specialises on argument types, not sizes, so tiny arrays of the same dtypes,
-        dimensions and read-only flags as the real buffers compile exactly what forward() needs,
-        for both the T = 1 (decode) and T > 1 (prefill) paths, without touching the weights.
+        Numba specialises on argument types, not sizes, so small arrays of the same dtypes,
+        dimensions and read-only flags as the real buffers compile what forward() needs, without
+        touching the weights. But some ops pick a different compiled kernel by size (matmul by T
+        and by whether x fits in L1, silu and softmax by element count), so each op is called
+        once small and once with a width past every such threshold (WARMUP_WIDE elements): all
+        paths are ready before the first real token, and a prompt's timing never includes a
+        compile.
         """
         t0 = time.perf_counter()
         ops, Dh = self.ops, self.args.head_dim
@@ -220,17 +229,19 @@ class Transformer:
 
         cos, sin = self.rope_cos[:4], self.rope_sin[:4]
         for T in (1, 2):
-            x = np.ones((T, 4), np.float32)
-            out = np.empty((T, 3), np.float32)
-            ops.embedding(x, weight(5, 4), np.zeros(T, np.int64))
-            ops.rmsnorm(x, x, weight(4), 1e-5)
-            ops.matmul(out, x, weight(3, 4))
             q = np.ones((T, 2, Dh), np.float32)
             ops.rope(q, cos, sin, 0)
             cache = np.ones((1, 4, Dh), np.float32)
             ops.attention(np.empty_like(q), q, cache, cache, 0)
-            ops.silu(out, out, out)
+            for width in (4, WARMUP_WIDE):
+                x = np.ones((T, width), np.float32)
+                out = np.empty((T, 3), np.float32)
+                ops.embedding(x, weight(5, width), np.zeros(T, np.int64))
+                ops.rmsnorm(x, x, weight(width), 1e-5)
+                ops.matmul(out, x, weight(3, width))
+                ops.silu(x, x, x)
+                ops.softmax(x, x)
         ops.argmax(np.ones(3, np.float32))
-        ops.softmax(np.empty((1, 3), np.float32), np.ones((1, 3), np.float32))
+        ops.argmax(np.ones(WARMUP_WIDE, np.float32))
         ops.reset_timings()
         return time.perf_counter() - t0
