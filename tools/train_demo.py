@@ -51,7 +51,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -60,6 +59,7 @@ from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # llama_nb and tools/ from a checkout
+from llama_nb.io.params import ModelArgs  # noqa: E402
 from tools.train_bpe import count_pieces, train_bpe, write_tokenizer_model  # noqa: E402
 
 HELD_OUT_BOOKS = ("2John", "3John", "Jude", "Rev")  # the last four books (see docstring)
@@ -68,32 +68,11 @@ HELD_OUT_BOOKS = ("2John", "3John", "Jude", "Rev")  # the last four books (see d
 # ---- model: Meta's blocks and names --------------------------------------------------------------
 
 
-@dataclass
-class DemoArgs:
-    """params.json, Meta's keys in Meta's order."""
-
-    dim: int = 256
-    n_layers: int = 6
-    n_heads: int = 8
-    n_kv_heads: int = 4
-    vocab_size: int = 4096 + 256
-    multiple_of: int = 64
-    ffn_dim_multiplier: float | None = None
-    norm_eps: float = 1e-5
-    rope_theta: float = 10000.0
-    use_scaled_rope: bool = False
-
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.n_heads
-
-    @property
-    def hidden_dim(self) -> int:
-        """Meta's FeedForward width: 2/3 of 4*dim, times the multiplier, rounded up to multiple_of."""
-        hidden = int(2 * (4 * self.dim) / 3)
-        if self.ffn_dim_multiplier is not None:
-            hidden = int(self.ffn_dim_multiplier * hidden)
-        return self.multiple_of * ((hidden + self.multiple_of - 1) // self.multiple_of)
+def demo_args(**sizes) -> ModelArgs:
+    """params.json of the demo: llama_nb's own ModelArgs (Meta's keys and FFN formula), with the
+    demo's small sizes and a rope_theta suited to its 256-token context."""
+    return ModelArgs(**{**dict(dim=256, n_layers=6, n_heads=8, n_kv_heads=4, vocab_size=4096 + 256, multiple_of=64,
+                               rope_theta=10000.0, use_scaled_rope=False), **sizes})
 
 
 class RMSNorm(nn.Module):
@@ -123,7 +102,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class Attention(nn.Module):
-    def __init__(self, a: DemoArgs):
+    def __init__(self, a: ModelArgs):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = a.n_heads, a.n_kv_heads, a.head_dim
         self.wq = nn.Linear(a.dim, a.n_heads * a.head_dim, bias=False)
@@ -143,7 +122,7 @@ class Attention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    def __init__(self, a: DemoArgs):
+    def __init__(self, a: ModelArgs):
         super().__init__()
         self.w1 = nn.Linear(a.dim, a.hidden_dim, bias=False)
         self.w2 = nn.Linear(a.hidden_dim, a.dim, bias=False)
@@ -154,7 +133,7 @@ class FeedForward(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    def __init__(self, a: DemoArgs):
+    def __init__(self, a: ModelArgs):
         super().__init__()
         self.attention = Attention(a)
         self.feed_forward = FeedForward(a)
@@ -169,7 +148,7 @@ class TransformerBlock(nn.Module):
 class Transformer(nn.Module):
     """Meta's Transformer without the KV cache (training sees whole windows): logits [B, T, V]."""
 
-    def __init__(self, a: DemoArgs, max_seq_len: int = 256):
+    def __init__(self, a: ModelArgs, max_seq_len: int = 256):
         super().__init__()
         if a.use_scaled_rope:
             raise ValueError("the demo trainer implements unscaled RoPE only")
@@ -204,7 +183,7 @@ class Transformer(nn.Module):
 def load_demo(folder: Path) -> Transformer:
     """The training-framework model with the weights of a written folder (bf16 widened), eval mode."""
     params = json.loads((Path(folder) / "params.json").read_text())
-    model = Transformer(DemoArgs(**params))
+    model = Transformer(ModelArgs.from_dict(params))
     state = torch.load(Path(folder) / "consolidated.00.pth", map_location="cpu", weights_only=True)
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     return model.eval()
@@ -291,7 +270,7 @@ def lr_at(step: int, steps: int, peak: float, warmup: int) -> float:
 def save_meta_format(model: Transformer, out: Path) -> None:
     state = {k: v.detach().to(torch.bfloat16).contiguous() for k, v in model.state_dict().items()}
     torch.save(state, out / "consolidated.00.pth")
-    params = asdict(model.args)
+    params = model.args.to_dict()
     if params["ffn_dim_multiplier"] is None:  # Meta's files omit it rather than write null
         del params["ffn_dim_multiplier"]
     (out / "params.json").write_text(json.dumps(params, indent=2) + "\n")
@@ -350,13 +329,13 @@ def main(argv: list[str] | None = None) -> None:
           f"({chars / len(train_tok):.2f} chars/token, {len(train_lines)} verses); "
           f"held out {len(val_tok)} tokens ({len(val_lines)} verses)", flush=True)
 
-    margs = DemoArgs(dim=args.dim, n_layers=args.n_layers, n_heads=args.n_heads, n_kv_heads=args.n_kv_heads,
-                     vocab_size=tokenizer.n_words)
+    margs = demo_args(dim=args.dim, n_layers=args.n_layers, n_heads=args.n_heads, n_kv_heads=args.n_kv_heads,
+                      vocab_size=tokenizer.n_words)
     model = Transformer(margs, max_seq_len=args.seq)
     gen = torch.Generator().manual_seed(args.seed)
     model.init_weights(gen)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"model {n_params / 1e6:.2f}M params, hidden {margs.hidden_dim}, {asdict(margs)}", flush=True)
+    print(f"model {n_params / 1e6:.2f}M params, hidden {margs.hidden_dim}, {margs.to_dict()}", flush=True)
 
     decay = [p for n, p in model.named_parameters() if p.dim() == 2 and "tok_embeddings" not in n]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2 or "tok_embeddings" in n]
@@ -423,7 +402,7 @@ def write_samples(out: Path) -> None:
     card.write_text(text + "\n\n" + "\n".join(section))
 
 
-def write_card(args, margs: DemoArgs, n_params: int, steps_run: int, train_seconds: float, bpe_seconds: float,
+def write_card(args, margs: ModelArgs, n_params: int, steps_run: int, train_seconds: float, bpe_seconds: float,
                n_train: int, n_val: int, val: float, train_loss: float, log: list[str]) -> None:
     files = {p.name: p.stat().st_size for p in sorted(args.out.iterdir()) if p.name != "README.md"}
     sizes = ", ".join(f"{n} {s / 1e6:.2f} MB" if s >= 100_000 else f"{n} {s:,} bytes"
@@ -439,7 +418,7 @@ Generated by `tools/train_demo.py` (edit that script, not this file). Built in s
   ({n_val:,} tokens). One verse per line, a blank line between chapters.
 - Tokenizer: {args.vocab:,} byte-level BPE ranks trained on the training books with Meta's split
   pattern ({bpe_seconds:.0f} s), Meta's 256 special tokens after them (vocab_size {margs.vocab_size}).
-- Architecture: Meta's Llama 3 blocks. {json.dumps(asdict(margs))}; head_dim {margs.head_dim},
+- Architecture: Meta's Llama 3 blocks. {json.dumps(margs.to_dict())}; head_dim {margs.head_dim},
   FFN hidden {margs.hidden_dim}, untied output, {n_params:,} parameters, stored in bf16.
 - Training: AdamW (betas 0.9/0.95, weight decay {args.weight_decay} on matrices), peak LR {args.lr},
   {args.warmup} warmup steps then cosine to 10% over {args.steps} steps, batch {args.batch} x
