@@ -56,8 +56,8 @@ def bench_ops(
 
     def progress(result, row):
         if len(result.rows) == 1:
-            console.print(benchmark.format_header(result), markup=False)
-        console.print(benchmark.format_row(row, result.read_gbps), markup=False)
+            console.print(benchmark.format_header(result), markup=False, soft_wrap=True)
+        console.print(benchmark.format_row(row, result.read_gbps), markup=False, soft_wrap=True)
 
     benchmark.run(op, impl, threads, repeat, progress=progress)
 
