@@ -88,6 +88,8 @@ class Sampler:
         check_sampling(temperature, top_k, top_p)
         self.ops, self.temperature, self.top_k, self.top_p = ops, temperature, top_k, top_p
         self.rng = np.random.default_rng(seed)
+        if temperature > 0.0:  # compile softmax now, not inside the first token's timing
+            ops.softmax(np.empty((1, 2), np.float32), np.zeros((1, 2), np.float32))
 
     def __call__(self, logits: np.ndarray) -> int:
         if self.temperature == 0.0:

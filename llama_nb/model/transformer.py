@@ -109,8 +109,9 @@ class RunState:
         self.cache_v = np.zeros((args.n_layers, KVH, ctx, Dh), f32)
 
 
-# Elements past every size threshold at which an op switches compiled kernels (largest today:
-# softmax goes parallel at 65,536 elements over 2+ rows); see Transformer.warmup.
+# Elements past every size threshold at which an op of the forward pass switches compiled kernels
+# (silu goes parallel past 16,384 elements, matmul's x leaves L1 past 8,192); see Transformer.warmup.
+# softmax is not part of the forward pass: the sampler compiles it when it first needs it.
 WARMUP_WIDE = 2 * 65536 + 8
 
 
@@ -214,7 +215,7 @@ class Transformer:
         Numba specialises on argument types, not sizes, so small arrays of the same dtypes,
         dimensions and read-only flags as the real buffers compile what forward() needs, without
         touching the weights. But some ops pick a different compiled kernel by size (matmul by T
-        and by whether x fits in L1, silu and softmax by element count), so each op is called
+        and by whether x fits in L1, silu by element count), so each op is called
         once small and once with a width past every such threshold (WARMUP_WIDE elements): all
         paths are ready before the first real token, and a prompt's timing never includes a
         compile.
@@ -240,7 +241,6 @@ class Transformer:
                 ops.rmsnorm(x, x, weight(width), 1e-5)
                 ops.matmul(out, x, weight(3, width))
                 ops.silu(x, x, x)
-                ops.softmax(x, x)
         ops.argmax(np.ones(3, np.float32))
         ops.argmax(np.ones(WARMUP_WIDE, np.float32))
         ops.reset_timings()
