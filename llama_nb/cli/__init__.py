@@ -11,6 +11,7 @@ import sys
 
 import typer
 
+from llama_nb.cli._pipes import silence
 from llama_nb.errors import LlamaNbError
 
 app = typer.Typer(
@@ -37,13 +38,7 @@ def _register_commands() -> None:
     import importlib
 
     for name, module, attr in _COMMANDS:
-        try:
-            mod = importlib.import_module(f"llama_nb.cli.{module}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"llama_nb.cli.{module}":
-                continue  # command not written yet
-            raise
-        target = getattr(mod, attr)
+        target = getattr(importlib.import_module(f"llama_nb.cli.{module}"), attr)
         if isinstance(target, typer.Typer):
             app.add_typer(target, name=name)
         else:
@@ -75,17 +70,8 @@ def main() -> None:
         try:
             report_error(exc)
         except BrokenPipeError:  # `2>&1 | head -c 1`: nobody reads stderr any more
-            _silence(sys.stderr)
+            silence(sys.stderr)
         sys.exit(1)
     except BrokenPipeError:  # the reader of our output left (`llama-nb info ... | head -1`)
-        _silence(sys.stdout)
+        silence(sys.stdout)
         sys.exit(0)
-
-
-def _silence(stream) -> None:
-    """Point a closed pipe's fd at /dev/null so the interpreter's exit flush stays quiet."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, stream.fileno())
-    except (OSError, ValueError):
-        pass

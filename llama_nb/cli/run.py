@@ -17,6 +17,7 @@ from typing import Annotated, Optional
 import typer
 
 from llama_nb.cli._options import ImplOpt, JsonOpt, ModelOpt, resolve_model_dir
+from llama_nb.cli._pipes import silence
 from llama_nb.cli._report import progress_panel
 
 MaxTokensOpt = Annotated[int, typer.Option("--max-tokens", "-n", help="Most tokens to generate (capped to fit --ctx).")]
@@ -113,19 +114,19 @@ def stream(llm, prompt_ids: list[int], max_tokens: int, *, temperature: float = 
         report.stats.stop_reason = "interrupted"
     except BrokenPipeError:  # `llama-nb run ... | head -c 10`: the reader left; stop quietly
         events.close()
-        _silence_broken_stdout()
+        silence(sys.stdout)
         return 0
     report.text += report.stats.tail_text
     if mode == "json":
         try:
             print(json.dumps(report.as_json(), ensure_ascii=False), flush=True)
         except BrokenPipeError:
-            _silence_broken_stdout()
+            silence(sys.stdout)
     elif mode == "plain":
         try:
             print(report.stats.tail_text, flush=True)
         except BrokenPipeError:
-            _silence_broken_stdout()
+            silence(sys.stdout)
         print(plain_summary(report), file=sys.stderr)
     else:
         console.print()
@@ -176,14 +177,3 @@ def _show_live(events, report, max_tokens, console) -> None:
         finally:  # also on Ctrl-C: the final frame shows everything generated so far
             text.append(report.stats.tail_text)
             live.update(view(), refresh=True)
-
-
-def _silence_broken_stdout() -> None:
-    """After EPIPE, point stdout at /dev/null so Python's exit flush does not raise again."""
-    import os
-
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except OSError:
-        pass
