@@ -132,13 +132,6 @@ def load_plugins() -> None:
                 _current_source = BUILTIN_SOURCE
 
 
-def _reset_plugins_for_tests() -> None:
-    """Forget that plugins were loaded (tests install a plugin, then load again)."""
-    global _plugins_loaded
-    with _plugin_lock:
-        _plugins_loaded = False
-
-
 def default_impl(op: str) -> str:
     load_plugins()
     if op not in _OPS:
