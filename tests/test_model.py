@@ -92,6 +92,16 @@ def test_chunked_prefill_equals_one_pass(pair):
     np.testing.assert_allclose(chunked.forward(ids, 0), ours.forward(ids, 0), atol=1e-4, rtol=0)
 
 
+def test_mapped_weights_give_the_same_logits(pair):
+    """load_model reads the weights into memory by default; mmap=True uses the file's pages."""
+    ours, _, folder = pair
+    ids = prompt_ids(ours)
+    mapped = llama_nb.load_model(folder, ctx=64, mmap=True)
+    assert not mapped.model.weights.layers[0].feed_forward.w1.flags.writeable  # a view of the read-only map
+    assert ours.model.weights.layers[0].feed_forward.w1.flags.writeable  # an array of its own
+    np.testing.assert_array_equal(mapped.forward(ids, 0), ours.forward(ids, 0))
+
+
 def test_reference_ops_give_the_same_tokens(pair):
     ours, _, folder = pair
     ids = prompt_ids(ours)

@@ -51,6 +51,13 @@ def assert_matches_torch(path):
         while base.base is not None and base is not ck.mmap:
             base = base.base
         assert base is ck.mmap or base is ck.mmap.base, name
+    read = ck.read_tensors()  # the same tensors read into memory: equal bits, own writable memory
+    assert list(read) == list(want)
+    for name, got in ck.items():
+        assert read[name].shape == got.shape and read[name].dtype == got.dtype, name
+        np.testing.assert_array_equal(read[name].reshape(-1).view(np.uint8), np.ascontiguousarray(got).reshape(-1).view(np.uint8), err_msg=name)
+        assert read[name].flags.c_contiguous and read[name].flags.writeable, name
+        assert not np.shares_memory(read[name], ck.mmap), name
     return ck
 
 
@@ -204,6 +211,16 @@ def test_truncated_and_missing_files(small_pth, tmp_path):
         load_pth(tmp_path / "cut.pth")
     with pytest.raises(CheckpointError, match="nothere.pth: no such file"):
         load_pth(tmp_path / "nothere.pth")
+
+
+def test_file_cut_after_loading_is_a_clear_error_when_read(small_pth, tmp_path):
+    cut = tmp_path / "cut_later.pth"
+    cut.write_bytes(small_pth.read_bytes())
+    ck = load_pth(cut)
+    with open(cut, "r+b") as f:
+        f.truncate(64)  # the views must not be touched now (SIGBUS); read_tensors does not use them
+    with pytest.raises(CheckpointError, match="cut_later.pth: file ended while reading tensor data"):
+        ck.read_tensors()
 
 
 def test_zip_without_data_pkl(tmp_path):

@@ -38,6 +38,14 @@ ImplOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object and nothing else.")]
+MmapOpt = Annotated[
+    bool,
+    typer.Option(
+        "--mmap",
+        help="Use the weights straight from the memory-mapped file instead of reading them into "
+        "memory: starts at once, but decode runs 5-8% slower without huge pages.",
+    ),
+]
 
 
 def resolve_model_dir(model: Path | None) -> Path:

@@ -34,7 +34,7 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from llama_nb.cli._options import ImplOpt, JsonOpt, ModelOpt, resolve_model_dir
+from llama_nb.cli._options import ImplOpt, JsonOpt, MmapOpt, ModelOpt, resolve_model_dir
 from llama_nb.errors import LlamaNbError
 
 bench = typer.Typer(help="Benchmarks: per-op kernel timings, or whole forward passes of a model.", no_args_is_help=True)
@@ -65,8 +65,10 @@ def bench_ops(
 # --- the model benchmark (library part: compare.py uses it too) ----------------------------------
 
 
-def load_transformer(folder: Path, impl=None, *, ctx: int, max_batch: int = 512, threads: int | None = None):
-    """A Transformer over the folder's mapped weights; no tokenizer needed (ids only)."""
+def load_transformer(folder: Path, impl=None, *, ctx: int, max_batch: int = 512, threads: int | None = None,
+                     mmap: bool = False):
+    """A Transformer over the folder's weights (read into memory, or mapped: see load_model); no
+    tokenizer needed (ids only)."""
     from llama_nb.io.checkpoint import load_model_files
     from llama_nb.model.load import set_threads
     from llama_nb.model.transformer import Transformer, Weights
@@ -75,7 +77,8 @@ def load_transformer(folder: Path, impl=None, *, ctx: int, max_batch: int = 512,
     set_threads(threads)
     files = load_model_files(folder, require_tokenizer=False)
     ops = impl if isinstance(impl, OpSet) else OpSet.from_spec(impl)  # untimed: no per-call overhead
-    weights = Weights.from_tensors(files.checkpoint.tensors, files.args)
+    tensors = files.checkpoint.tensors if mmap else files.checkpoint.read_tensors()
+    weights = Weights.from_tensors(tensors, files.args)
     return Transformer(files.args, weights, ops, ctx=ctx, max_batch=max_batch)
 
 
@@ -148,14 +151,14 @@ class ModelBench:
 
 def run_model_bench(folder: Path, prompts: list[int], gens: list[int], repetitions: int, *, impl=None,
                     threads: int | None = None, max_batch: int = 512, shape: str | None = None,
-                    progress=None) -> ModelBench:
+                    mmap: bool = False, progress=None) -> ModelBench:
     """Run ppN for N in prompts and tgN for N in gens, `repetitions` times each (see module doc)."""
     import numba
 
     from llama_nb.ops.benchmark import read_bandwidth
 
     ctx = max(prompts + gens + [1])
-    model = load_transformer(folder, impl, ctx=ctx, max_batch=max(1, min(max_batch, ctx)), threads=threads)
+    model = load_transformer(folder, impl, ctx=ctx, max_batch=max(1, min(max_batch, ctx)), threads=threads, mmap=mmap)
     s = model.state
     result = ModelBench(
         model=str(folder), shape=shape, params=model.args.to_dict(), threads=numba.get_num_threads(),
@@ -280,6 +283,7 @@ def bench_model(
     impl: ImplOpt = None,
     threads: Annotated[Optional[int], typer.Option("-t", "--threads", help="Numba threads [default: all cores].")] = None,
     batch: Annotated[int, typer.Option("-b", "--batch", min=1, help="Most tokens per prefill pass (llama-bench's -ub).")] = 512,
+    mmap: MmapOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Prefill (ppN) and decode (tgN) tokens/s of a model folder or a random model of a known shape.
@@ -309,7 +313,7 @@ def bench_model(
             err.print(f"{test.name}: {test.avg_ts:.2f} ± {test.stddev_ts:.2f} tokens/s", markup=False)
 
     result = run_model_bench(folder, prompts, gens, repetitions, impl=impl, threads=threads, max_batch=batch,
-                             shape=shape, progress=progress)
+                             shape=shape, mmap=mmap, progress=progress)
     if json_out:
         typer.echo(json.dumps(result.to_json(), indent=2))
         return

@@ -16,7 +16,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from llama_nb.cli._options import ImplOpt, JsonOpt, ModelOpt, resolve_model_dir
+from llama_nb.cli._options import ImplOpt, JsonOpt, MmapOpt, ModelOpt, resolve_model_dir
 from llama_nb.cli._pipes import silence
 from llama_nb.cli._report import progress_panel
 
@@ -42,6 +42,7 @@ def run(
     ctx: CtxOpt = 4096,
     impl: ImplOpt = None,
     threads: ThreadsOpt = None,
+    mmap: MmapOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Generate text from PROMPT, streaming tokens as they are produced."""
@@ -50,20 +51,20 @@ def run(
     check_sampling(temperature, top_k, top_p)  # before the slow load
     if max_tokens < 1:
         raise typer.BadParameter(f"must be >= 1, got {max_tokens}", param_hint="--max-tokens")
-    llm = load_for_cli(model, impl=impl, ctx=ctx, threads=threads)
+    llm = load_for_cli(model, impl=impl, ctx=ctx, threads=threads, mmap=mmap)
     prompt_ids = llm.encode_prompt(prompt, chat=chat, system=system)
     code = stream(llm, prompt_ids, max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
                   mode="json" if json_out else None)
     raise typer.Exit(code)
 
 
-def load_for_cli(model: Path | None, *, impl: str | None, ctx: int, threads: int | None):
+def load_for_cli(model: Path | None, *, impl: str | None, ctx: int, threads: int | None, mmap: bool = False):
     """Resolve the folder, load and compile; Ctrl-C here exits 130 without a traceback."""
     import llama_nb
 
     folder = resolve_model_dir(model)
     try:
-        llm = llama_nb.load_model(folder, impl=impl, ctx=ctx, threads=threads)
+        llm = llama_nb.load_model(folder, impl=impl, ctx=ctx, threads=threads, mmap=mmap)
         llm.compile()
     except KeyboardInterrupt:
         print("\ninterrupted while loading", file=sys.stderr)

@@ -214,6 +214,7 @@ def load_model(
     ctx: int = 4096,
     threads: int | None = None,
     max_batch: int = 256,
+    mmap: bool = False,
 ) -> Llama:
     """Load Meta's model folder (consolidated.00.pth, params.json, tokenizer.model).
 
@@ -221,6 +222,9 @@ def load_model(
                each op's default implementation)
     ctx        context length (KV cache size)
     threads    Numba threads (default: all cores)
+    mmap       False (default): read the weights into memory, where they get huge pages (decode
+               5-8% faster at 8B widths; a few seconds of reading for 16 GB). True: use views of
+               the memory-mapped file: instant, and pages come in from the page cache as used.
     """
     t0 = time.perf_counter()
     set_threads(threads)
@@ -236,6 +240,7 @@ def load_model(
         raise LlamaNbError(f"--ctx must be at least 1, got {ctx}")
     weight_bytes = sum(int(t.nbytes) for t in files.checkpoint.tensors.values())
     check_memory(memory_need(files.args, ctx, weight_bytes, max_batch), ctx, str(path))
-    weights = Weights.from_tensors(files.checkpoint.tensors, files.args)
+    tensors = files.checkpoint.tensors if mmap else files.checkpoint.read_tensors()
+    weights = Weights.from_tensors(tensors, files.args)
     model = Transformer(files.args, weights, ops, ctx=ctx, max_batch=max_batch)
     return Llama(model, tokenizer, Path(path), time.perf_counter() - t0, files.checkpoint.dtypes)

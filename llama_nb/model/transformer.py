@@ -4,8 +4,8 @@
     out = h + feed_forward(ffn_norm(h))             feed_forward(x) = w2(silu(w1 x) * (w3 x))
     logits = output(norm(out[last]))
 
-Weights are the memory-mapped bf16 tensors of consolidated.00.pth (uint16 views), never copied or
-widened as a whole; attribute names mirror Meta's keys (`layers.3.attention.wq.weight` is
+Weights are the bf16 tensors of consolidated.00.pth as uint16 arrays (read into memory, or views
+of the memory-mapped file: see load_model), never widened as a whole; attribute names mirror Meta's keys (`layers.3.attention.wq.weight` is
 `weights.layers[3].attention.wq`). Every activation buffer is float32 and preallocated in
 `RunState`; `forward()` allocates nothing but the small per-call views.
 
@@ -60,11 +60,11 @@ class Weights:
 
     @classmethod
     def from_tensors(cls, tensors: Mapping[str, np.ndarray], args: ModelArgs) -> "Weights":
-        """Pick Meta's tensors by key. Shapes were validated by the loader; views are not copied."""
+        """Pick Meta's tensors by key. Shapes were validated by the loader; nothing is copied."""
 
         def t(key: str) -> np.ndarray:
             try:
-                return np.asarray(tensors[key])  # a plain ndarray view of the memmap, no copy
+                return np.asarray(tensors[key])  # a plain ndarray (of a memmap view: no copy)
             except KeyError:
                 raise CheckpointError(f"checkpoint has no tensor {key!r}") from None
 
@@ -119,7 +119,7 @@ class Transformer:
     """Meta's `Transformer.forward(tokens, start_pos)`, on registered ops.
 
     args       ModelArgs from params.json
-    weights    Weights (bf16 memmap views)
+    weights    Weights (bf16 bits as uint16 arrays)
     ops        OpSet: the implementation chosen for every op (the model never looks names up)
     ctx        context length: KV cache size and the largest position + 1
     max_batch  the largest number of tokens in one batched pass (prefill chunk)
