@@ -7,6 +7,7 @@ Test-only: imports torch and fairscale.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -37,10 +38,37 @@ def _init_model_parallel() -> None:
     _initialised = True
 
 
-class MetaReference:
-    """Meta's Transformer loaded from a model folder in Meta's format, in float32."""
+@contextlib.contextmanager
+def bf16_linear_inputs():
+    """Within: Meta's model rounds the input of every weight product to bf16 first (products and
+    sums stay float32): the numerics of llama_nb's precision "bf16" and of llama.cpp's bf16 path.
 
-    def __init__(self, folder: Path, max_seq_len: int = 256):
+    fairscale's Column/RowParallelLinear call `F.linear` through their module's `F`, which is
+    swapped for the duration; nothing else in Meta's model changes."""
+    import fairscale.nn.model_parallel.layers as layers
+    import torch.nn.functional as F
+
+    class RoundingF:
+        def __getattr__(self, name):
+            return getattr(F, name)
+
+        @staticmethod
+        def linear(x, weight, bias=None):
+            return F.linear(x.to(torch.bfloat16).float(), weight, bias)
+
+    layers.F = RoundingF()
+    try:
+        yield
+    finally:
+        layers.F = F
+
+
+class MetaReference:
+    """Meta's Transformer loaded from a model folder in Meta's format, in float32 (or, with
+    dtype=torch.bfloat16, entirely in bf16: weights, activations and KV cache, as Meta's own
+    generation code runs it)."""
+
+    def __init__(self, folder: Path, max_seq_len: int = 256, dtype: torch.dtype = torch.float32):
         from llama_models.llama3.args import ModelArgs
         from llama_models.llama3.model import Transformer
 
@@ -54,6 +82,11 @@ class MetaReference:
         torch.set_default_dtype(torch.float32)
         self.model = Transformer(args).eval()
         self.model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+        if dtype != torch.float32:
+            self.model = self.model.to(dtype)  # the bf16 weights exactly; freqs_cis (not a parameter) stays complex64
+            for layer in self.model.layers:
+                layer.attention.cache_k = layer.attention.cache_k.to(dtype)
+                layer.attention.cache_v = layer.attention.cache_v.to(dtype)
         self.args = args
 
     def forward(self, tokens, start_pos: int) -> np.ndarray:

@@ -58,11 +58,20 @@ def test_run_chat_uses_metas_template(folder):
 
 
 def test_run_plain_streams_text_then_summary(folder):
-    result = invoke("run", "Once upon a time", "--model", folder, "--max-tokens", 5, "--impl", "matmul=reference")
+    result = invoke("run", "Once upon a time", "--model", folder, "--max-tokens", 5, "--impl", "matmul_bf16=reference")
     assert result.exit_code == 0, result.output
     assert "prefill:" in result.stderr and "decode:" in result.stderr and "stopped by" in result.stderr
+    assert "precision: bf16" in result.stderr
     data = json.loads(invoke("run", "Once upon a time", "--model", folder, "--max-tokens", 5, "--json").stdout)
-    assert result.stdout == data["text"] + "\n"
+    assert result.stdout == data["text"] + "\n" and data["precision"] == "bf16"
+
+
+def test_run_with_float32_precision(folder):
+    result = invoke("run", "Once upon a time", "--model", folder, "--max-tokens", 5, "--precision", "float32",
+                    "--impl", "matmul=reference", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["precision"] == "float32" and "matmul=reference" in data["impl"] and data["generated_ids"]
 
 
 def test_run_caps_max_tokens_to_the_context(folder):
@@ -94,6 +103,7 @@ def test_menu_end_of_input_leaves_cleanly(folder):
     (["run", "hi", "--temperature", "-1"], "--temperature must be a finite number >= 0"),
     (["run", "hi", "--top-p", "2", "--temperature", "1"], "--top-p must be in (0, 1]"),
     (["run", "hi", "--impl", "matmul=turbo"], "no implementation 'turbo' for op 'matmul'"),
+    (["run", "hi", "--impl", "matmul=reference"], "--impl matmul=reference has no effect with precision bf16"),
 ])
 def test_user_errors_are_one_line(args, message, folder):
     if "--model" not in args:
@@ -103,6 +113,12 @@ def test_user_errors_are_one_line(args, message, folder):
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
     assert len([l for l in proc.stderr.splitlines() if l.strip()]) <= 2  # the error + the debug hint
+
+
+def test_unknown_precision_is_a_usage_error(folder):
+    proc = cli("run", "hi", "--model", folder, "--precision", "fp16")
+    assert proc.returncode == 2 and "must be bf16 or float32, got 'fp16'" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_threads_beyond_the_cores_is_refused(folder):

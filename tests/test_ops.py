@@ -12,7 +12,7 @@ from llama_models.llama3.model import RMSNorm, repeat_kv
 import llama_nb.ops  # noqa: F401  (registers every op)
 from llama_nb.errors import LlamaNbError
 from llama_nb.ops import registry
-from llama_nb.ops.cases import CASES, TOL, X_ROUNDED_TO_BF16, assert_matches, call, make_inputs, ci_cases
+from llama_nb.ops.cases import CASES, TOL, assert_matches, call, make_inputs, ci_cases
 from llama_nb.ops.reference import bf16_to_f32_np, f32_to_bf16_np
 from llama_nb.ops.simd import HAS_AVX512_BF16
 
@@ -34,12 +34,12 @@ def test_matches_reference(op, impl, rng):
         check(*args)  # the input makers produce what the contract allows
         want = call(registry.get(op, "reference"), args)
         got = call(registry.get(op, impl), args)
-        assert_matches(op, got, want, f"{op}[{impl}] case={case}", impl=impl, args=args)
+        assert_matches(op, got, want, f"{op}[{impl}] case={case}")
 
 
 def test_real_8b_shapes_are_tested_not_only_benchmarked():
     for case in [(1, 4096, 4096), (1, 4096, 14336), (1, 14336, 4096), (8, 4096, 128256)]:
-        assert case in ci_cases("matmul")
+        assert case in ci_cases("matmul") and case in ci_cases("matmul_bf16")
     assert (1, 32, 8, 128, 1024, 700) in ci_cases("attention")
 
 
@@ -64,6 +64,9 @@ def test_reference_matmul_softmax_silu_embedding_argmax_match_torch(rng):
     out, x, w = make_inputs("matmul", (3, 4097, 33), rng)
     registry.get("matmul", "reference")(out, x, w)
     np.testing.assert_allclose(out, F.linear(_t(x), _t(bf16_to_f32_np(w))).numpy(), **TOL["matmul"])
+    registry.get("matmul_bf16", "reference")(out, x, w)  # torch rounds x to bf16 itself here
+    x_bf16 = _t(x).to(torch.bfloat16).float()
+    np.testing.assert_allclose(out, F.linear(x_bf16, _t(bf16_to_f32_np(w))).numpy(), **TOL["matmul_bf16"])
 
     out, x = make_inputs("softmax", (32, 1025), rng)
     registry.get("softmax", "reference")(out, x)
@@ -213,50 +216,64 @@ def test_fastexp_is_within_an_ulp_of_exp():
     np.testing.assert_array_equal(out[:6], [0.0, np.nan, 1.0, 0.0, 0.0, 0.0])
 
 
-@pytest.mark.parametrize("impl", sorted(registry.impls["matmul"]))
-def test_matmul_with_no_tokens_writes_nothing(impl):
+MATMULS = [(op, impl) for op in ("matmul", "matmul_bf16") for impl in sorted(registry.impls[op])]
+
+
+@pytest.mark.parametrize("op,impl", MATMULS)
+def test_matmul_with_no_tokens_writes_nothing(op, impl):
     out = np.zeros((0, 3), np.float32)
-    registry.get("matmul", impl)(out, np.zeros((0, 4), np.float32), np.zeros((3, 4), np.uint16))
+    registry.get(op, impl)(out, np.zeros((0, 4), np.float32), np.zeros((3, 4), np.uint16))
 
 
-@pytest.mark.parametrize("impl", sorted(set(registry.impls["matmul"]) - {"reference"}))
+@pytest.mark.parametrize("op,impl", [(op, impl) for op, impl in MATMULS if impl != "reference"])
 @pytest.mark.parametrize("case", [(1, 127, 61), (5, 255, 129), (3, 4097, 33), (17, 1100, 71)])
-def test_matmul_result_does_not_depend_on_the_thread_count(impl, case, rng):
+def test_matmul_result_does_not_depend_on_the_thread_count(op, impl, case, rng):
     # Each output element is one thread's dot product over the whole of K (never split across
     # threads), so 1 and 2 threads must agree bit for bit.
-    args = make_inputs("matmul", case, rng)
+    args = make_inputs(op, case, rng)
     before = numba.get_num_threads()
     try:
         numba.set_num_threads(1)
-        one = call(registry.get("matmul", impl), args)
+        one = call(registry.get(op, impl), args)
         numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
-        two = call(registry.get("matmul", impl), args)
+        two = call(registry.get(op, impl), args)
     finally:
         numba.set_num_threads(before)
     np.testing.assert_array_equal(one, two)
 
 
-def test_bf16_activation_matmul_is_the_reference_on_rounded_activations(rng):
-    # The loose bound of assert_matches could hide an indexing bug of the size of the rounding
-    # error; on x already rounded to bf16 the kernel has only summation order left to differ in.
-    # numba_bf16dot exists exactly where the CPU (as Numba targets it) has AVX512_BF16.
-    assert ("numba_bf16dot" in registry.impls["matmul"]) == HAS_AVX512_BF16
-    for impl in sorted(i for op, i in X_ROUNDED_TO_BF16 if op == "matmul" and i in registry.impls["matmul"]):
-        _check_bf16_activation_matmul(impl, rng)
+def test_the_bf16dot_kernel_is_registered_exactly_where_the_cpu_has_it():
+    assert ("numba_bf16dot" in registry.impls["matmul_bf16"]) == HAS_AVX512_BF16
 
 
-def _check_bf16_activation_matmul(impl, rng):
-    for case in [(3, 4, 5), (17, 1100, 71), (5, 255, 129), (2, 4096, 1000)]:
-        out, x, w = make_inputs("matmul", case, rng)
-        x_bf16 = bf16_to_f32_np(f32_to_bf16_np(x))
-        want = call(registry.get("matmul", "reference"), (out, x_bf16, w))
-        got = call(registry.get("matmul", impl), (out, x, w))
-        assert_matches("matmul", got, want, f"matmul[{impl}] on bf16(x), case={case}")
-    # and the rounding really happens: x with bits below bf16 precision gives a different result
+@pytest.mark.parametrize("case", [(1, 4096, 300), (5, 255, 129), (17, 1100, 71)])
+def test_default_matmul_bf16_is_the_fastest_kernel_the_cpu_has(case, rng):
+    args = make_inputs("matmul_bf16", case, rng)
+    want = call(registry.get("matmul_bf16", "numba_bf16dot" if HAS_AVX512_BF16 else "numba_fma"), args)
+    np.testing.assert_array_equal(call(registry.get("matmul_bf16", "numba"), args), want)
+
+
+@pytest.mark.parametrize("impl", sorted(registry.impls["matmul_bf16"]))
+def test_matmul_bf16_really_rounds_x(impl):
+    # 1 + 2^-12 has bits below bf16's 8: it rounds to 1.0, so the sums are exactly 64.
     x = np.full((2, 64), 1.0 + 2.0**-12, np.float32)
     w = np.full((3, 64), 0x3F80, np.uint16)  # bf16 1.0
-    got = call(registry.get("matmul", impl), (np.empty((2, 3), np.float32), x, w))
+    got = call(registry.get("matmul_bf16", impl), (np.empty((2, 3), np.float32), x, w))
     np.testing.assert_array_equal(got, np.full((2, 3), 64.0, np.float32))
+    got = call(registry.get("matmul_bf16", impl), (np.empty((1, 3), np.float32), x[:1], w))  # decode too
+    np.testing.assert_array_equal(got, np.full((1, 3), 64.0, np.float32))
+
+
+@pytest.mark.parametrize("case", [(3, 4, 5), (17, 1100, 71), (2, 4096, 1000), (1, 14336, 64)])
+def test_matmul_bf16_stays_within_its_stated_bound_of_matmul(case, rng):
+    # specs.py: rounding x to bf16 moves each output by at most 2^-8 * sum_k |x[k] w[n,k]|.
+    out, x, w = make_inputs("matmul", case, rng)
+    exact = call(registry.get("matmul", "reference"), (out, x, w))
+    rounded = call(registry.get("matmul_bf16", "numba"), (out, x, w))
+    abs_products = np.abs(x).astype(np.float64) @ np.abs(bf16_to_f32_np(w)).astype(np.float64).T
+    excess = np.abs(rounded.astype(np.float64) - exact) - (2.0**-8 * abs_products + TOL["matmul"]["atol"])
+    assert (excess <= 0).all()
+    assert not np.array_equal(rounded, exact)  # and it did round something
 
 
 def test_default_matmul_keeps_float32_activations(rng):

@@ -22,7 +22,7 @@ from llama_nb.ops import registry
 from llama_nb.ops.registry import OpSet, get, parse_spec, register
 
 EXPECTED_OPS = {
-    "bf16_to_f32", "f32_to_bf16", "embedding", "rmsnorm", "matmul",
+    "bf16_to_f32", "f32_to_bf16", "embedding", "rmsnorm", "matmul", "matmul_bf16",
     "rope", "softmax", "silu", "attention", "argmax",
 }
 

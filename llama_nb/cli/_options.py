@@ -38,6 +38,22 @@ ImplOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object and nothing else.")]
+def _precision(value: str) -> str:
+    if value not in ("bf16", "float32"):
+        raise typer.BadParameter(f"must be bf16 or float32, got {value!r}")
+    return value
+
+
+PrecisionOpt = Annotated[
+    str,
+    typer.Option(
+        "--precision",
+        callback=_precision,
+        metavar="bf16|float32",
+        help="bf16: activations rounded to bf16 before each weight product, like llama.cpp (prefill "
+        "about 1.6x faster on CPUs with AVX512_BF16). float32: Meta's float32 model to within 1e-6.",
+    ),
+]
 MmapOpt = Annotated[
     bool,
     typer.Option(

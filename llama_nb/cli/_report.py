@@ -23,6 +23,7 @@ class RunReport:
     model: str
     impl: str  # the full spec, e.g. "argmax=numba,...,softmax=numba"
     impl_short: str  # "defaults" or "defaults + matmul=reference"
+    precision: str  # "bf16" or "float32" (llama_nb/model/transformer.py)
     threads: int
     load_seconds: float
     compile_seconds: float
@@ -49,6 +50,7 @@ class RunReport:
         return {
             "model": self.model,
             "impl": self.impl,
+            "precision": self.precision,
             "threads": self.threads,
             "prompt_ids": self.prompt_ids,
             "generated_ids": self.generated_ids,
@@ -106,7 +108,7 @@ def summary_table(report: RunReport) -> Table:
     table.add_column(style="dim")
     table.add_column(style="bold")
     table.add_row("model", report.model)
-    table.add_row("kernels", report.impl_short)
+    table.add_row("kernels", f"{report.impl_short}, precision {report.precision}")
     table.add_row("threads", str(report.threads))
     table.add_row("load", f"{report.load_seconds:.3f} s")
     table.add_row("JIT compile / cache load", f"{report.compile_seconds:.3f} s")
@@ -146,7 +148,8 @@ def plain_summary(report: RunReport) -> str:
     """The summary as plain lines (non-terminal output), one fact per line."""
     s = report.stats
     lines = [
-        f"load: {report.load_seconds:.3f} s, compile: {report.compile_seconds:.3f} s, threads: {report.threads}",
+        f"load: {report.load_seconds:.3f} s, compile: {report.compile_seconds:.3f} s, threads: {report.threads}, "
+        f"precision: {report.precision}",
         f"prefill: {s.prompt_tokens} tokens, {s.prefill_tokens_per_second:.2f} tok/s",
         f"decode: {s.generated_tokens} tokens, {s.decode_tokens_per_second:.2f} tok/s",
         f"stopped by: {describe_stop(s)}",

@@ -34,7 +34,7 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from llama_nb.cli._options import ImplOpt, JsonOpt, MmapOpt, ModelOpt, resolve_model_dir
+from llama_nb.cli._options import ImplOpt, JsonOpt, MmapOpt, ModelOpt, PrecisionOpt, resolve_model_dir
 from llama_nb.errors import LlamaNbError
 
 bench = typer.Typer(help="Benchmarks: per-op kernel timings, or whole forward passes of a model.", no_args_is_help=True)
@@ -66,20 +66,21 @@ def bench_ops(
 
 
 def load_transformer(folder: Path, impl=None, *, ctx: int, max_batch: int = 512, threads: int | None = None,
-                     mmap: bool = False):
+                     precision: str = "bf16", mmap: bool = False):
     """A Transformer over the folder's weights (read into memory, or mapped: see load_model); no
     tokenizer needed (ids only)."""
     from llama_nb.io.checkpoint import load_model_files
     from llama_nb.model.load import set_threads
-    from llama_nb.model.transformer import Transformer, Weights
+    from llama_nb.model.transformer import Transformer, Weights, check_precision
     from llama_nb.ops.registry import OpSet
 
     set_threads(threads)
     files = load_model_files(folder, require_tokenizer=False)
     ops = impl if isinstance(impl, OpSet) else OpSet.from_spec(impl)  # untimed: no per-call overhead
+    check_precision(precision, ops)
     tensors = files.checkpoint.tensors if mmap else files.checkpoint.read_tensors()
     weights = Weights.from_tensors(tensors, files.args)
-    return Transformer(files.args, weights, ops, ctx=ctx, max_batch=max_batch)
+    return Transformer(files.args, weights, ops, ctx=ctx, max_batch=max_batch, precision=precision)
 
 
 def decode_bytes(weights) -> int:
@@ -134,6 +135,8 @@ class ModelBench:
     params: dict
     threads: int
     impl: dict
+    precision: str  # "bf16" or "float32": the op of every weight product
+    weights_in: str  # "memory" (read in, huge pages) or "mmap" (views of the mapped file)
     compile_seconds: float  # JIT compile / cache load of every kernel (excluded)
     warmup_seconds: float  # the untimed first runs (page the weights in; excluded)
     weights_bytes: int  # every tensor of the checkpoint
@@ -151,18 +154,20 @@ class ModelBench:
 
 def run_model_bench(folder: Path, prompts: list[int], gens: list[int], repetitions: int, *, impl=None,
                     threads: int | None = None, max_batch: int = 512, shape: str | None = None,
-                    mmap: bool = False, progress=None) -> ModelBench:
+                    precision: str = "bf16", mmap: bool = False, progress=None) -> ModelBench:
     """Run ppN for N in prompts and tgN for N in gens, `repetitions` times each (see module doc)."""
     import numba
 
     from llama_nb.ops.benchmark import read_bandwidth
 
     ctx = max(prompts + gens + [1])
-    model = load_transformer(folder, impl, ctx=ctx, max_batch=max(1, min(max_batch, ctx)), threads=threads, mmap=mmap)
+    model = load_transformer(folder, impl, ctx=ctx, max_batch=max(1, min(max_batch, ctx)), threads=threads,
+                             precision=precision, mmap=mmap)
     s = model.state
     result = ModelBench(
         model=str(folder), shape=shape, params=model.args.to_dict(), threads=numba.get_num_threads(),
-        impl=dict(model.ops.choice), compile_seconds=model.warmup(), warmup_seconds=0.0,
+        impl=dict(model.ops.choice), precision=precision, weights_in="mmap" if mmap else "memory",
+        compile_seconds=model.warmup(), warmup_seconds=0.0,
         weights_bytes=_checkpoint_bytes(model.weights), decode_bytes=decode_bytes(model.weights),
         kv_cache_bytes=s.cache_k.nbytes + s.cache_v.nbytes,
     )
@@ -234,7 +239,8 @@ def model_bench_table(r: ModelBench):
     def pm(xs):
         return f"{_mean(xs):.2f} ± {_std(xs):.2f}" if xs else ""
 
-    title = f"{r.shape or r.model}  (threads {r.threads}, weights {r.weights_bytes / 1e9:.2f} GB, decode streams {r.decode_bytes / 1e9:.2f} GB/token)"
+    title = (f"{r.shape or r.model}  (threads {r.threads}, precision {r.precision}, weights {r.weights_bytes / 1e9:.2f} GB "
+             f"in {r.weights_in}, decode streams {r.decode_bytes / 1e9:.2f} GB/token)")
     table = Table(title=title, title_justify="left")
     for col in ("test", "tokens/s", "weights GB/s", "plain-read GB/s", "of read bw"):
         table.add_column(col, justify="left" if col == "test" else "right")
@@ -283,6 +289,7 @@ def bench_model(
     impl: ImplOpt = None,
     threads: Annotated[Optional[int], typer.Option("-t", "--threads", help="Numba threads [default: all cores].")] = None,
     batch: Annotated[int, typer.Option("-b", "--batch", min=1, help="Most tokens per prefill pass (llama-bench's -ub).")] = 512,
+    precision: PrecisionOpt = "bf16",
     mmap: MmapOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -313,7 +320,7 @@ def bench_model(
             err.print(f"{test.name}: {test.avg_ts:.2f} ± {test.stddev_ts:.2f} tokens/s", markup=False)
 
     result = run_model_bench(folder, prompts, gens, repetitions, impl=impl, threads=threads, max_batch=batch,
-                             shape=shape, mmap=mmap, progress=progress)
+                             shape=shape, precision=precision, mmap=mmap, progress=progress)
     if json_out:
         typer.echo(json.dumps(result.to_json(), indent=2))
         return

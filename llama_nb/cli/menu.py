@@ -18,7 +18,7 @@ from typing import Annotated
 
 import typer
 
-from llama_nb.cli._options import ImplOpt, MmapOpt, ModelOpt
+from llama_nb.cli._options import ImplOpt, MmapOpt, ModelOpt, PrecisionOpt
 from llama_nb.errors import LlamaNbError
 from llama_nb.cli.run import CtxOpt, MaxTokensOpt, ThreadsOpt, TemperatureOpt, SeedOpt
 
@@ -85,6 +85,7 @@ def menu(
     ctx: CtxOpt = 4096,
     impl: ImplOpt = None,
     threads: ThreadsOpt = None,
+    precision: PrecisionOpt = "bf16",
     mmap: MmapOpt = False,
     plain: Annotated[bool, typer.Option("--plain", help="Stream plain text instead of the live view.")] = False,
 ) -> None:
@@ -98,7 +99,7 @@ def menu(
     check_sampling(temperature, None, None)
     console = Console()
     console.print("[bold]Welcome to llama-nb[/], the Numba re-imagining of Llama Nuts and Bolts!")
-    llm = load_for_cli(model, impl=impl, ctx=ctx, threads=threads, mmap=mmap)
+    llm = load_for_cli(model, impl=impl, ctx=ctx, threads=threads, precision=precision, mmap=mmap)
     console.print(f"Model [bold]{_escape(str(llm.folder))}[/] loaded in {llm.load_seconds:.2f} s, "
                   f"kernels ready in {llm.compile_seconds:.2f} s.\n")
     mode = "plain" if plain or not console.is_terminal else "live"

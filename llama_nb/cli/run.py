@@ -16,7 +16,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from llama_nb.cli._options import ImplOpt, JsonOpt, MmapOpt, ModelOpt, resolve_model_dir
+from llama_nb.cli._options import ImplOpt, JsonOpt, MmapOpt, ModelOpt, PrecisionOpt, resolve_model_dir
 from llama_nb.cli._pipes import silence
 from llama_nb.cli._report import progress_panel
 
@@ -42,6 +42,7 @@ def run(
     ctx: CtxOpt = 4096,
     impl: ImplOpt = None,
     threads: ThreadsOpt = None,
+    precision: PrecisionOpt = "bf16",
     mmap: MmapOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -51,20 +52,21 @@ def run(
     check_sampling(temperature, top_k, top_p)  # before the slow load
     if max_tokens < 1:
         raise typer.BadParameter(f"must be >= 1, got {max_tokens}", param_hint="--max-tokens")
-    llm = load_for_cli(model, impl=impl, ctx=ctx, threads=threads, mmap=mmap)
+    llm = load_for_cli(model, impl=impl, ctx=ctx, threads=threads, precision=precision, mmap=mmap)
     prompt_ids = llm.encode_prompt(prompt, chat=chat, system=system)
     code = stream(llm, prompt_ids, max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
                   mode="json" if json_out else None)
     raise typer.Exit(code)
 
 
-def load_for_cli(model: Path | None, *, impl: str | None, ctx: int, threads: int | None, mmap: bool = False):
+def load_for_cli(model: Path | None, *, impl: str | None, ctx: int, threads: int | None, precision: str = "bf16",
+                 mmap: bool = False):
     """Resolve the folder, load and compile; Ctrl-C here exits 130 without a traceback."""
     import llama_nb
 
     folder = resolve_model_dir(model)
     try:
-        llm = llama_nb.load_model(folder, impl=impl, ctx=ctx, threads=threads, mmap=mmap)
+        llm = llama_nb.load_model(folder, impl=impl, ctx=ctx, threads=threads, precision=precision, mmap=mmap)
         llm.compile()
     except KeyboardInterrupt:
         print("\ninterrupted while loading", file=sys.stderr)
@@ -86,7 +88,8 @@ def stream(llm, prompt_ids: list[int], max_tokens: int, *, temperature: float = 
     if mode is None:
         mode = "live" if console.is_terminal else "plain"
     report = RunReport(
-        model=str(llm.folder), impl=llm.ops.describe(), impl_short=llm.ops.describe_short(), threads=set_threads(None),
+        model=str(llm.folder), impl=llm.ops.describe(), impl_short=llm.ops.describe_short(),
+        precision=llm.model.precision, threads=set_threads(None),
         load_seconds=llm.load_seconds, compile_seconds=llm.compile_seconds or 0.0, prompt_ids=list(prompt_ids),
     )
     room = llm.ctx - len(prompt_ids)

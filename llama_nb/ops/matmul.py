@@ -1,24 +1,32 @@
-"""matmul: out = x @ float32(w).T   (nn.Linear convention: rows of w are output features)
+"""matmul and matmul_bf16: the weight products, nn.Linear convention (rows of w are output features)
+
+    matmul        out = x @ float32(w).T                float32 activations, like Meta's model.py
+    matmul_bf16   out = float32(bf16(x)) @ float32(w).T  activations rounded to bf16 first, as
+                  llama.cpp's bf16 path and AVX512_BF16's vdpbf16ps do; products exact, sums float32
 
 out  float32[T, N]   must not alias x
 x    float32[T, K]   activations
 w    uint16[N, K]    bf16 bits, exactly as stored in consolidated.00.pth
 
-Nearly all of a forward pass is spent here, so there are several kernels behind the one op:
+The model uses one or the other for every weight product, by its `precision` ("bf16", the
+default, or "float32"): see llama_nb/model/transformer.py for the trade-off.
+
+Nearly all of a forward pass is spent here, so there are several kernels behind the two ops:
 - T == 1 (decode): a matrix-vector product. Each weight is read once and used once, so the only
   goal is to stream w at memory bandwidth: parallel over blocks of MATVEC_BLOCK output rows, one
-  row at a time, the widening and the dot product in a single vectorised loop.
+  row at a time, the widening and the dot product in a single vectorised loop. (matmul_bf16 rounds
+  x first, then runs the same kernel: rounding changes nothing about the memory traffic.)
 - T > 1 (prefill): each weight is used T times, so the goal is arithmetic throughput. Parallel over
   tasks of TASK_ROWS output rows; inside a task, K in blocks of K_BLOCK (the task's w block stays
-  in L2), tokens in groups of 4, rows in groups of 4: a 4 x 4 register tile (below).
-  Two tile kernels, three registered implementations:
-    numba_fma      float32 FMA; w widened in registers (vpmovzxwd + vpslld), x as is. Any CPU.
-    numba_bf16dot  vdpbf16ps (AVX512_BF16 only; registered only where the CPU has it): w's bf16
-                   pairs are used as stored and x is rounded to bf16 first, as llama.cpp does.
-                   About 1.5x the FMA kernel, but it changes numerics: the tiny models of
-                   tests/test_model.py then miss Meta's logits by up to 3.1e-3 (tolerance 1e-3;
-                   greedy tokens still match), so it is opt-in (`--impl matmul=numba_bf16dot`), held to a bf16 error bound in tests.
-    numba          the default: numba_fma (float32 activations, like Meta's model).
+  in L2), tokens in groups of 4, rows in groups of 4: a 4 x 4 register tile (below). Two tiles:
+    float32 FMA   w widened in registers (vpmovzxwd + vpslld), x as given. Any CPU.
+    vdpbf16ps     (AVX512_BF16 only) w's bf16 pairs used as stored, x rounded to bf16 once per
+                  call; twice the multiply-adds per instruction: about 1.6x the FMA tile.
+Registered implementations:
+    matmul       numba (default): matvec / FMA tiles; reference
+    matmul_bf16  numba (default): numba_bf16dot where the CPU has AVX512_BF16, else numba_fma;
+                 numba_fma: x rounded, then matmul's kernels (any CPU);
+                 numba_bf16dot: the vdpbf16ps tiles (registered only where the CPU has it); reference
 All accumulate in float32; the reduction axis K is never split across threads, so results do not
 depend on the thread count.
 
@@ -68,7 +76,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from llama_nb.ops._jit import njit_inline, njit_parallel_dot, njit_serial
+from llama_nb.ops._jit import njit_inline, njit_parallel, njit_parallel_dot, njit_serial
 from llama_nb.ops.bf16 import bf16_to_f32, f32_to_bf16
 from llama_nb.ops.registry import register
 from llama_nb.ops.simd import (
@@ -304,9 +312,44 @@ def _decode(out: np.ndarray, x: np.ndarray, w: np.ndarray) -> None:
         _matvec(out, x, w)
 
 
-@register("matmul", "numba_fma")
-def matmul_fma(out: np.ndarray, x: np.ndarray, w: np.ndarray) -> None:
-    """out[T, N] = x[T, K] @ float32(w[N, K]).T; T > 1 on float32 FMA tiles (any CPU)."""
+# ------------------------------------------------------------------ bf16 activations (matmul_bf16)
+
+
+@njit_inline
+def _round_row(dst, src):
+    for k in range(src.shape[0]):
+        dst[k] = bf16_to_f32(f32_to_bf16(src[k]))
+
+
+@njit_serial
+def _round_one_row(x):
+    out = np.empty_like(x)
+    _round_row(out[0], x[0])
+    return out
+
+
+@njit_parallel
+def _round_rows(x):
+    out = np.empty_like(x)
+    for t in prange(x.shape[0]):
+        _round_row(out[t], x[t])
+    return out
+
+
+def _rounded_to_bf16(x: np.ndarray) -> np.ndarray:
+    """float32(bf16(x)): a new float32[T, K] with each x rounded to the nearest bf16 (ties to even).
+
+    Decode's one row is rounded on the calling thread: a parallel launch would cost more than it.
+    """
+    return _round_one_row(x) if x.shape[0] == 1 else _round_rows(x)
+
+
+# ---------------------------------------------------------------------------------- registration
+
+
+@register("matmul", "numba", default=True)
+def matmul(out: np.ndarray, x: np.ndarray, w: np.ndarray) -> None:
+    """out[T, N] = x[T, K] @ float32(w[N, K]).T; T = 1: matvec, T > 1: float32 FMA tiles (any CPU)."""
     if x.shape[0] == 0:
         return
     if x.shape[0] == 1:
@@ -315,24 +358,35 @@ def matmul_fma(out: np.ndarray, x: np.ndarray, w: np.ndarray) -> None:
         _matmul_fma(out, x, w)
 
 
+@register("matmul_bf16", "numba_fma")
+def matmul_bf16_fma(out: np.ndarray, x: np.ndarray, w: np.ndarray) -> None:
+    """out[T, N] = float32(bf16(x)) @ float32(w).T: x rounded once, then matmul's float32 kernels.
+
+    Any CPU; the same numbers as numba_bf16dot up to float32 summation order."""
+    if x.shape[0] == 0:
+        return
+    matmul(out, _rounded_to_bf16(x), w)
+
+
 if HAS_AVX512_BF16:
 
-    @register("matmul", "numba_bf16dot")
-    def matmul_bf16dot(out: np.ndarray, x: np.ndarray, w: np.ndarray) -> None:
-        """out[T, N] = bf16(x[T, K]) @ float32(w[N, K]).T for T > 1 (vdpbf16ps); T = 1 as numba_fma."""
+    @register("matmul_bf16", "numba_bf16dot")
+    def matmul_bf16_dot(out: np.ndarray, x: np.ndarray, w: np.ndarray) -> None:
+        """out[T, N] = float32(bf16(x)) @ float32(w).T; T > 1 on vdpbf16ps tiles, T = 1 as numba_fma
+        (decode is bound by memory, not arithmetic: the float32 matvec streams as fast)."""
         if x.shape[0] == 0:
             return
         if x.shape[0] == 1:
-            _decode(out, x, w)
+            matmul_bf16_fma(out, x, w)
         else:
             _matmul_bf16dot(out, x, w)
 
 
-@register("matmul", "numba", default=True)
-def matmul(out: np.ndarray, x: np.ndarray, w: np.ndarray) -> None:
-    """out[T, N] = x[T, K] @ float32(w[N, K]).T; T = 1: matvec, T > 1: float32 FMA tiles.
-
-    float32 activations, like Meta's model: the bf16-dot kernel is faster but misses the model
-    test's 1e-3 logits tolerance (see numba_bf16dot and ops/cases.py), so it is opt-in.
-    """
-    matmul_fma(out, x, w)
+@register("matmul_bf16", "numba", default=True)
+def matmul_bf16(out: np.ndarray, x: np.ndarray, w: np.ndarray) -> None:
+    """out[T, N] = float32(bf16(x)) @ float32(w).T: numba_bf16dot where the CPU has AVX512_BF16
+    (prefill about 1.6x faster), else numba_fma."""
+    if HAS_AVX512_BF16:
+        matmul_bf16_dot(out, x, w)
+    else:
+        matmul_bf16_fma(out, x, w)

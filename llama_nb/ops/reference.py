@@ -64,6 +64,12 @@ def matmul(out, x, w):
         out[:, n0 : n0 + slab.shape[0]] = x @ slab.T
 
 
+@register("matmul_bf16", "reference")
+def matmul_bf16(out, x, w):
+    # Round x to bf16 (then every product of two bf16 values is exact in float32), then matmul.
+    matmul(out, bf16_to_f32_np(f32_to_bf16_np(x)), w)
+
+
 @register("rope", "reference")
 def rope(x, cos, sin, start_pos):
     # Meta's apply_rotary_emb: adjacent pairs as complex numbers times exp(i * angle).

@@ -71,14 +71,18 @@ def _check_rmsnorm(out, x, weight, eps):
         raise LlamaNbError(f"rmsnorm: eps must be > 0, got {eps}")
 
 
-def _check_matmul(out, x, w):
-    _array("matmul", "out", out, F32, 2)
-    _array("matmul", "x", x, F32, 2)
-    _array("matmul", "w", w, U16, 2)
+def _check_matmul(out, x, w, op="matmul"):
+    _array(op, "out", out, F32, 2)
+    _array(op, "x", x, F32, 2)
+    _array(op, "w", w, U16, 2)
     if x.shape[1] != w.shape[1] or out.shape != (x.shape[0], w.shape[0]):
-        raise LlamaNbError(f"matmul: need out[T,N], x[T,K], w[N,K]; got out{out.shape}, x{x.shape}, w{w.shape}")
+        raise LlamaNbError(f"{op}: need out[T,N], x[T,K], w[N,K]; got out{out.shape}, x{x.shape}, w{w.shape}")
     if np.shares_memory(out, x):
-        raise LlamaNbError("matmul: out must not alias x")
+        raise LlamaNbError(f"{op}: out must not alias x")
+
+
+def _check_matmul_bf16(out, x, w):
+    _check_matmul(out, x, w, op="matmul_bf16")
 
 
 def _check_rope(x, cos, sin, start_pos):
@@ -163,6 +167,16 @@ out  float32[T, N]   must not alias x
 x    float32[T, K]   activations; T = 1 is decode (matrix-vector), T > 1 is prefill
 w    uint16[N, K]    bf16 bits, exactly as stored in consolidated.00.pth""",
     _check_matmul,
+)
+defop(
+    "matmul_bf16",
+    """out = float32(bf16(x)) @ float32(w).T   matmul with x rounded to the nearest bf16 first (ties to
+even), as llama.cpp's bf16 path and the vdpbf16ps instruction compute it: products exact in
+float32, sums in float32. Moves each output by at most 2^-8 * sum_k |x[k] w[n,k]|.
+out  float32[T, N]   must not alias x
+x    float32[T, K]   activations (not modified)
+w    uint16[N, K]    bf16 bits, exactly as stored in consolidated.00.pth""",
+    _check_matmul_bf16,
 )
 defop(
     "rope",
