@@ -24,10 +24,12 @@ a round are compared; the table shows each round and the mean ± standard deviat
 
 Agreement: before timing, llama.cpp is fed llama_nb's prompt and llama_nb's greedy tokens
 (teacher forcing, so one near-tie does not derail the rest) and its argmax is compared with
-llama_nb's at each of the M + 1 positions. llama.cpp rounds activations to bf16 before each bf16
-matrix product, llama_nb keeps them float32: where llama_nb's top-2 logit margin is tiny the two
-may legitimately differ: a disagreement is called a near-tie when that margin is no larger than
-the largest logit difference between the two engines at that position; each is listed.
+llama_nb's at each of the M + 1 positions. Both round activations to bf16 before each matrix
+product at llama_nb's default precision (--precision float32 keeps them float32), but the two
+engines differ in other float32 details (summation order, rmsnorm, attention), so where llama_nb's
+top-2 logit margin is tiny they may legitimately differ: a disagreement is called a near-tie when
+that margin is no larger than the largest logit difference between the two engines at that
+position; each is listed.
 """
 
 from __future__ import annotations
@@ -139,8 +141,8 @@ def write_gguf(folder: Path, path: Path) -> None:
 class LlamaNb:
     name = "llama_nb"
 
-    def __init__(self, folder: Path, ctx: int, threads: int, impl: str | None = None):
-        self.model = load_transformer(folder, impl, ctx=ctx, max_batch=512, threads=threads)
+    def __init__(self, folder: Path, ctx: int, threads: int, impl: str | None = None, precision: str = "bf16"):
+        self.model = load_transformer(folder, impl, ctx=ctx, max_batch=512, threads=threads, precision=precision)
         self.model.warmup()
 
     def prefill(self, ids: np.ndarray) -> np.ndarray:
@@ -218,7 +220,8 @@ def timed(engine, ids: np.ndarray, n_gen: int) -> tuple[float, float]:
     return pp, tg
 
 
-def compare_shape(shape: str, n_prompt: int, n_gen: int, rounds: int, threads: int, log, impl: str | None = None) -> dict:
+def compare_shape(shape: str, n_prompt: int, n_gen: int, rounds: int, threads: int, log, impl: str | None = None,
+                  precision: str = "bf16") -> dict:
     folder = ensure_shape_model(shape, on_write=lambda f, n: log(f"writing random {shape} ({n / 1e9:.1f} GB) to {f}"))
     gguf_path = folder / GGUF_NAME
     if not gguf_path.is_file():
@@ -226,7 +229,7 @@ def compare_shape(shape: str, n_prompt: int, n_gen: int, rounds: int, threads: i
         write_gguf(folder, gguf_path.with_suffix(".partial"))
         gguf_path.with_suffix(".partial").replace(gguf_path)
     ctx = n_prompt + n_gen + 1
-    nb, cpp = LlamaNb(folder, ctx, threads, impl), LlamaCpp(gguf_path, ctx, threads)
+    nb, cpp = LlamaNb(folder, ctx, threads, impl, precision), LlamaCpp(gguf_path, ctx, threads)
     ids = prompt_ids(n_prompt, SHAPES[shape][0].vocab_size)
     for engine in (nb, cpp):  # warm-up: page the weights in, first-call costs
         timed(engine, ids[: min(n_prompt, 32)], 2)
@@ -246,14 +249,14 @@ def _ms(xs) -> str:
     return f"{statistics.mean(xs):.2f} ± {statistics.stdev(xs):.2f}" if len(xs) > 1 else f"{xs[0]:.2f}"
 
 
-def render(results: list[dict], threads: int, impl: str | None = None) -> str:
+def render(results: list[dict], threads: int, impl: str | None = None, precision: str = "bf16") -> str:
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                platform.processor())
     import llama_cpp
 
     lines = [f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {cpu}, {threads} threads, "
              f"llama-cpp-python {llama_cpp.__version__}, bf16 weights, random values, "
-             f"llama_nb kernels: {impl or 'defaults'}", ""]
+             f"llama_nb precision {precision}, kernels: {impl or 'defaults'}", ""]
     lines += ["| shape | test | llama_nb tok/s | llama.cpp tok/s | llama_nb / llama.cpp |",
               "| --- | --- | ---: | ---: | ---: |"]
     for res in results:
@@ -271,7 +274,7 @@ def render(results: list[dict], threads: int, impl: str | None = None) -> str:
         check = res["check"]
         agree = sum(row[1] == row[2] for row in check)
         # a disagreement is a near-tie when llama_nb's top-2 margin is within the largest logit
-        # difference between the engines at that position (bf16 vs f32 activations)
+        # difference between the engines at that position
         ties = sum(row[1] != row[2] and row[3] <= row[5] for row in check)
         lines.append(f"  greedy top-1 agreement (teacher-forced): {agree} of {len(check)} positions; "
                      f"{len(check) - agree - ties} disagreements where the margin is clear, {ties} at near-ties; "
@@ -291,15 +294,16 @@ def main(argv=None) -> int:
     parser.add_argument("-n", "--n-gen", type=int, default=64)
     parser.add_argument("-r", "--rounds", type=int, default=5)
     parser.add_argument("-t", "--threads", type=int, default=2)
-    parser.add_argument("--impl", default=None, help="llama_nb kernel spec, e.g. matmul=numba_bf16dot")
+    parser.add_argument("--impl", default=None, help="llama_nb kernel spec, e.g. matmul_bf16=numba_fma")
+    parser.add_argument("--precision", choices=("bf16", "float32"), default="bf16", help="llama_nb's precision")
     args = parser.parse_args(argv)
 
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
 
-    results = [compare_shape(s, args.n_prompt, args.n_gen, args.rounds, args.threads, log, args.impl)
+    results = [compare_shape(s, args.n_prompt, args.n_gen, args.rounds, args.threads, log, args.impl, args.precision)
                for s in args.shape or ["llama3.2-1b", "llama3.1-8b-4layers"]]
-    print(render(results, args.threads, args.impl))
+    print(render(results, args.threads, args.impl, args.precision))
     return 0
 
 

@@ -25,22 +25,38 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from llama_nb.ops._jit import njit_parallel, njit_serial
+from llama_nb.ops._jit import njit_inline, njit_parallel, njit_serial
 from llama_nb.ops.fastexp import exp_nonpositive
 from llama_nb.ops.registry import register
 
 _BLOCK = 16384  # elements per parallel task (64 KB of each array: L2 resident)
+_CHUNK = 512  # elements computed into a scratch row at a time (2 KB: L1 resident)
 
 
-def _silu_span(out, a, b):
-    for i in range(a.size):  # element i of a and b is read before out[i] is written
+@njit_inline
+def _silu_values(out, a, b):
+    for i in range(a.size):
         av = a[i]
         e = exp_nonpositive(-abs(av))
         num = av if av >= 0 else av * e
         out[i] = num / (np.float32(1.0) + e) * b[i]
 
 
-_silu_span_serial = njit_serial(_silu_span)
+@njit_inline
+def _silu_span(out, a, b):
+    # _CHUNK elements at a time into a scratch row, then copied to out. The model calls
+    # silu(hb, hb, hb2): out is a, and for overlapping arrays LLVM's vectorised loop falls back to
+    # its scalar version (a runtime overlap check), 14x slower (2.5 ms vs 0.18 ms at 128 x 8192).
+    scratch = np.empty(_CHUNK, np.float32)
+    for lo in range(0, a.size, _CHUNK):
+        n = min(_CHUNK, a.size - lo)
+        _silu_values(scratch[:n], a[lo : lo + n], b[lo : lo + n])
+        out[lo : lo + n] = scratch[:n]
+
+
+@njit_serial
+def _silu_span_serial(out, a, b):
+    _silu_span(out, a, b)
 
 
 @njit_parallel
@@ -48,7 +64,7 @@ def _silu_blocks(out, a, b):
     n = a.size
     for blk in prange((n + _BLOCK - 1) // _BLOCK):
         lo, hi = blk * _BLOCK, min(blk * _BLOCK + _BLOCK, n)
-        _silu_span_serial(out[lo:hi], a[lo:hi], b[lo:hi])
+        _silu_span(out[lo:hi], a[lo:hi], b[lo:hi])
 
 
 @register("silu", "numba", default=True)
