@@ -18,9 +18,12 @@ also written as a bf16 GGUF beside it, tensor for tensor the same bits:
 
 Then, per round, each engine (order alternating between rounds, A B, B A, ...) runs:
     ppN   N prompt token ids at positions 0..N-1, one batched pass, logits of the last only
-    tgM   M greedy decode passes continuing after the prompt (argmax included on both sides)
+    tgM   M greedy decode passes continuing after the prompt (argmax included on both sides), the
+          two engines taking turns of TG_CHUNK tokens
 The host's memory bandwidth changes from one spell of seconds to the next, so only ratios within
-a round are compared; the table shows each round and the mean ± standard deviation.
+a round are compared, and decode, the part that follows the bandwidth, is interleaved finely
+enough that a spell covers both engines; the table shows each round and the mean ± standard
+deviation.
 
 Agreement: before timing, llama.cpp is fed llama_nb's prompt and llama_nb's greedy tokens
 (teacher forcing, so one near-tie does not derail the rest) and its argmax is compared with
@@ -210,14 +213,35 @@ def agreement(nb: LlamaNb, cpp: LlamaCpp, ids: np.ndarray, n_gen: int):
     return rows
 
 
-def timed(engine, ids: np.ndarray, n_gen: int) -> tuple[float, float]:
-    t0 = time.perf_counter()
-    logits = engine.prefill(ids)
-    pp = len(ids) / (time.perf_counter() - t0)
-    t0 = time.perf_counter()
-    engine.decode(int(np.argmax(logits)), n_gen, len(ids))
-    tg = n_gen / (time.perf_counter() - t0)
-    return pp, tg
+TG_CHUNK = 8  # decode tokens per turn when the engines take turns within a round
+
+
+def timed_round(engines, ids: np.ndarray, n_gen: int, chunk: int = TG_CHUNK) -> dict[str, tuple[float, float]]:
+    """One round: {engine name: (ppN tokens/s, tgM tokens/s)}.
+
+    Each engine's prompt pass, in the order given; then their tgM in turns of `chunk` tokens (A's
+    first 8, B's first 8, A's next 8, ...), each continuing its own sequence, so that a change of
+    the host's memory bandwidth in the middle of a round (they last 10-40 s) slows both alike.
+    A short pause before each turn lets the other engine's worker threads go idle; it is not timed.
+    """
+    pp, tg_seconds, state = {}, {}, {}
+    for engine in engines:
+        time.sleep(0.3)
+        t0 = time.perf_counter()
+        logits = engine.prefill(ids)
+        pp[engine.name] = len(ids) / (time.perf_counter() - t0)
+        state[engine.name] = (int(np.argmax(logits)), len(ids))
+        tg_seconds[engine.name] = 0.0
+    for done in range(0, n_gen, chunk):
+        n = min(chunk, n_gen - done)
+        for engine in engines:
+            time.sleep(0.005)
+            token, pos = state[engine.name]
+            t0 = time.perf_counter()
+            out = engine.decode(token, n, pos)
+            tg_seconds[engine.name] += time.perf_counter() - t0
+            state[engine.name] = (out[-1], pos + n)
+    return {e.name: (pp[e.name], n_gen / tg_seconds[e.name]) for e in engines}
 
 
 def compare_shape(shape: str, n_prompt: int, n_gen: int, rounds: int, threads: int, log, impl: str | None = None,
@@ -231,15 +255,11 @@ def compare_shape(shape: str, n_prompt: int, n_gen: int, rounds: int, threads: i
     ctx = n_prompt + n_gen + 1
     nb, cpp = LlamaNb(folder, ctx, threads, impl, precision), LlamaCpp(gguf_path, ctx, threads)
     ids = prompt_ids(n_prompt, SHAPES[shape][0].vocab_size)
-    for engine in (nb, cpp):  # warm-up: page the weights in, first-call costs
-        timed(engine, ids[: min(n_prompt, 32)], 2)
+    timed_round((nb, cpp), ids[: min(n_prompt, 32)], 2)  # warm-up: page the weights in, first-call costs
     check = agreement(nb, cpp, ids, n_gen)
     results = []
     for r in range(rounds):
-        pair = {}
-        for engine in ((nb, cpp) if r % 2 == 0 else (cpp, nb)):
-            time.sleep(0.3)  # let the other engine's worker threads stop spinning
-            pair[engine.name] = timed(engine, ids, n_gen)
+        pair = timed_round((nb, cpp) if r % 2 == 0 else (cpp, nb), ids, n_gen)
         results.append(pair)
         log(f"{shape} round {r + 1}: " + ", ".join(f"{k} pp {v[0]:.1f} tg {v[1]:.2f}" for k, v in pair.items()))
     return {"shape": shape, "n_prompt": n_prompt, "n_gen": n_gen, "check": check, "rounds": results}
