@@ -12,8 +12,8 @@
 Each test runs `-r` times after an untimed, shortened warm-up run (at most 32 tokens, as
 llama-bench shortens its warm-up prompt); the KV cache starts empty each time
 (positions restart at 0). Token ids are fixed pseudo-random ids, so no tokenizer is needed and
-tokenization and sampling are excluded. The JIT compile and the first pass (which pages the
-memory-mapped weights in) are excluded and reported separately. Results are mean ± standard
+tokenization and sampling are excluded. Loading (reading the weights into memory), the JIT
+compile and the first pass are excluded and reported separately. Results are mean ± standard
 deviation over the repetitions.
 
 Decode is memory-bound: each pass streams every weight matrix once. So tg is also shown as GB/s
@@ -137,6 +137,7 @@ class ModelBench:
     impl: dict
     precision: str  # "bf16" or "float32": the op of every weight product
     weights_in: str  # "memory" (read in, huge pages) or "mmap" (views of the mapped file)
+    load_seconds: float  # reading params, the checkpoint index and (weights_in "memory") the weights
     compile_seconds: float  # JIT compile / cache load of every kernel (excluded)
     warmup_seconds: float  # the untimed first runs (page the weights in; excluded)
     weights_bytes: int  # every tensor of the checkpoint
@@ -161,12 +162,14 @@ def run_model_bench(folder: Path, prompts: list[int], gens: list[int], repetitio
     from llama_nb.ops.benchmark import read_bandwidth
 
     ctx = max(prompts + gens + [1])
+    t0 = time.perf_counter()
     model = load_transformer(folder, impl, ctx=ctx, max_batch=max(1, min(max_batch, ctx)), threads=threads,
                              precision=precision, mmap=mmap)
     s = model.state
     result = ModelBench(
         model=str(folder), shape=shape, params=model.args.to_dict(), threads=numba.get_num_threads(),
         impl=dict(model.ops.choice), precision=precision, weights_in="mmap" if mmap else "memory",
+        load_seconds=time.perf_counter() - t0,
         compile_seconds=model.warmup(), warmup_seconds=0.0,
         weights_bytes=_checkpoint_bytes(model.weights), decode_bytes=decode_bytes(model.weights),
         kv_cache_bytes=s.cache_k.nbytes + s.cache_v.nbytes,
@@ -260,8 +263,10 @@ def model_bench_notes(r: ModelBench) -> list[str]:
         f"excluded    JIT compile / cache load {r.compile_seconds:.2f} s; warm-up runs {r.warmup_seconds:.2f} s",
         f"repeats     {reps} per test, mean ± sample standard deviation; tg includes the greedy argmax",
         f"memory      peak RSS {r.peak_rss_bytes / 1e9:.2f} GB (after warm-up) vs weights {r.weights_bytes / 1e9:.2f} GB"
-        f" + KV cache {r.kv_cache_bytes / 1e9:.3f} GB = {expected / 1e9:.2f} GB; the weights are memory-mapped,"
-        f" so only the {r.decode_bytes / 1e9:.2f} GB every pass reads (and the embedding rows used) become resident",
+        f" + KV cache {r.kv_cache_bytes / 1e9:.3f} GB = {expected / 1e9:.2f} GB; " + (
+            f"the weights were read into memory in {r.load_seconds:.1f} s" if r.weights_in == "memory" else
+            f"the weights are memory-mapped, so only the {r.decode_bytes / 1e9:.2f} GB every pass reads (and the "
+            f"embedding rows used) become resident"),
     ]
 
 
