@@ -8,28 +8,32 @@ q          float32[T, H, Dh]     queries after rope
 k_cache    float32[KVH, S, Dh]   keys after rope; rows 0 .. start_pos+T-1 filled
 v_cache    float32[KVH, S, Dh]
 start_pos  int                   >= 0; T > 1 with start_pos > 0 is a chunked prefill
-Parallel over (token, head) pairs: T*H independent tasks, enough for both decode (T = 1, H = 32)
-and prefill. The H // KVH query heads of a group read the same k_cache[g] / v_cache[g] rows in
-place; nothing is copied per head (Meta's repeat_kv is a broadcast, not a copy, here).
+The H // KVH query heads of a group read the same k_cache[g] / v_cache[g] rows in place; nothing
+is copied per head (Meta's repeat_kv is a broadcast, not a copy, here).
 
 Softmax in two passes over a per-task float32 scores buffer of p + 1 entries: scores and their
 max, then exp and sum (float64 sum, rounded once), then the weighted sum of value rows. An online
 (one-pass) softmax would save the buffer but rescales the Dh-long accumulator on every new max.
 
-Is it a bottleneck in prefill? Measured at Llama 3.2 1B width (H 32, KVH 8, Dh 64, D 2048,
-F 8192), prefill from position 0, 2 threads, against the seven matmuls of the same layer (numba):
-    T = 128: attention 1.1 ms vs matmuls 38 ms (3%)
-    T = 256: 5.4 ms vs 75 ms (7%)
-    T = 512: 21 ms vs 152 ms (14%)
-It grows as T^2 against the matmuls' T, so prompts beyond ~1K tokens will want a tiled kernel
-(the H/KVH heads of a group sharing each key load; keys transposed per block so the scores need
-no sums across lanes); for pp128-512 it is not the bottleneck.
-Measured changes (one process, alternating, best of 5; T=128 / T=512 prefill at 1B width, 2 threads):
-- scores four keys at a time on explicit vectors (_scores_16), the value sum in register
-  accumulators (_weighted_rows_64): 2.0 -> 1.25 ms and 31 -> 21 ms (1 thread: 2.8 -> 1.7, 44 -> 28);
-  decode at a 4K context about the same (1.19 -> 1.10 ms).
-- the vectorised exp of ops/fastexp.py for the softmax, as calls to softmax.py's passes: slower
-  (1.16 -> 1.42 ms, 21 -> 26 ms), not kept.
+Two kernels:
+- decode (T = 1) and head_dim not a multiple of 16: parallel over (token, head) pairs, each
+  score a 16-lane dot product summed across lanes (_scores_16), then the value rows weighted in
+  register accumulators (_weighted_rows_64). At decode T*H = 32 tasks is plenty.
+- prefill (T > 1, head_dim % 16 == 0): _attention_tiled. Each group's keys are first transposed
+  into blocks of 16 positions, kt[g, b, d, i] = k_cache[g, 16 b + i, d], so one 16-lane vector
+  holds dimension d of 16 keys: a query's scores against 16 keys are head_dim FMAs of a
+  broadcast q[d] with kt[g, b, d], no sums across lanes. Tasks are (kv group, token, up to 4
+  heads of the group): the heads of a group read the same keys and values and see the same
+  causal range, so each loaded key block and value row feeds 4 queries. The softmax passes are
+  softmax.py's (vectorised exp into a separate buffer, float64 sum). The transposition costs one
+  pass over the cache per call (KVH / (T H) of the arithmetic: 1/8 at T = 2 for Llama 3).
+Measured at Llama 3.2 1B width (H 32, KVH 8, Dh 64), prefill from position 0, 2 threads, one
+process, alternating, best of 7: T = 128 1.33 -> 0.59 ms, T = 512 22.7 -> 6.8 ms per layer; 8B
+heads (Dh 128) T = 128: 2.31 -> 0.91 ms. Whole model, Llama 3.2 1B pp512: attention was 372 ms of
+2210 (17%), the seven matmuls 1808.
+Earlier, for the first kernel: scores four keys at a time on explicit vectors and the value sum
+in register accumulators: T = 512 31 -> 21 ms; the vectorised exp (then written in place, where
+LLVM's overlap check keeps the scalar loop): not kept.
 """
 
 from __future__ import annotations
@@ -39,9 +43,10 @@ import math
 import numpy as np
 from numba import prange
 
-from llama_nb.ops._jit import njit_inline, njit_parallel_dot
+from llama_nb.ops._jit import njit_inline, njit_parallel, njit_parallel_dot
 from llama_nb.ops.registry import register
 from llama_nb.ops.simd import f32x16_fma, f32x16_load, f32x16_splat, f32x16_store, f32x16_sum, f32x16_zero
+from llama_nb.ops.softmax import _exp_shifted, _max, _sum64
 
 
 @njit_inline
@@ -142,7 +147,85 @@ def _attention(out, q, k_cache, v_cache, start_pos):
                 dst[d] = acc[d]
 
 
+@njit_parallel
+def _transpose_keys(k_cache, n_keys):
+    """kt[g, b, d, i] = k_cache[g, 16 b + i, d] for the first n_keys positions (zeros past them)."""
+    n_kv, _, head_dim = k_cache.shape
+    n_blocks = (n_keys + 15) // 16
+    kt = np.zeros((n_kv, n_blocks, head_dim, 16), np.float32)
+    for gb in prange(n_kv * n_blocks):
+        g, b = gb // n_blocks, gb % n_blocks
+        block = kt[g, b]
+        for i in range(min(16, n_keys - b * 16)):
+            key = k_cache[g, b * 16 + i]
+            for d in range(head_dim):
+                block[d, i] = key[d]
+    return kt
+
+
+@njit_parallel
+def _attention_tiled(out, q, k_cache, v_cache, start_pos):
+    n_tokens, n_heads, head_dim = q.shape
+    n_kv = k_cache.shape[0]
+    group = n_heads // n_kv
+    kt = _transpose_keys(k_cache, start_pos + n_tokens)
+    sqrt_dim = np.float32(math.sqrt(head_dim))  # Meta divides the scores by sqrt(head_dim)
+    chunks = (group + 3) // 4  # up to 4 heads of a group per task
+    for task in prange(n_kv * n_tokens * chunks):
+        g, rest = task // (n_tokens * chunks), task % (n_tokens * chunks)
+        t, h0 = rest // chunks, g * group + (rest % chunks) * 4
+        heads = min(4, (g + 1) * group - h0)
+        n_ctx = start_pos + t + 1  # causal: positions 0 .. p, the same for every head here
+        n_blocks = (n_ctx + 15) // 16
+        # Rows 1..3 of a task with fewer heads repeat its last head: computed, never stored.
+        last = heads - 1
+        q0, q1, q2, q3 = q[t, h0], q[t, h0 + min(1, last)], q[t, h0 + min(2, last)], q[t, h0 + min(3, last)]
+        scores = np.empty((4, n_blocks * 16), np.float32)
+        for b in range(n_blocks):
+            keys = kt[g, b]
+            a0 = a1 = a2 = a3 = f32x16_zero()
+            for d in range(head_dim):
+                kd = f32x16_load(keys[d], 0)
+                a0 = f32x16_fma(a0, f32x16_splat(q0[d]), kd)
+                a1 = f32x16_fma(a1, f32x16_splat(q1[d]), kd)
+                a2 = f32x16_fma(a2, f32x16_splat(q2[d]), kd)
+                a3 = f32x16_fma(a3, f32x16_splat(q3[d]), kd)
+            f32x16_store(scores[0], b * 16, a0)
+            f32x16_store(scores[1], b * 16, a1)
+            f32x16_store(scores[2], b * 16, a2)
+            f32x16_store(scores[3], b * 16, a3)
+        probs = np.empty((4, n_ctx), np.float32)
+        scale = np.empty(4, np.float32)  # 1 / sum of each head's exps
+        for i in range(heads):
+            row = scores[i, :n_ctx]
+            for j in range(n_ctx):
+                row[j] = row[j] / sqrt_dim
+            _exp_shifted(probs[i], row, _max(row))
+            scale[i] = np.float32(1.0 / _sum64(probs[i]))
+        p0, p1, p2, p3 = probs[0], probs[min(1, last)], probs[min(2, last)], probs[min(3, last)]
+        c0, c1, c2, c3 = scale[0], scale[min(1, last)], scale[min(2, last)], scale[min(3, last)]
+        values = v_cache[g]
+        for col in range(0, head_dim, 16):  # q[t, h0..] were read above: out may alias q
+            a0 = a1 = a2 = a3 = f32x16_zero()
+            for j in range(n_ctx):
+                v = f32x16_load(values[j], col)
+                a0 = f32x16_fma(a0, f32x16_splat(p0[j] * c0), v)
+                a1 = f32x16_fma(a1, f32x16_splat(p1[j] * c1), v)
+                a2 = f32x16_fma(a2, f32x16_splat(p2[j] * c2), v)
+                a3 = f32x16_fma(a3, f32x16_splat(p3[j] * c3), v)
+            f32x16_store(out[t, h0], col, a0)
+            if heads > 1:
+                f32x16_store(out[t, h0 + 1], col, a1)
+            if heads > 2:
+                f32x16_store(out[t, h0 + 2], col, a2)
+            if heads > 3:
+                f32x16_store(out[t, h0 + 3], col, a3)
+
+
 @register("attention", "numba", default=True)
 def attention(out: np.ndarray, q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, start_pos: int) -> None:
     """Causal GQA of q[T, H, Dh] at positions start_pos.. over k_cache/v_cache[KVH, S, Dh]."""
-    _attention(out, q, k_cache, v_cache, int(start_pos))
+    if q.shape[0] > 1 and q.shape[2] % 16 == 0:
+        _attention_tiled(out, q, k_cache, v_cache, int(start_pos))
+    else:
+        _attention(out, q, k_cache, v_cache, int(start_pos))

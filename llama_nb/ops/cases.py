@@ -66,6 +66,8 @@ CASES: dict[str, list[tuple[int, ...]]] = {
         (1, 4, 2, 8, 16, 5),           # decode at start_pos > 0, GQA 4/2
         (3, 4, 1, 16, 32, 9),          # MQA (KVH = 1), chunked prefill
         (4, 6, 6, 10, 12, 2),          # MHA (KVH = H), odd Dh
+        (17, 8, 2, 64, 40, 3),         # tiled prefill: 17 tokens (ragged key blocks), after 3 cached
+        (2, 5, 1, 32, 40, 30),         # tiled, MQA with 5 heads per group: tasks of 4 and 1 heads
         (6, 32, 8, 128, 64, 0),        # 8B GQA 32/8, Dh 128: prefill from position 0
         (5, 32, 8, 128, 128, 37),      # 8B: chunked prefill (start_pos > 0)
         (1, 32, 8, 128, 1024, 700),    # 8B: decode
