@@ -9,6 +9,7 @@ input, and against Meta's float32 and all-bf16 runs (section below).
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -240,14 +241,21 @@ def test_bad_requests_are_clear_errors(llm):
         llm.forward([1, 2, 3], 46)
 
 
-def test_warmup_compiles_every_kernel_a_forward_pass_uses():
+@pytest.mark.parametrize("cache", ["warm", "cold"])
+def test_warmup_compiles_every_kernel_a_forward_pass_uses(cache, tmp_path):
     """After warmup(), a real prompt and decode compile nothing more, so no prefill or decode
     timing includes a compile. Run in a fresh interpreter: this test process has compiled many
     kernels already, which would hide a gap. The demo model's prompt pass crosses the size
-    thresholds at which silu and matmul switch kernels."""
+    thresholds at which silu and matmul switch kernels. With a cold (empty) Numba cache, warmup
+    compiles the prefill kernels in a helper process (model/precompile.py) and loads them."""
     code = textwrap.dedent("""
         import numba, llama_nb
         from llama_nb.demo import demo_model_dir
+        from llama_nb.model import precompile
+
+        helpers = []
+        start = precompile.start_if_cold
+        precompile.start_if_cold = lambda *a: helpers.append(start(*a)) or helpers[-1]
         import llama_nb.ops as ops_pkg, pkgutil, importlib
 
         def compiled():
@@ -269,10 +277,14 @@ def test_warmup_compiles_every_kernel_a_forward_pass_uses():
         next(sampled)  # ...before the first token's timing starts
         after_sampler = compiled()
         list(sampled)
-        print(before, after_greedy, after_sampler, compiled())
+        print(before, after_greedy, after_sampler, compiled(), int(helpers[0] is not None),
+              helpers[0].returncode if helpers[0] is not None else 0)
     """)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path)) if cache == "cold" else None
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr
-    before, after_greedy, after_sampler, after = map(int, proc.stdout.split())
+    before, after_greedy, after_sampler, after, helper_started, helper_code = map(int, proc.stdout.split())
     assert before > 5 and after_greedy == before  # (> 5: the count does see the kernels)
     assert after == after_sampler  # sampling compiled nothing inside the token loop
+    if cache == "cold":
+        assert helper_started == 1 and helper_code == 0

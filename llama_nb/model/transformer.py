@@ -242,38 +242,69 @@ class Transformer:
         return s.logits[0]
 
     def warmup(self) -> float:
-        """Compile (or load from Numba's cache) every kernel the forward pass uses; return seconds.
+        """Compile (or load from Numba's on-disk cache) every kernel the forward pass uses; return seconds.
 
         Numba specialises on argument types, not sizes, so small arrays of the same dtypes,
         dimensions and read-only flags as the real buffers compile what forward() needs, without
-        touching the weights. But some ops pick a different compiled kernel by size (matmul by T
-        and by whether x fits in L1, silu by element count), so each op is called
-        once small and once with a width past every such threshold (WARMUP_WIDE elements): all
-        paths are ready before the first real token, and a prompt's timing never includes a
-        compile.
+        touching the weights (warm_kernels). On a cold cache (the first run after installing or
+        upgrading) the prefill kernels compile in a helper process on the other core meanwhile
+        (llama_nb/model/precompile.py), then load from the cache here.
         """
+        from llama_nb.model import precompile
+
         t0 = time.perf_counter()
-        ops, Dh = self.ops, self.args.head_dim
+        spec = KernelSpec(self.ops.describe(), self.precision, self.args.head_dim, self.weights.norm.flags.writeable)
+        helper = precompile.start_if_cold(self.ops, spec)
+        if helper is None:
+            warm_kernels(self.ops, spec, token_counts=(1, 2))
+        else:
+            with precompile.running(helper):
+                warm_kernels(self.ops, spec, token_counts=(1,))
+            warm_kernels(self.ops, spec, token_counts=(2,))  # from the helper's cache entries
+        self.ops.reset_timings()
+        return time.perf_counter() - t0
 
-        def weight(*shape):
-            w = np.full(shape, 0x3F80, np.uint16)  # bf16 1.0
-            w.flags.writeable = self.weights.norm.flags.writeable
-            return w
 
-        cos, sin = self.rope_cos[:4], self.rope_sin[:4]
-        for T in (1, 2):
-            q = np.ones((T, 2, Dh), np.float32)
-            ops.rope(q, cos, sin, 0)
-            cache = np.ones((1, 4, Dh), np.float32)
-            ops.attention(np.empty_like(q), q, cache, cache, 0)
-            for width in (4, WARMUP_WIDE):
-                x = np.ones((T, width), np.float32)
-                out = np.empty((T, 3), np.float32)
-                ops.embedding(x, weight(5, width), np.zeros(T, np.int64))
-                ops.rmsnorm(x, x, weight(width), 1e-5)
-                self.linear(out, x, weight(3, width))
-                ops.silu(x, x, x)
+@dataclass(frozen=True)
+class KernelSpec:
+    """What decides which compiled kernels a forward pass needs (Numba specialises on types)."""
+
+    impl: str  # OpSet.describe()
+    precision: str
+    head_dim: int
+    weights_writeable: bool  # read into memory: writeable arrays; memory-mapped: read-only
+
+
+def warm_kernels(ops: OpSet, spec: KernelSpec, token_counts=(1, 2)) -> None:
+    """Call every op of the forward pass on tiny arrays of the real dtypes and layouts, for T in
+    token_counts (1: decode, 2: prefill).
+
+    Some ops pick a different compiled kernel by size (matmul by T and by whether x fits in L1,
+    silu by element count), so each op is called once small and once with a width past every such
+    threshold (WARMUP_WIDE elements): all paths are ready before the first real token, and a
+    prompt's timing never includes a compile.
+    """
+    Dh = spec.head_dim
+    linear = ops.matmul_bf16 if spec.precision == "bf16" else ops.matmul
+
+    def weight(*shape):
+        w = np.full(shape, 0x3F80, np.uint16)  # bf16 1.0
+        w.flags.writeable = spec.weights_writeable
+        return w
+
+    cos, sin = rope_tables(Dh, 4, 500000.0, False)
+    for T in token_counts:
+        q = np.ones((T, 2, Dh), np.float32)
+        ops.rope(q, cos, sin, 0)
+        cache = np.ones((1, 4, Dh), np.float32)
+        ops.attention(np.empty_like(q), q, cache, cache, 0)
+        for width in (4, WARMUP_WIDE):
+            x = np.ones((T, width), np.float32)
+            out = np.empty((T, 3), np.float32)
+            ops.embedding(x, weight(5, width), np.zeros(T, np.int64))
+            ops.rmsnorm(x, x, weight(width), 1e-5)
+            linear(out, x, weight(3, width))
+            ops.silu(x, x, x)
+    if 1 in token_counts:
         ops.argmax(np.ones(3, np.float32))
         ops.argmax(np.ones(WARMUP_WIDE, np.float32))
-        ops.reset_timings()
-        return time.perf_counter() - t0
