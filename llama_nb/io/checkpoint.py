@@ -6,8 +6,9 @@
         tokenizer.model        tiktoken BPE ranks
 
 `load_model_files` checks that the checkpoint holds exactly the tensors Meta's model.py builds from
-params.json, each with the exact shape, bf16, and C-contiguous (the kernels read raw rows; a
-strided tensor would have to be copied, and weights are never copied). Expected tensors:
+params.json, each with the exact shape, bf16, and C-contiguous (the kernels read raw rows, and
+with --mmap they read them straight from the file's map; Meta's files are contiguous). Expected
+tensors:
 
     tok_embeddings.weight               bf16[vocab_size, dim]
     layers.{i}.attention.wq.weight      bf16[n_heads * head_dim, dim]

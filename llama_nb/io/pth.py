@@ -24,8 +24,8 @@ as the kernels touch it. `Checkpoint.read_tensors()` reads them into arrays of t
 
 Non-contiguous tensors (t[:, 1] saved as is) come back as strided views, exactly as torch.load
 returns them: still zero-copy. Whether a strided weight is acceptable is the model loader's call
-(llama_nb.io.checkpoint refuses it, since the kernels assume C order and copying would break
-"weights are never copied"); Meta's files are contiguous.
+(llama_nb.io.checkpoint refuses it: the kernels assume C order, and with --mmap they use the
+views as they are); Meta's files are contiguous.
 
 Safety. Unpickling runs code named by the file, so the pickle is read in two passes:
   1. every opcode is checked against an allowlist (pickletools parses without executing): no
