@@ -135,6 +135,7 @@ class ModelBench:
     params: dict
     threads: int
     impl: dict
+    impl_short: str  # "defaults" or "defaults + rope=reference"
     precision: str  # "bf16" or "float32": the op of every weight product
     weights_in: str  # "memory" (read in, huge pages) or "mmap" (views of the mapped file)
     load_seconds: float  # reading params, the checkpoint index and (weights_in "memory") the weights
@@ -168,7 +169,7 @@ def run_model_bench(folder: Path, prompts: list[int], gens: list[int], repetitio
     s = model.state
     result = ModelBench(
         model=str(folder), shape=shape, params=model.args.to_dict(), threads=numba.get_num_threads(),
-        impl=dict(model.ops.choice), precision=precision, weights_in="mmap" if mmap else "memory",
+        impl=dict(model.ops.choice), impl_short=model.ops.describe_short(), precision=precision, weights_in="mmap" if mmap else "memory",
         load_seconds=time.perf_counter() - t0,
         compile_seconds=model.warmup(), warmup_seconds=0.0,
         weights_bytes=_checkpoint_bytes(model.weights), decode_bytes=decode_bytes(model.weights),
@@ -259,7 +260,7 @@ def model_bench_notes(r: ModelBench) -> list[str]:
     reps = len(r.tests[0].samples_ts) if r.tests else 0
     return [
         f"model       {r.model}",
-        f"kernels     {', '.join(f'{op}={name}' for op, name in sorted(r.impl.items()))}",
+        f"kernels     {r.impl_short}, precision {r.precision}",
         f"excluded    JIT compile / cache load {r.compile_seconds:.2f} s; warm-up runs {r.warmup_seconds:.2f} s",
         f"repeats     {reps} per test, mean ± sample standard deviation; tg includes the greedy argmax",
         f"memory      peak RSS {r.peak_rss_bytes / 1e9:.2f} GB (after warm-up) vs weights {r.weights_bytes / 1e9:.2f} GB"
