@@ -46,7 +46,7 @@ from numba import prange
 from llama_nb.ops._jit import njit_inline, njit_parallel, njit_parallel_dot
 from llama_nb.ops.registry import register
 from llama_nb.ops.simd import f32x16_fma, f32x16_load, f32x16_splat, f32x16_store, f32x16_sum, f32x16_zero
-from llama_nb.ops.softmax import _exp_shifted, _max, _sum64
+from llama_nb.ops.softmax import exp_shifted, row_max, sum64
 
 
 @njit_inline
@@ -200,8 +200,8 @@ def _attention_tiled(out, q, k_cache, v_cache, start_pos):
             row = scores[i, :n_ctx]
             for j in range(n_ctx):
                 row[j] = row[j] / sqrt_dim
-            _exp_shifted(probs[i], row, _max(row))
-            scale[i] = np.float32(1.0 / _sum64(probs[i]))
+            exp_shifted(probs[i], row, row_max(row))
+            scale[i] = np.float32(1.0 / sum64(probs[i]))
         p0, p1, p2, p3 = probs[0], probs[min(1, last)], probs[min(2, last)], probs[min(3, last)]
         c0, c1, c2, c3 = scale[0], scale[min(1, last)], scale[min(2, last)], scale[min(3, last)]
         values = v_cache[g]

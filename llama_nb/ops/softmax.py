@@ -10,7 +10,7 @@ holding NaN or +inf.
 Each row is four vectorised passes: max (integer keys, argmax.ordered_key), exp(x - m) written
 to out, the float64 sum of out, the scaling. The exp pass is compiled without `reassoc` (fastexp
 needs its exact order), the sum pass with it (so the float64 sum runs in vector lanes); hence two
-passes where one would do.
+passes where one would do. row_max, exp_shifted and sum64 are also attention's softmax passes.
 Parallel over rows when there are several; a single row (sampling from 128256 logits) runs on one
 thread. A two-level version for one long row (chunk maxima combined into m, chunk sums added in
 chunk order, so still independent of the thread count) was written and measured, and dropped:
@@ -34,19 +34,19 @@ _PARALLEL_FROM = 65536  # elements: fewer than this (or a single row) run on one
 
 
 @njit_serial
-def _max(x):
+def row_max(x):
     """max(x) (NaN if x holds one), through integer keys so the loop vectorises."""
     return float_of_key(max_key(x))
 
 
 @njit_serial
-def _exp_shifted(out, x, m):
+def exp_shifted(out, x, m):
     for i in range(x.size):  # when out is x, each element is read before it is overwritten
         out[i] = exp_nonpositive(x[i] - m)
 
 
 @njit_serial_dot
-def _sum64(x):
+def sum64(x):
     total = 0.0  # float64
     for i in range(x.size):
         total += x[i]
@@ -61,9 +61,9 @@ def _scale(x, factor):
 
 @njit_serial
 def _softmax_row(out, x):
-    m = _max(x)
-    _exp_shifted(out, x, m)
-    _scale(out, np.float32(1.0 / _sum64(out)))
+    m = row_max(x)
+    exp_shifted(out, x, m)
+    _scale(out, np.float32(1.0 / sum64(out)))
 
 
 @njit_serial
