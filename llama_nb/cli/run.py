@@ -61,13 +61,27 @@ def run(
 
 def load_for_cli(model: Path | None, *, impl: str | None, ctx: int, threads: int | None, precision: str = "bf16",
                  mmap: bool = False):
-    """Resolve the folder, load and compile; Ctrl-C here exits 130 without a traceback."""
+    """Resolve the folder, load and compile; Ctrl-C here exits 130 without a traceback.
+
+    On a terminal a spinner on stderr says which of the two is going on: reading 16 GB of weights
+    takes seconds, and so does the first run's compile."""
+    import contextlib
+
+    from rich.console import Console
+
     import llama_nb
 
     folder = resolve_model_dir(model)
+    err = Console(stderr=True)
+
+    def status(text: str):
+        return err.status(text, spinner="dots") if err.is_terminal else contextlib.nullcontext()
+
     try:
-        llm = llama_nb.load_model(folder, impl=impl, ctx=ctx, threads=threads, precision=precision, mmap=mmap)
-        llm.compile()
+        with status(f"loading {folder} ..."):
+            llm = llama_nb.load_model(folder, impl=impl, ctx=ctx, threads=threads, precision=precision, mmap=mmap)
+        with status("compiling the kernels (the first run only; later runs load them from a cache) ..."):
+            llm.compile()
     except KeyboardInterrupt:
         print("\ninterrupted while loading", file=sys.stderr)
         raise typer.Exit(130)
