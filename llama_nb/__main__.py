@@ -1,5 +1,5 @@
 """`python -m llama_nb ...` is `llama-nb ...`."""
 
-from llama_nb.cli import main
+from llama_nb._entry import main
 
 main()

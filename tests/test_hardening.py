@@ -479,6 +479,25 @@ def test_ctrl_c_while_loading_exits_130(base, monkeypatch):
     assert result.exception is None or isinstance(result.exception, SystemExit)
 
 
+def test_ctrl_c_while_the_cli_starts_exits_130_without_a_traceback():
+    # Deterministic stand-in for a Ctrl-C in the first ~0.3 s (Python importing typer and rich):
+    # an import hook raises KeyboardInterrupt when `rich` is first imported.
+    code = (
+        "import sys\n"
+        "class Interrupt:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'rich':\n"
+        "            raise KeyboardInterrupt\n"
+        "sys.meta_path.insert(0, Interrupt())\n"
+        "sys.argv = ['llama-nb', 'ops']\n"
+        "from llama_nb._entry import main\n"
+        "main()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 130, proc.stderr
+    assert "Traceback" not in proc.stderr and "interrupted while starting" in proc.stderr
+
+
 # --- 5. streaming text: a model that writes chosen bytes -------------------------------------------
 
 CHAIN_A = [ord("A"), 0xF0, 0x9F, 0xA6, 0x99, 256 + fuzzing._MERGES.index(b" the")]  # "A" -> "🦙 the" -> "🦙" ...
