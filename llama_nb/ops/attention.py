@@ -15,10 +15,14 @@ Softmax in two passes over a per-task float32 scores buffer of p + 1 entries: sc
 max, then exp and sum (float64 sum, rounded once), then the weighted sum of value rows. An online
 (one-pass) softmax would save the buffer but rescales the Dh-long accumulator on every new max.
 
-Two kernels:
-- decode (T = 1) and head_dim not a multiple of 16: parallel over (token, head) pairs, each
-  score a 16-lane dot product summed across lanes (_scores_16), then the value rows weighted in
-  register accumulators (_weighted_rows_64). At decode T*H = 32 tasks is plenty.
+Three kernels:
+- head_dim not a multiple of 16 (no Llama; small test models): parallel over (token, head) pairs,
+  each score a 16-lane dot product summed across lanes (_scores_16), then the value rows
+  weighted in register accumulators (_weighted_rows_64).
+- decode (T = 1): _attention_decode, tasks (kv group, up to 4 of its heads), each key and value
+  row loaded once for the 4 heads and the four value sums sharing each load (_weigh_values_4).
+  Only KVH tasks (8 for Llama 3) but the decode cache read drops 4x: 8B heads at a 4K context
+  0.93 -> 0.51 ms per layer, at 1K 0.14 -> 0.085 ms (2 threads, median of 15).
 - prefill (T > 1, head_dim % 16 == 0): _attention_tiled. Each group's keys are first transposed
   into blocks of 16 positions, kt[g, b, d, i] = k_cache[g, 16 b + i, d], so one 16-lane vector
   holds dimension d of 16 keys: a query's scores against 16 keys are head_dim FMAs of a
@@ -194,38 +198,83 @@ def _attention_tiled(out, q, k_cache, v_cache, start_pos):
             f32x16_store(scores[1], b * 16, a1)
             f32x16_store(scores[2], b * 16, a2)
             f32x16_store(scores[3], b * 16, a3)
-        probs = np.empty((4, n_ctx), np.float32)
-        scale = np.empty(4, np.float32)  # 1 / sum of each head's exps
         for i in range(heads):
             row = scores[i, :n_ctx]
             for j in range(n_ctx):
                 row[j] = row[j] / sqrt_dim
-            exp_shifted(probs[i], row, row_max(row))
-            scale[i] = np.float32(1.0 / sum64(probs[i]))
-        p0, p1, p2, p3 = probs[0], probs[min(1, last)], probs[min(2, last)], probs[min(3, last)]
-        c0, c1, c2, c3 = scale[0], scale[min(1, last)], scale[min(2, last)], scale[min(3, last)]
-        values = v_cache[g]
-        for col in range(0, head_dim, 16):  # q[t, h0..] were read above: out may alias q
+        _weigh_values_4(out[t], h0, heads, scores, v_cache[g], n_ctx)  # q[t, h0..] read: out may alias q
+
+
+@njit_parallel
+def _attention_decode(out, q, k_cache, v_cache, start_pos):
+    """T = 1: tasks (kv group, up to 4 of its heads); each key and value row is loaded once for the
+    4 heads (the per-(token, head) kernel streams a group's cache once per head)."""
+    n_heads, head_dim = q.shape[1], q.shape[2]
+    n_kv = k_cache.shape[0]
+    group = n_heads // n_kv
+    sqrt_dim = np.float32(math.sqrt(head_dim))
+    chunks = (group + 3) // 4
+    n_ctx = start_pos + 1
+    for task in prange(n_kv * chunks):
+        g = task // chunks
+        h0 = g * group + (task % chunks) * 4
+        heads = min(4, (g + 1) * group - h0)
+        last = heads - 1  # rows past it repeat the last head: computed, never stored
+        q0, q1, q2, q3 = q[0, h0], q[0, h0 + min(1, last)], q[0, h0 + min(2, last)], q[0, h0 + min(3, last)]
+        keys, values = k_cache[g], v_cache[g]
+        scores = np.empty((4, n_ctx), np.float32)
+        for j in range(n_ctx):
+            key = keys[j]
             a0 = a1 = a2 = a3 = f32x16_zero()
-            for j in range(n_ctx):
-                v = f32x16_load(values[j], col)
-                a0 = f32x16_fma(a0, f32x16_splat(p0[j] * c0), v)
-                a1 = f32x16_fma(a1, f32x16_splat(p1[j] * c1), v)
-                a2 = f32x16_fma(a2, f32x16_splat(p2[j] * c2), v)
-                a3 = f32x16_fma(a3, f32x16_splat(p3[j] * c3), v)
-            f32x16_store(out[t, h0], col, a0)
-            if heads > 1:
-                f32x16_store(out[t, h0 + 1], col, a1)
-            if heads > 2:
-                f32x16_store(out[t, h0 + 2], col, a2)
-            if heads > 3:
-                f32x16_store(out[t, h0 + 3], col, a3)
+            for c in range(0, head_dim, 16):
+                kc = f32x16_load(key, c)
+                a0 = f32x16_fma(a0, f32x16_load(q0, c), kc)
+                a1 = f32x16_fma(a1, f32x16_load(q1, c), kc)
+                a2 = f32x16_fma(a2, f32x16_load(q2, c), kc)
+                a3 = f32x16_fma(a3, f32x16_load(q3, c), kc)
+            scores[0, j] = f32x16_sum(a0) / sqrt_dim
+            scores[1, j] = f32x16_sum(a1) / sqrt_dim
+            scores[2, j] = f32x16_sum(a2) / sqrt_dim
+            scores[3, j] = f32x16_sum(a3) / sqrt_dim
+        _weigh_values_4(out[0], h0, heads, scores, values, n_ctx)
+
+
+@njit_inline
+def _weigh_values_4(out_t, h0, heads, scores, values, n_ctx):
+    """out_t[h0 + i, :] = softmax(scores[i, :n_ctx]) @ values[:n_ctx] for i < heads (<= 4): the four
+    heads' value sums share each loaded value row."""
+    head_dim = values.shape[1]
+    last = heads - 1
+    probs = np.empty((4, n_ctx), np.float32)
+    scale = np.empty(4, np.float32)  # 1 / sum of each head's exps
+    for i in range(heads):
+        exp_shifted(probs[i], scores[i, :n_ctx], row_max(scores[i, :n_ctx]))
+        scale[i] = np.float32(1.0 / sum64(probs[i]))
+    p0, p1, p2, p3 = probs[0], probs[min(1, last)], probs[min(2, last)], probs[min(3, last)]
+    c0, c1, c2, c3 = scale[0], scale[min(1, last)], scale[min(2, last)], scale[min(3, last)]
+    for col in range(0, head_dim, 16):
+        a0 = a1 = a2 = a3 = f32x16_zero()
+        for j in range(n_ctx):
+            v = f32x16_load(values[j], col)
+            a0 = f32x16_fma(a0, f32x16_splat(p0[j] * c0), v)
+            a1 = f32x16_fma(a1, f32x16_splat(p1[j] * c1), v)
+            a2 = f32x16_fma(a2, f32x16_splat(p2[j] * c2), v)
+            a3 = f32x16_fma(a3, f32x16_splat(p3[j] * c3), v)
+        f32x16_store(out_t[h0], col, a0)
+        if heads > 1:
+            f32x16_store(out_t[h0 + 1], col, a1)
+        if heads > 2:
+            f32x16_store(out_t[h0 + 2], col, a2)
+        if heads > 3:
+            f32x16_store(out_t[h0 + 3], col, a3)
 
 
 @register("attention", "numba", default=True)
 def attention(out: np.ndarray, q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, start_pos: int) -> None:
     """Causal GQA of q[T, H, Dh] at positions start_pos.. over k_cache/v_cache[KVH, S, Dh]."""
-    if q.shape[0] > 1 and q.shape[2] % 16 == 0:
-        _attention_tiled(out, q, k_cache, v_cache, int(start_pos))
-    else:
+    if q.shape[2] % 16:
         _attention(out, q, k_cache, v_cache, int(start_pos))
+    elif q.shape[0] == 1:
+        _attention_decode(out, q, k_cache, v_cache, int(start_pos))
+    else:
+        _attention_tiled(out, q, k_cache, v_cache, int(start_pos))

@@ -68,6 +68,7 @@ CASES: dict[str, list[tuple[int, ...]]] = {
         (4, 6, 6, 10, 12, 2),          # MHA (KVH = H), odd Dh
         (17, 8, 2, 64, 40, 3),         # tiled prefill: 17 tokens (ragged key blocks), after 3 cached
         (2, 5, 1, 32, 40, 30),         # tiled, MQA with 5 heads per group: tasks of 4 and 1 heads
+        (1, 6, 1, 16, 40, 30),         # grouped decode: 6 heads per group, tasks of 4 and 2 heads
         (6, 32, 8, 128, 64, 0),        # 8B GQA 32/8, Dh 128: prefill from position 0
         (5, 32, 8, 128, 128, 37),      # 8B: chunked prefill (start_pos > 0)
         (1, 32, 8, 128, 1024, 700),    # 8B: decode
