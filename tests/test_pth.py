@@ -223,6 +223,24 @@ def test_file_cut_after_loading_is_a_clear_error_when_read(small_pth, tmp_path):
         ck.read_tensors()
 
 
+def test_interrupted_read_stops_without_reading_the_rest(tmp_path, monkeypatch):
+    import llama_nb.io.pth as pth
+
+    torch.save({"w": torch.zeros(1 << 18, dtype=torch.float32)}, tmp_path / "big.pth")  # 1 MB
+    ck = load_pth(tmp_path / "big.pth")
+    monkeypatch.setattr(pth, "READ_CHUNK", 4096)  # 256 chunks
+    calls = []
+
+    def interrupted(*args):
+        calls.append(args)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pth, "_pread_exactly", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ck.read_tensors()
+    assert len(calls) <= 2 * pth.READ_THREADS  # the chunks already running, not all 256
+
+
 def test_zip_without_data_pkl(tmp_path):
     with zipfile.ZipFile(tmp_path / "z.pth", "w") as z:
         z.writestr("readme.txt", "hi")

@@ -140,8 +140,12 @@ class Checkpoint:
             out[name] = array
         with open(self.path, "rb") as f:
             fd = f.fileno()
-            with ThreadPoolExecutor(min(READ_THREADS, os.cpu_count() or 1)) as pool:
-                list(pool.map(lambda chunk: _pread_exactly(fd, chunk[0], chunk[1], self.path), chunks))
+            pool = ThreadPoolExecutor(min(READ_THREADS, os.cpu_count() or 1))
+            try:
+                for _ in pool.map(lambda chunk: _pread_exactly(fd, chunk[0], chunk[1], self.path), chunks):
+                    pass
+            finally:  # on an error or Ctrl-C, the chunks not started yet are dropped, not read
+                pool.shutdown(wait=True, cancel_futures=True)
         return out
 
 
