@@ -80,7 +80,8 @@ from llama_nb.ops._jit import njit_inline, njit_parallel, njit_parallel_dot, nji
 from llama_nb.ops.bf16 import bf16_to_f32, f32_to_bf16
 from llama_nb.ops.registry import register
 from llama_nb.ops.simd import (
-    HAS_AVX512_BF16, bf16x16_load_f32, bf16x32_dot, bf16x32_load, f32x16_fma, f32x16_load, f32x16_sum, f32x16_zero,
+    HAS_AVX512_BF16, bf16x16_load_f32, bf16x32_dot, bf16x32_load, f32x16_fma, f32x16_lane, f32x16_load, f32x16_sum,
+    f32x16_sums, f32x16_zero,
 )
 
 TASK_ROWS = 64  # output rows per parallel task in the prefill kernels
@@ -140,7 +141,9 @@ def _matvec_4rows(out, x, w):
 # accumulators held in registers (ops/simd.py): per step every loaded x vector serves 4 rows and
 # every loaded w vector serves 4 tokens, so 8 loads feed 16 multiply-add instructions. Lane j of
 # an accumulator sums the products of k = j (mod lanes); the 16 lanes are added by a fixed tree at
-# the end (f32x16_sum), so the result is deterministic and independent of the thread count.
+# the end, so the result is deterministic and independent of the thread count. The 16 trees run
+# together, transposing the accumulators while adding them (f32x16_sums: 45 vector operations
+# instead of 192; the same sums bit for bit; prefill tiles 1.3-3.3% faster, 128-token shapes).
 # Ragged edges need no code of their own: token and row indices past the end are clamped to the
 # last one, so an edge tile recomputes (and rewrites, with the same value) a valid cell.
 # The tile is inlined into the kernel (Numba-level inline): called as a function instead it
@@ -168,22 +171,24 @@ def _store_tile(out, t0, r0, r_end, first, s00, s01, s02, s03, s10, s11, s12, s1
     ra, rb, rc, rd = r0, min(r0 + 1, r_end - 1), min(r0 + 2, r_end - 1), min(r0 + 3, r_end - 1)
     ob, oc, od = t0 + 1 < n_tokens, t0 + 2 < n_tokens, t0 + 3 < n_tokens
     pb, pc, pd = r0 + 1 < r_end, r0 + 2 < r_end, r0 + 3 < r_end
-    _put(out, ta, ra, f32x16_sum(s00), first, True)
-    _put(out, ta, rb, f32x16_sum(s01), first, pb)
-    _put(out, ta, rc, f32x16_sum(s02), first, pc)
-    _put(out, ta, rd, f32x16_sum(s03), first, pd)
-    _put(out, tb, ra, f32x16_sum(s10), first, ob)
-    _put(out, tb, rb, f32x16_sum(s11), first, ob and pb)
-    _put(out, tb, rc, f32x16_sum(s12), first, ob and pc)
-    _put(out, tb, rd, f32x16_sum(s13), first, ob and pd)
-    _put(out, tc, ra, f32x16_sum(s20), first, oc)
-    _put(out, tc, rb, f32x16_sum(s21), first, oc and pb)
-    _put(out, tc, rc, f32x16_sum(s22), first, oc and pc)
-    _put(out, tc, rd, f32x16_sum(s23), first, oc and pd)
-    _put(out, td, ra, f32x16_sum(s30), first, od)
-    _put(out, td, rb, f32x16_sum(s31), first, od and pb)
-    _put(out, td, rc, f32x16_sum(s32), first, od and pc)
-    _put(out, td, rd, f32x16_sum(s33), first, od and pd)
+    # lane 4 i + j of `sums` is the lane sum of s_ij (transposed while added: see f32x16_sums)
+    sums = f32x16_sums((s00, s01, s02, s03, s10, s11, s12, s13, s20, s21, s22, s23, s30, s31, s32, s33))
+    _put(out, ta, ra, f32x16_lane(sums, 0), first, True)
+    _put(out, ta, rb, f32x16_lane(sums, 1), first, pb)
+    _put(out, ta, rc, f32x16_lane(sums, 2), first, pc)
+    _put(out, ta, rd, f32x16_lane(sums, 3), first, pd)
+    _put(out, tb, ra, f32x16_lane(sums, 4), first, ob)
+    _put(out, tb, rb, f32x16_lane(sums, 5), first, ob and pb)
+    _put(out, tb, rc, f32x16_lane(sums, 6), first, ob and pc)
+    _put(out, tb, rd, f32x16_lane(sums, 7), first, ob and pd)
+    _put(out, tc, ra, f32x16_lane(sums, 8), first, oc)
+    _put(out, tc, rb, f32x16_lane(sums, 9), first, oc and pb)
+    _put(out, tc, rc, f32x16_lane(sums, 10), first, oc and pc)
+    _put(out, tc, rd, f32x16_lane(sums, 11), first, oc and pd)
+    _put(out, td, ra, f32x16_lane(sums, 12), first, od)
+    _put(out, td, rb, f32x16_lane(sums, 13), first, od and pb)
+    _put(out, td, rc, f32x16_lane(sums, 14), first, od and pc)
+    _put(out, td, rd, f32x16_lane(sums, 15), first, od and pd)
 
 
 @njit_inline

@@ -13,6 +13,8 @@ plain Numba keep sixteen 16-lane accumulators in registers and say which instruc
     f32x16_splat(s: float32) -> f32x16                s in every lane
     f32x16_fma(acc, a, b) -> f32x16                   acc + a * b, lane by lane (llvm.fma: one rounding)
     f32x16_sum(v) -> float32                          v[0] + ... + v[15], a fixed pairwise tree
+    f32x16_sums((v0, ..., v15)) -> f32x16             lane i = f32x16_sum(vi), the same tree
+    f32x16_lane(v, i) -> float32                      v[i]
     f32x16_max(a, b) -> f32x16                        a if a > b else b, lane by lane (vmaxps)
     f32x16_max_lane(v) -> float32                     the largest lane (for v without NaN)
     bf16x32_load(a: uint16[:], i) -> bf16x32          a[i : i + 32], unaligned
@@ -182,6 +184,49 @@ def f32x16_sum(typingctx, v):
         return builder.extract_element(vec, ir.Constant(ir.IntType(32), 0))
 
     return types.float32(v), codegen
+
+
+@intrinsic
+def f32x16_sums(typingctx, vs):
+    """(v0, ..., v15) -> the f32x16 whose lane i is f32x16_sum(vi): the same additions in the same
+    order, but with the 16 vectors transposed while they are added (each level adds lane halves of
+    two vectors at once), so 15 vector adds and 30 shuffles instead of 16 x (4 adds + 8 shuffles)."""
+    if not (isinstance(vs, types.UniTuple) and vs.count == 16 and vs.dtype == f32x16):
+        return None
+
+    def codegen(context, builder, signature, args):
+        vecs = [builder.extract_value(args[0], i) for i in range(16)]
+        width = 16  # every vector holds 16 // width groups of `width` lanes, each group one vi
+        while width > 1:
+            half = width // 2
+            lo, hi = [], []  # of each group: the first half of its lanes, the second half
+            for source in (0, 16):  # shufflevector numbers the lanes of the second vector 16..31
+                for group in range(0, 16, width):
+                    lo += [source + group + k for k in range(half)]
+                    hi += [source + group + half + k for k in range(half)]
+            lo_mask = ir.Constant(ir.VectorType(ir.IntType(32), 16), lo)
+            hi_mask = ir.Constant(ir.VectorType(ir.IntType(32), 16), hi)
+            vecs = [
+                builder.fadd(builder.shuffle_vector(a, b, lo_mask), builder.shuffle_vector(a, b, hi_mask))
+                for a, b in zip(vecs[0::2], vecs[1::2])
+            ]
+            width = half
+        return vecs[0]
+
+    return f32x16(vs), codegen
+
+
+@intrinsic
+def f32x16_lane(typingctx, v, i):
+    """v[i] (i in 0..15, not checked)."""
+    if not (v == f32x16 and isinstance(i, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        index = builder.trunc(args[1], ir.IntType(32)) if args[1].type.width > 32 else args[1]
+        return builder.extract_element(args[0], index)
+
+    return types.float32(v, i), codegen
 
 
 @intrinsic
