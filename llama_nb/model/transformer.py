@@ -5,8 +5,8 @@
     logits = output(norm(out[last]))
 
 Weights are the bf16 tensors of consolidated.00.pth as uint16 arrays (read into memory, or views
-of the memory-mapped file: see load_model), never widened as a whole; attribute names mirror Meta's keys (`layers.3.attention.wq.weight` is
-`weights.layers[3].attention.wq`). Every activation buffer is float32 and preallocated in
+of the memory-mapped file: see load_model), never widened as a whole; attribute names mirror
+Meta's keys (`layers.3.attention.wq.weight` is `weights.layers[3].attention.wq`). Every activation buffer is float32 and preallocated in
 `RunState`; `forward()` allocates nothing but the small per-call views.
 
 Precision: every weight product is one op, chosen once by `precision`:
@@ -128,9 +128,9 @@ def check_precision(precision: str, ops: OpSet) -> None:
     use (`--impl matmul=reference` with precision bf16 would otherwise silently change nothing)."""
     if precision not in _PRODUCT_OP:
         raise LlamaNbError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
-    used, unused = _PRODUCT_OP[precision], _PRODUCT_OP["float32" if precision == "bf16" else "bf16"]
+    other = "float32" if precision == "bf16" else "bf16"
+    used, unused = _PRODUCT_OP[precision], _PRODUCT_OP[other]
     if ops.choice.get(unused) != default_impl(unused) and ops.choice.get(used) == default_impl(used):
-        other = "float32" if precision == "bf16" else "bf16"
         raise LlamaNbError(
             f"--impl {unused}={ops.choice[unused]} has no effect with precision {precision} (its weight "
             f"products use {used}): choose {used}=..., or precision {other}"
@@ -138,7 +138,7 @@ def check_precision(precision: str, ops: OpSet) -> None:
 
 
 # Elements past every size threshold at which an op of the forward pass switches compiled kernels
-# (silu goes parallel past 16,384 elements, matmul's x leaves L1 past 8,192); see Transformer.warmup.
+# (silu goes parallel past 16,384 elements, matmul's x leaves L1 past 8,192); see warm_kernels.
 # softmax is not part of the forward pass: the sampler compiles it when it first needs it.
 WARMUP_WIDE = 2 * 65536 + 8
 
