@@ -16,9 +16,8 @@ max, then exp and sum (float64 sum, rounded once), then the weighted sum of valu
 (one-pass) softmax would save the buffer but rescales the Dh-long accumulator on every new max.
 
 Three kernels:
-- head_dim not a multiple of 16 (no Llama; small test models): parallel over (token, head) pairs,
-  each score a 16-lane dot product summed across lanes (_scores_16), then the value rows
-  weighted in register accumulators (_weighted_rows_64).
+- head_dim not a multiple of 16 (no Llama; odd test shapes): _attention, plain loops, parallel
+  over (token, head) pairs.
 - decode (T = 1): _attention_decode, tasks (kv group, up to 4 of its heads), each key and value
   row loaded once for the 4 heads and the four value sums sharing each load (_weigh_values_4).
   Only KVH tasks (8 for Llama 3) but the decode cache read drops 4x: 8B heads at a 4K context
@@ -35,9 +34,8 @@ Measured at Llama 3.2 1B width (H 32, KVH 8, Dh 64), prefill from position 0, 2 
 process, alternating, best of 7: T = 128 1.33 -> 0.59 ms, T = 512 22.7 -> 6.8 ms per layer; 8B
 heads (Dh 128) T = 128: 2.31 -> 0.91 ms. Whole model, Llama 3.2 1B pp512: attention was 372 ms of
 2210 (17%), the seven matmuls 1808.
-Earlier, for the first kernel: scores four keys at a time on explicit vectors and the value sum
-in register accumulators: T = 512 31 -> 21 ms; the vectorised exp (then written in place, where
-LLVM's overlap check keeps the scalar loop): not kept.
+(Before these two, the (token, head) kernel did every shape, its scores four keys at a time on
+explicit vectors: T = 512 took 21 ms per layer.)
 """
 
 from __future__ import annotations
@@ -53,62 +51,6 @@ from llama_nb.ops.simd import f32x16_fma, f32x16_load, f32x16_splat, f32x16_stor
 from llama_nb.ops.softmax import exp_shifted, row_max, sum64
 
 
-@njit_inline
-def _scores_16(scores, q, keys, n, divisor):
-    """scores[j] = (q . keys[j]) / divisor for j < n; returns their max. q.size a multiple of 16.
-
-    Four keys at a time, each dot product in its own 16-lane accumulator (four independent FMA
-    chains instead of one), then summed across lanes.
-    """
-    top = np.float32(-np.inf)
-    j = 0
-    while j + 3 < n:
-        k0, k1, k2, k3 = keys[j], keys[j + 1], keys[j + 2], keys[j + 3]
-        a0 = a1 = a2 = a3 = f32x16_zero()
-        for c in range(0, q.size, 16):
-            qc = f32x16_load(q, c)
-            a0 = f32x16_fma(a0, qc, f32x16_load(k0, c))
-            a1 = f32x16_fma(a1, qc, f32x16_load(k1, c))
-            a2 = f32x16_fma(a2, qc, f32x16_load(k2, c))
-            a3 = f32x16_fma(a3, qc, f32x16_load(k3, c))
-        s0, s1 = f32x16_sum(a0) / divisor, f32x16_sum(a1) / divisor
-        s2, s3 = f32x16_sum(a2) / divisor, f32x16_sum(a3) / divisor
-        scores[j], scores[j + 1], scores[j + 2], scores[j + 3] = s0, s1, s2, s3
-        top = max(top, max(max(s0, s1), max(s2, s3)))
-        j += 4
-    while j < n:
-        kj = keys[j]
-        a0 = f32x16_zero()
-        for c in range(0, q.size, 16):
-            a0 = f32x16_fma(a0, f32x16_load(q, c), f32x16_load(kj, c))
-        s0 = f32x16_sum(a0) / divisor
-        scores[j] = s0
-        top = max(top, s0)
-        j += 1
-    return top
-
-
-@njit_inline
-def _weighted_rows_64(dst, weights, scale, rows, n):
-    """dst[:] = sum_j (weights[j] * scale) * rows[j, :] for j < n; dst.size a multiple of 64.
-
-    64 columns at a time in four 16-lane accumulators held in registers over the whole j loop
-    (the plain loop kept its accumulator in memory: a store and a reload per row).
-    """
-    for c in range(0, dst.size, 64):
-        a0 = a1 = a2 = a3 = f32x16_zero()
-        for j in range(n):
-            w, row = f32x16_splat(weights[j] * scale), rows[j]
-            a0 = f32x16_fma(a0, w, f32x16_load(row, c))
-            a1 = f32x16_fma(a1, w, f32x16_load(row, c + 16))
-            a2 = f32x16_fma(a2, w, f32x16_load(row, c + 32))
-            a3 = f32x16_fma(a3, w, f32x16_load(row, c + 48))
-        f32x16_store(dst, c, a0)
-        f32x16_store(dst, c + 16, a1)
-        f32x16_store(dst, c + 32, a2)
-        f32x16_store(dst, c + 48, a3)
-
-
 @njit_parallel_dot
 def _attention(out, q, k_cache, v_cache, start_pos):
     n_tokens, n_heads, head_dim = q.shape
@@ -120,18 +62,15 @@ def _attention(out, q, k_cache, v_cache, start_pos):
         qv = q[t, h]
         n_ctx = start_pos + t + 1  # causal: positions 0 .. p
         scores = np.empty(n_ctx, np.float32)
-        if head_dim % 16 == 0:
-            top = _scores_16(scores, qv, keys, n_ctx, sqrt_dim)
-        else:
-            top = np.float32(-np.inf)
-            for j in range(n_ctx):
-                kj = keys[j]
-                dot = np.float32(0.0)
-                for d in range(head_dim):
-                    dot += qv[d] * kj[d]
-                s = dot / sqrt_dim
-                scores[j] = s
-                top = max(top, s)
+        top = np.float32(-np.inf)
+        for j in range(n_ctx):
+            kj = keys[j]
+            dot = np.float32(0.0)
+            for d in range(head_dim):
+                dot += qv[d] * kj[d]
+            s = dot / sqrt_dim
+            scores[j] = s
+            top = max(top, s)
         total = 0.0  # float64
         for j in range(n_ctx):
             e = np.exp(scores[j] - top)
@@ -139,16 +78,13 @@ def _attention(out, q, k_cache, v_cache, start_pos):
             total += e
         inv_total = np.float32(1.0 / total)
         dst = out[t, h]  # q[t, h] is fully read by now: out may even alias q
-        if head_dim % 64 == 0:
-            _weighted_rows_64(dst, scores, inv_total, values, n_ctx)
-        else:
-            acc = np.zeros(head_dim, np.float32)
-            for j in range(n_ctx):
-                weight, vj = scores[j] * inv_total, values[j]
-                for d in range(head_dim):
-                    acc[d] += weight * vj[d]
+        acc = np.zeros(head_dim, np.float32)
+        for j in range(n_ctx):
+            weight, vj = scores[j] * inv_total, values[j]
             for d in range(head_dim):
-                dst[d] = acc[d]
+                acc[d] += weight * vj[d]
+        for d in range(head_dim):
+            dst[d] = acc[d]
 
 
 @njit_parallel
