@@ -39,8 +39,10 @@ ImplOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object and nothing else.")]
 def _precision(value: str) -> str:
-    if value not in ("bf16", "float32"):
-        raise typer.BadParameter(f"must be bf16 or float32, got {value!r}")
+    from llama_nb.model.transformer import PRECISIONS
+
+    if value not in PRECISIONS:
+        raise typer.BadParameter(f"must be {' or '.join(PRECISIONS)}, got {value!r}")
     return value
 
 

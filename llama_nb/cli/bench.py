@@ -70,17 +70,15 @@ def load_transformer(folder: Path, impl=None, *, ctx: int, max_batch: int = 512,
     """A Transformer over the folder's weights (read into memory, or mapped: see load_model); no
     tokenizer needed (ids only)."""
     from llama_nb.io.checkpoint import load_model_files
-    from llama_nb.model.load import set_threads
-    from llama_nb.model.transformer import Transformer, Weights, check_precision
+    from llama_nb.model.load import build_transformer, set_threads
+    from llama_nb.model.transformer import check_precision
     from llama_nb.ops.registry import OpSet
 
     set_threads(threads)
-    files = load_model_files(folder, require_tokenizer=False)
     ops = impl if isinstance(impl, OpSet) else OpSet.from_spec(impl)  # untimed: no per-call overhead
-    check_precision(precision, ops)
-    tensors = files.checkpoint.tensors if mmap else files.checkpoint.read_tensors()
-    weights = Weights.from_tensors(tensors, files.args)
-    return Transformer(files.args, weights, ops, ctx=ctx, max_batch=max_batch, precision=precision)
+    check_precision(precision, ops)  # before reading anything
+    files = load_model_files(folder, require_tokenizer=False)
+    return build_transformer(files, ops, ctx=ctx, max_batch=max_batch, precision=precision, mmap=mmap)
 
 
 def decode_bytes(weights) -> int:

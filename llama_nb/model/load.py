@@ -30,7 +30,7 @@ import numpy as np
 
 from llama_nb.errors import CheckpointError, LlamaNbError
 from llama_nb.io.chat import ChatFormat
-from llama_nb.io.checkpoint import load_model_files
+from llama_nb.io.checkpoint import ModelFiles, load_model_files
 from llama_nb.io.params import ModelArgs
 from llama_nb.io.tokenizer import Tokenizer
 from llama_nb.model.generate import GenerationStats, TokenEvent, generate
@@ -234,7 +234,7 @@ def load_model(
     t0 = time.perf_counter()
     set_threads(threads)
     ops = impl if isinstance(impl, OpSet) else OpSet.from_spec(impl, timed=True)
-    check_precision(precision, ops)  # before the slow part
+    check_precision(precision, ops)  # before reading anything
     files = load_model_files(Path(path))
     tokenizer = Tokenizer(files.tokenizer_path)
     if tokenizer.n_words > files.args.vocab_size:
@@ -246,7 +246,13 @@ def load_model(
         raise LlamaNbError(f"--ctx must be at least 1, got {ctx}")
     weight_bytes = sum(int(t.nbytes) for t in files.checkpoint.tensors.values())
     check_memory(memory_need(files.args, ctx, weight_bytes, max_batch), ctx, str(path))
+    model = build_transformer(files, ops, ctx=ctx, max_batch=max_batch, precision=precision, mmap=mmap)
+    return Llama(model, tokenizer, Path(path), time.perf_counter() - t0, files.checkpoint.dtypes)
+
+
+def build_transformer(files: ModelFiles, ops: OpSet, *, ctx: int, max_batch: int, precision: str, mmap: bool) -> Transformer:
+    """The Transformer over a checked folder's weights: read into memory, or with mmap=True the
+    views of the file's map (see load_model)."""
     tensors = files.checkpoint.tensors if mmap else files.checkpoint.read_tensors()
     weights = Weights.from_tensors(tensors, files.args)
-    model = Transformer(files.args, weights, ops, ctx=ctx, max_batch=max_batch, precision=precision)
-    return Llama(model, tokenizer, Path(path), time.perf_counter() - t0, files.checkpoint.dtypes)
+    return Transformer(files.args, weights, ops, ctx=ctx, max_batch=max_batch, precision=precision)

@@ -118,9 +118,9 @@ class RunState:
         self.cache_v = np.zeros((args.n_layers, KVH, ctx, Dh), f32)
 
 
-PRECISIONS = ("bf16", "float32")
+_PRODUCT_OP = {"bf16": "matmul_bf16", "float32": "matmul"}  # precision -> the op of every weight product
+PRECISIONS = tuple(_PRODUCT_OP)
 DEFAULT_PRECISION = "bf16"
-_PRODUCT_OP = {"bf16": "matmul_bf16", "float32": "matmul"}
 
 
 def check_precision(precision: str, ops: OpSet) -> None:
@@ -160,7 +160,7 @@ class Transformer:
             raise LlamaNbError(f"--ctx must be at least 1, got {ctx}")
         check_precision(precision, ops)
         self.args, self.weights, self.ops, self.ctx, self.precision = args, weights, ops, ctx, precision
-        self.linear = ops.matmul_bf16 if precision == "bf16" else ops.matmul  # every weight product
+        self.linear = getattr(ops, _PRODUCT_OP[precision])  # every weight product
         self.state = RunState(args, min(max_batch, ctx), ctx)
         self.rope_cos, self.rope_sin = rope_tables(args.head_dim, ctx, args.rope_theta, args.use_scaled_rope)
         # seconds spent in each layer's attention [:, 0] and feed-forward [:, 1] in the last pass
@@ -285,7 +285,7 @@ def warm_kernels(ops: OpSet, spec: KernelSpec, token_counts=(1, 2)) -> None:
     prompt's timing never includes a compile.
     """
     Dh = spec.head_dim
-    linear = ops.matmul_bf16 if spec.precision == "bf16" else ops.matmul
+    linear = getattr(ops, _PRODUCT_OP[spec.precision])
 
     def weight(*shape):
         w = np.full(shape, 0x3F80, np.uint16)  # bf16 1.0
