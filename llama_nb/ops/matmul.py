@@ -302,13 +302,6 @@ def _matvec_bf16dot(out, xh, w):
             n += 4
 
 
-@njit_serial
-def _one_row_to_bf16(x):
-    """bf16 bits of x[0] (round to nearest even), as uint16[1, K]."""
-    out = np.empty(x.shape, np.uint16)
-    for k in range(x.shape[1]):
-        out[0, k] = f32_to_bf16(x[0, k])
-    return out
 
 
 @njit_parallel_dot
@@ -329,16 +322,12 @@ def _matmul_fma(out, x, w):
 
 
 @njit_parallel_dot
-def _matmul_bf16dot(out, x, w):
-    n_tokens, k_in = x.shape
+def _matmul_bf16dot(out, xh, w):
+    """out = xh @ w.T on vdpbf16ps tiles; xh: the bf16 bits of x (_bf16_bits: 1 MB at 128 x 4096,
+    rounded once and read N/4 times here)."""
+    n_tokens, k_in = xh.shape
     n_out = w.shape[0]
     k_vec = k_in - k_in % 32
-    # x rounded to bf16 once (T * K * 2 bytes, 1 MB at 128 x 4096), read N/4 times below.
-    xh = np.empty((n_tokens, k_in), np.uint16)
-    for t in prange(n_tokens):
-        src, dst = x[t], xh[t]
-        for k in range(k_in):
-            dst[k] = f32_to_bf16(src[k])
     for task in prange((n_out + TASK_ROWS - 1) // TASK_ROWS):
         n0 = task * TASK_ROWS
         n1 = min(n0 + TASK_ROWS, n_out)
@@ -367,6 +356,32 @@ def _round_row(dst, src):
         dst[k] = bf16_to_f32(f32_to_bf16(src[k]))
 
 
+@njit_inline
+def _bits_row(dst, src):
+    for k in range(src.shape[0]):
+        dst[k] = f32_to_bf16(src[k])
+
+
+@njit_serial
+def _bits_one_row(x):
+    out = np.empty(x.shape, np.uint16)
+    _bits_row(out[0], x[0])
+    return out
+
+
+@njit_parallel
+def _bits_rows(x):
+    out = np.empty(x.shape, np.uint16)
+    for t in prange(x.shape[0]):
+        _bits_row(out[t], x[t])
+    return out
+
+
+def _bf16_bits(x: np.ndarray) -> np.ndarray:
+    """uint16[T, K]: the bf16 bits of each x, rounded to nearest (ties to even); for vdpbf16ps."""
+    return _bits_one_row(x) if x.shape[0] == 1 else _bits_rows(x)
+
+
 @njit_serial
 def _round_one_row(x):
     out = np.empty_like(x)
@@ -385,7 +400,8 @@ def _round_rows(x):
 def _rounded_to_bf16(x: np.ndarray) -> np.ndarray:
     """float32(bf16(x)): a new float32[T, K] with each x rounded to the nearest bf16 (ties to even).
 
-    Decode's one row is rounded on the calling thread: a parallel launch would cost more than it.
+    Decode's one row is rounded on the calling thread (here and in _bf16_bits): a parallel launch
+    would cost more than the row.
     """
     return _round_one_row(x) if x.shape[0] == 1 else _round_rows(x)
 
@@ -422,9 +438,9 @@ if HAS_AVX512_BF16:
         if x.shape[0] == 0:
             return
         if x.shape[0] == 1:
-            _matvec_bf16dot(out, _one_row_to_bf16(x), w)
+            _matvec_bf16dot(out, _bf16_bits(x), w)
         else:
-            _matmul_bf16dot(out, x, w)
+            _matmul_bf16dot(out, _bf16_bits(x), w)
 
 
 @register("matmul_bf16", "numba", default=True)
