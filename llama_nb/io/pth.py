@@ -121,8 +121,8 @@ class Checkpoint:
         Why not the zero-copy views: they sit in the page cache in 4 KiB pages, while arrays this
         large get 2 MiB transparent huge pages (NumPy asks for them on allocations of 4 MiB and
         up); a decode pass streams every weight once, and on huge pages that ran 5-8% faster at
-        Llama 3.1 8B widths (bench/README.md). The bytes come with os.preadv, not through the map,
-        so the file's pages are never mapped into this process: resident memory grows by the
+        Llama 3.1 8B widths (README, Performance). The bytes come with os.preadv, not through the
+        map, so the file's pages are never mapped into this process: resident memory grows by the
         weights once, not twice. Reads of READ_CHUNK bytes run on a few threads (preadv releases
         the GIL): from the page cache, 1 thread copies ~8.7 GB/s, 2 threads ~15. Views that are not
         C-contiguous (a slice of a shared storage) are copied through the map.
