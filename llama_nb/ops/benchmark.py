@@ -32,7 +32,7 @@ from numba import prange
 from llama_nb.errors import LlamaNbError
 from llama_nb.ops import registry
 from llama_nb.ops._jit import njit_parallel
-from llama_nb.ops.cases import CASES, FIELDS, make_inputs
+from llama_nb.ops.cases import CASES, FIELDS, MATMUL_OPS, make_inputs
 
 _READ_BYTES = 512 << 20
 _COLD_BYTES = 256 << 20  # weights are replicated up to this size so repeats miss the L3 cache
@@ -93,7 +93,7 @@ class Result:
 
 def traffic(op: str, case: tuple[int, ...], args: tuple) -> tuple[int, float]:
     """(bytes moved at least once, flops) of one call of `op` on `args`."""
-    if op in ("matmul", "matmul_bf16"):
+    if op in MATMUL_OPS:
         n_tokens, k_in, n_out = case
         return sum(a.nbytes for a in args), 2.0 * n_tokens * k_in * n_out
     if op == "attention":
@@ -115,7 +115,7 @@ def traffic(op: str, case: tuple[int, ...], args: tuple) -> tuple[int, float]:
 def bench_case(op: str, impl: str, case: tuple[int, ...], args: tuple, repeat: int) -> Row:
     fn = registry.get(op, impl)
     copies = [args]
-    weight_index = {"matmul": 2, "matmul_bf16": 2, "embedding": 1}.get(op)
+    weight_index = 2 if op in MATMUL_OPS else 1 if op == "embedding" else None
     if weight_index is not None and args[weight_index].nbytes < _COLD_BYTES:
         n = min(16, _COLD_BYTES // args[weight_index].nbytes)
         copies += [args[:weight_index] + (args[weight_index].copy(),) + args[weight_index + 1 :] for _ in range(n - 1)]
@@ -179,7 +179,7 @@ def format_row(row: Row, read_gbps: float) -> str:
     case = "x".join(map(str, row.case))
     names = ",".join(FIELDS[row.op])
     gflops = f"{row.gflops:8.1f}" if row.flops else f"{'-':>8}"
-    frac = f"{row.gbps / read_gbps:6.0%}" if row.op in ("matmul", "matmul_bf16") else f"{'':>6}"
+    frac = f"{row.gbps / read_gbps:6.0%}" if row.op in MATMUL_OPS else f"{'':>6}"
     return f"{row.op:<12} {row.impl:<14} {names + '=' + case:<40} {row.ms:10.3f} {row.best_ms:10.3f} {row.gbps:8.1f} {gflops} {frac}"
 
 

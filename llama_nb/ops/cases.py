@@ -77,7 +77,8 @@ CASES: dict[str, list[tuple[int, ...]]] = {
     "argmax": [(1, 0), (5, 0), (16385, 0), (128256, 0), (128256, 1)],
 }
 
-CASES["matmul_bf16"] = list(CASES["matmul"])  # the same shapes: both ops serve every weight product
+MATMUL_OPS = ("matmul", "matmul_bf16")  # the two weight-product ops: same arguments, same shapes
+CASES["matmul_bf16"] = list(CASES["matmul"])
 
 BENCH_ONLY: dict[str, set[tuple[int, ...]]] = {
     "matmul": {
@@ -207,7 +208,7 @@ def make_inputs(op: str, case: tuple[int, ...], rng: np.random.Generator) -> tup
             x[1] = 0.0  # an all-zero row: 0 * rsqrt(eps) = 0
         weight = bf16_weights(rng, (dim,), std=0.3)
         return _nan_out((n_tokens, dim)), x, weight, 1e-5
-    if op in ("matmul", "matmul_bf16"):
+    if op in MATMUL_OPS:
         n_tokens, k_in, n_out = case
         return _nan_out((n_tokens, n_out)), activations(rng, (n_tokens, k_in)), bf16_weights(rng, (n_out, k_in))
     if op == "rope":
