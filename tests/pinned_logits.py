@@ -36,9 +36,9 @@ N_DECODE = 4
 
 
 def cpu_features() -> str:
-    from llama_nb.ops.simd import _cpu_features
+    from llama_nb.ops.jit import cpu_features as features
 
-    return _cpu_features()
+    return features()
 
 
 def fingerprints(llm, prompt: str) -> list[str]:

@@ -6,7 +6,8 @@
         tokenizer.model        tiktoken BPE ranks
 
 `load_model_files` checks that the checkpoint holds exactly the tensors Meta's model.py builds from
-params.json, each with the exact shape, bf16, and C-contiguous (the kernels read raw rows, and
+params.json, each with the exact shape, a dtype some weight format reads (llama_nb/formats.py:
+bf16 as Meta stores it, f16, f32), and C-contiguous (the kernels read raw rows, and
 with --mmap they read them straight from the file's map; Meta's files are contiguous). Expected
 tensors:
 
@@ -36,13 +37,13 @@ from pathlib import Path
 from typing import Any
 
 from llama_nb.errors import CheckpointError
+from llama_nb.formats import format_of_checkpoint_dtype
 from llama_nb.io.params import ModelArgs
 from llama_nb.io.pth import Checkpoint, load_pth
 
 CHECKPOINT_NAME = "consolidated.00.pth"
 PARAMS_NAME = "params.json"
 TOKENIZER_NAME = "tokenizer.model"
-WEIGHT_DTYPE = "bfloat16"
 
 _EXPECTS = f"llama_nb expects Meta's original folder ({CHECKPOINT_NAME}, {PARAMS_NAME}, {TOKENIZER_NAME})"
 _SHARD = re.compile(r"consolidated\.(\d+)\.pth")
@@ -127,10 +128,8 @@ def check_tensors(checkpoint: Checkpoint, args: ModelArgs, source: str | Path = 
                 f"{path}: {name} has shape {list(tensor.shape)} but {source} implies {list(shape)} "
                 f"({_formula(name, args)})"
             )
-        if dtype != WEIGHT_DTYPE:
-            raise CheckpointError(
-                f"{path}: {name} is {dtype}; llama_nb runs bf16 weights only (Meta's checkpoints are bf16)"
-            )
+        if format_of_checkpoint_dtype(dtype) is None:
+            raise CheckpointError(f"{path}: {name} is {dtype}; no weight format reads it (llama_nb.formats)")
         if not tensor.flags.c_contiguous:
             raise CheckpointError(
                 f"{path}: {name} is stored non-contiguous (strides {tensor.strides}); the kernels need "

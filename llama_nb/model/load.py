@@ -1,4 +1,4 @@
-"""`load_model(path)`: Meta's model folder -> a ready `Llama` (weights memory-mapped, not copied).
+"""`load_model(path)`: Meta's model folder -> a ready `Llama` (weights read into memory, or mapped).
 
     llm = llama_nb.load_model("models-original/Meta-Llama-3.1-8B-Instruct")
     ids = llm.tokenizer.encode("The capital of France is", bos=True, eos=False)
@@ -8,11 +8,13 @@
 Before anything large is allocated, `check_memory` compares what the model will use with the
 memory the system says is available (MemAvailable in /proc/meminfo, or $LLAMA_NB_MEM_AVAILABLE):
 
-    weights    the bf16 tensors: memory-mapped, so "loading" is free, but every decode step reads
-               all of them, and if they do not fit in RAM the pages are re-read from disk each step
+    weights    the tensors, in their stored format or the one they are repacked into: read into
+               memory by default; with --mmap the file's pages, which every decode step reads
+               all of (if they do not fit in RAM they are re-read from disk each step)
     KV cache   n_layers * 2 * n_kv_heads * ctx * head_dim * 4 bytes  (float32; 1.07 GB for the 8B
                at --ctx 4096, 34 GB at 131072)
-    buffers    RunState's activations for one prefill chunk, the logits and the RoPE tables
+    buffers    everything else RunState allocates (activations for one prefill chunk, the logits,
+               the ops' scratch) and the RoPE tables: RunState.shapes says what, in one place
 
 NumPy's zeros() only reserves the KV cache: without this check a too-large --ctx would "load" and
 then be killed by the OOM killer mid-answer.
@@ -29,29 +31,23 @@ from typing import Iterator, Mapping, Sequence
 import numpy as np
 
 from llama_nb.errors import CheckpointError, LlamaNbError
+from llama_nb.formats import get_format
 from llama_nb.io.chat import ChatFormat
 from llama_nb.io.checkpoint import ModelFiles, load_model_files
 from llama_nb.io.params import ModelArgs
 from llama_nb.io.tokenizer import Tokenizer
 from llama_nb.model.generate import GenerationStats, TokenEvent, generate
-from llama_nb.model.transformer import DEFAULT_PRECISION, Transformer, Weights, check_precision
-from llama_nb.ops.registry import OpSet
+from llama_nb.model.transformer import RunState, Transformer, Weights, check_threads
+from llama_nb.ops.opset import OpSet
 
 
 def set_threads(threads: int | None) -> int:
-    """Use `threads` Numba threads (None: all available); return the number in use."""
+    """Process-wide: use `threads` Numba threads on the calling thread (None: leave as is); return
+    the number in use. load_model does not call this: each model keeps its own (Transformer)."""
     import numba
 
-    available = numba.config.NUMBA_NUM_THREADS
     if threads is not None:
-        if threads < 1:
-            raise LlamaNbError(f"--threads must be >= 1, got {threads}")
-        if threads > available:
-            raise LlamaNbError(
-                f"--threads {threads} is more than the {available} threads Numba can use on this "
-                f"machine ({os.cpu_count()} cores); use at most {available}"
-            )
-        numba.set_num_threads(threads)
+        numba.set_num_threads(check_threads(threads))
     return numba.get_num_threads()
 
 
@@ -74,22 +70,36 @@ class MemoryNeed:
 
 
 def memory_need(args: ModelArgs, ctx: int, weight_bytes: int, max_batch: int = 256) -> MemoryNeed:
-    """What Transformer(args, ctx=ctx, max_batch=max_batch) allocates, plus the mapped weights.
+    """What Transformer(args, ctx=ctx, max_batch=max_batch) allocates (RunState.shapes, and the RoPE
+    tables cos/sin float32[ctx, Dh/2]), plus the weights."""
 
-    Mirrors RunState (model/transformer.py): float32 activations for min(max_batch, ctx) tokens,
-    the logits, the KV cache [n_layers, n_kv_heads, ctx, head_dim] twice, RoPE cos/sin [ctx, Dh/2].
-    """
-    D, H, KVH, Dh, F, V = args.dim, args.n_heads, args.n_kv_heads, args.head_dim, args.hidden_dim, args.vocab_size
-    batch = max(1, min(max_batch, ctx))
-    activations = 4 * (batch * (3 * D + 2 * H * Dh + 2 * KVH * Dh + 2 * F) + D + V)
-    kv_per_position = args.n_layers * 2 * KVH * Dh * 4
-    rope_per_position = 2 * 4 * (Dh // 2)
-    return MemoryNeed(
-        weights=int(weight_bytes),
-        kv_cache=kv_per_position * ctx,
-        buffers=activations + rope_per_position * ctx,
-        kv_per_position=kv_per_position + rope_per_position,
-    )
+    def allocated(n_ctx: int) -> tuple[int, int]:
+        shapes = RunState.shapes(args, max(1, min(max_batch, n_ctx)), n_ctx)
+        size = {name: int(np.prod(shape)) * dtype.itemsize for name, (shape, dtype) in shapes.items()}
+        cache = size.pop("cache_k") + size.pop("cache_v")
+        return cache, sum(size.values()) + 2 * 4 * (args.head_dim // 2) * n_ctx
+
+    kv_cache, buffers = allocated(ctx)
+    far = sum(allocated(ctx + 1024))  # what one more position costs, on average (scratch grows in steps)
+    return MemoryNeed(weights=int(weight_bytes), kv_cache=kv_cache, buffers=buffers,
+                      kv_per_position=max(1, (far - kv_cache - buffers) // 1024))
+
+
+def weight_bytes(files: ModelFiles, weight_format: str | None = None) -> int:
+    """Bytes the model's weights take once loaded: as stored, or with the matrices repacked into
+    `weight_format` (the embedding table stays as stored); norms are widened to float32."""
+    target = get_format(weight_format) if weight_format is not None else None
+    total = 0
+    for name, tensor in files.checkpoint.tensors.items():
+        if tensor.ndim == 1:
+            total += 4 * tensor.size
+        elif target is not None and name != "tok_embeddings.weight":
+            total += int(tensor.size * target.bytes_per_weight())
+        else:
+            total += int(tensor.nbytes)
+    if target is not None and files.tied_output:  # the output is a repacked copy of the embedding table
+        total += int(files.checkpoint.tensors["tok_embeddings.weight"].size * target.bytes_per_weight())
+    return total
 
 
 def available_memory() -> tuple[int, str] | None:
@@ -152,7 +162,8 @@ class Llama:
     time to compile (or load from Numba's on-disk cache) every kernel, spent on first use.
     """
 
-    def __init__(self, model: Transformer, tokenizer: Tokenizer, folder: Path, load_seconds: float, dtypes: Mapping[str, str] | None = None):
+    def __init__(self, model: Transformer, tokenizer: Tokenizer, folder: Path, load_seconds: float,
+                 dtypes: Mapping[str, str] | None = None):
         self.model, self.tokenizer, self.folder = model, tokenizer, folder
         self.args = model.args
         self.ops = model.ops
@@ -215,26 +226,34 @@ def load_model(
     threads: int | None = None,
     max_batch: int = 256,
     mmap: bool = False,
-    precision: str = DEFAULT_PRECISION,
+    precision: str | None = None,
+    weight_format: str | None = None,
 ) -> Llama:
     """Load Meta's model folder (consolidated.00.pth, params.json, tokenizer.model).
 
-    impl       an op spec such as "matmul=reference" or an OpSet (default: $LLAMA_NB_IMPL, else
+    impl       an op spec such as "linear=reference" or an OpSet (default: $LLAMA_NB_IMPL, else
                each op's default implementation)
     ctx        context length (KV cache size)
-    threads    Numba threads (default: all cores)
+    threads    Numba threads for this model's passes (default: all cores; other models and the
+               rest of the process keep theirs)
     precision  "bf16" (default): activations rounded to bf16 before each weight product, like
                llama.cpp (prefill ~1.6x faster on CPUs with AVX512_BF16); "float32": Meta's float32
-               model to within 1e-6 (see llama_nb/model/transformer.py)
+               model to within 1e-6 (see llama_nb/model/transformer.py). The activation type of the
+               linear implementations the OpSet chooses.
     mmap       False (default): read the weights into memory, where they get huge pages (decode
                5-8% faster at 8B widths; reading copies ~15 GB/s from the page cache, else goes
                at the disk's speed). True: use views of the memory-mapped file: instant, and pages
                come in from the page cache (or the disk) as the first pass touches them.
+    weight_format  None (default): the weights in the format the checkpoint stores; or the name of
+               a registered format (llama_nb.formats) to repack every matrix into at load time.
     """
     t0 = time.perf_counter()
-    set_threads(threads)
-    ops = impl if isinstance(impl, OpSet) else OpSet.from_spec(impl, timed=True)
-    check_precision(precision, ops)  # before reading anything
+    ops = opset_for(impl, precision, timed=True)  # before reading anything: a typo fails at once
+    check_threads(threads)
+    if weight_format is not None:
+        get_format(weight_format)
+    if ctx < 1:
+        raise LlamaNbError(f"--ctx must be at least 1, got {ctx}")
     files = load_model_files(Path(path))
     tokenizer = Tokenizer(files.tokenizer_path)
     if tokenizer.n_words > files.args.vocab_size:
@@ -242,17 +261,26 @@ def load_model(
             f"{files.tokenizer_path}: the tokenizer has {tokenizer.n_words} tokens but params.json "
             f"says vocab_size {files.args.vocab_size}"
         )
-    if ctx < 1:
-        raise LlamaNbError(f"--ctx must be at least 1, got {ctx}")
-    weight_bytes = sum(int(t.nbytes) for t in files.checkpoint.tensors.values())
-    check_memory(memory_need(files.args, ctx, weight_bytes, max_batch), ctx, str(path))
-    model = build_transformer(files, ops, ctx=ctx, max_batch=max_batch, precision=precision, mmap=mmap)
+    check_memory(memory_need(files.args, ctx, weight_bytes(files, weight_format), max_batch), ctx, str(path))
+    model = build_transformer(files, ops, ctx=ctx, max_batch=max_batch, mmap=mmap, threads=threads,
+                              weight_format=weight_format)
     return Llama(model, tokenizer, Path(path), time.perf_counter() - t0, files.checkpoint.dtypes)
 
 
-def build_transformer(files: ModelFiles, ops: OpSet, *, ctx: int, max_batch: int, precision: str, mmap: bool) -> Transformer:
+def opset_for(impl: str | Mapping[str, str] | OpSet | None, precision: str | None, *, timed: bool) -> OpSet:
+    """The OpSet of a spec (or the one given), at `precision` (None: the OpSet's or the default)."""
+    if isinstance(impl, OpSet):
+        if precision is not None and precision != impl.precision:
+            raise LlamaNbError(f"precision {precision!r} differs from the OpSet's ({impl.precision!r})")
+        return impl
+    return OpSet.from_spec(impl, precision=precision, timed=timed)
+
+
+def build_transformer(files: ModelFiles, ops: OpSet, *, ctx: int, max_batch: int, mmap: bool,
+                      threads: int | None = None, weight_format: str | None = None) -> Transformer:
     """The Transformer over a checked folder's weights: read into memory, or with mmap=True the
-    views of the file's map (see load_model)."""
+    views of the file's map (see load_model), repacked into `weight_format` if one is given."""
     tensors = files.checkpoint.tensors if mmap else files.checkpoint.read_tensors()
-    weights = Weights.from_tensors(tensors, files.args)
-    return Transformer(files.args, weights, ops, ctx=ctx, max_batch=max_batch, precision=precision)
+    target = get_format(weight_format) if weight_format is not None else None
+    weights = Weights.from_tensors(tensors, files.checkpoint.dtypes, files.args, target)
+    return Transformer(files.args, weights, ops, ctx=ctx, max_batch=max_batch, threads=threads)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from llama_nb.ops._jit import njit_inline, njit_serial
+from llama_nb.ops.jit import njit_inline, njit_serial
 from llama_nb.ops.bf16 import _f32_bits
 from llama_nb.ops.fastexp import _f32_from_bits
 from llama_nb.ops.registry import register
@@ -107,7 +107,7 @@ def _argmax(chunk):
     return first
 
 
-@register("argmax", "numba", default=True)
+@register("argmax", "numba")
 def argmax(x: np.ndarray) -> int:
     """Index of the first maximum of x (of the first NaN, if x has one)."""
     return int(_argmax(x))

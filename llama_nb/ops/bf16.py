@@ -17,6 +17,10 @@ input matches both torch paths bit for bit (tests/test_bf16.py checks all of thi
 
 Scalar helpers, for kernels (always inlined; Numba only, call them from @njit code):
     bf16_to_f32(u16) -> float32        f32_to_bf16(float32) -> uint16
+    widen(v) -> float32                one stored weight of any plain format, by its type:
+                                       uint16 bf16 bits, int16 IEEE half bits (llama_nb/formats.py
+                                       keeps f16 in int16 arrays for exactly this), float32 as is;
+                                       so one kernel source serves the bf16, f16 and f32 formats
 Array ops, registered as "numba" (any shape; they work on ravel views):
     bf16_to_f32   out float32[...], x uint16[...]
     f32_to_bf16   out uint16[...],  x float32[...]
@@ -30,8 +34,10 @@ from numba import prange, types
 from numba.extending import intrinsic
 
 from llama_nb.errors import LlamaNbError
-from llama_nb.ops._jit import njit_inline, njit_parallel
+from llama_nb.ops.jit import njit_inline, njit_parallel
 from llama_nb.ops.registry import register
+
+PLAIN_FORMATS = ("bf16", "f16", "f32")  # the weight formats (llama_nb/formats.py) whose values `widen` reads
 
 # The reinterpretation of bits needs no memory round trip: an LLVM bitcast between i32 and float
 # is free, and (unlike a view of a one-element array) lets LLVM vectorise the loops that call it.
@@ -52,6 +58,24 @@ def _u16_widen_to_f32(typingctx, u):
         return builder.bitcast(shifted, ir.FloatType())
 
     return types.float32(u), codegen
+
+
+@intrinsic
+def widen(typingctx, v):
+    """float32 of one stored weight: uint16 = bf16 bits, int16 = IEEE half bits, float32 = itself."""
+    if v not in (types.uint16, types.int16, types.float32):
+        return None
+
+    def codegen(context, builder, signature, args):
+        (value,) = args
+        if signature.args[0] == types.float32:
+            return value
+        if signature.args[0] == types.int16:  # half -> float: exact (vcvtph2ps where F16C exists)
+            return builder.fpext(builder.bitcast(value, ir.HalfType()), ir.FloatType())
+        i32 = ir.IntType(32)
+        return builder.bitcast(builder.shl(builder.zext(value, i32), ir.Constant(i32, 16)), ir.FloatType())
+
+    return types.float32(v), codegen
 
 
 @intrinsic
@@ -112,14 +136,14 @@ def _require_contiguous(op: str, out: np.ndarray, x: np.ndarray) -> None:
         raise LlamaNbError(f"{op}: out and x must be C-contiguous (shapes {out.shape}, {x.shape})")
 
 
-@register("bf16_to_f32", "numba", default=True)
+@register("bf16_to_f32", "numba")
 def bf16_to_f32_array(out: np.ndarray, x: np.ndarray) -> None:
     """out[...] = float32(x[...]), parallel over blocks of elements."""
     _require_contiguous("bf16_to_f32", out, x)
     _widen(out.reshape(-1), x.reshape(-1))
 
 
-@register("f32_to_bf16", "numba", default=True)
+@register("f32_to_bf16", "numba")
 def f32_to_bf16_array(out: np.ndarray, x: np.ndarray) -> None:
     """out[...] = bf16(x[...]) (round to nearest even), parallel over blocks of elements."""
     _require_contiguous("f32_to_bf16", out, x)

@@ -22,7 +22,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from llama_nb.ops._jit import njit_inline
+from llama_nb.ops.jit import njit_inline
 
 _LOG2E = np.float32(1.44269504088896341)
 _LN2_HI = np.float32(0.693359375)  # exactly representable in 9 bits: n * LN2_HI is exact

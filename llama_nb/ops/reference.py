@@ -1,37 +1,23 @@
-"""The definition of correct: every op in plain NumPy float32, registered as impl "reference".
+"""The definition of correct: every op in plain NumPy float32, registered as implementation "reference".
 
 Each function is the op's math written the most obvious way, with NumPy's own reductions
 (pairwise sums, BLAS), never sharing code with the Numba kernels it judges. The argument contract
-is the one declared in llama_nb/ops/specs.py. Speed is no goal; memory is: the matmul widens its
-weights in slabs of rows, so an 8B output projection (1 GB of bf16) never needs 2 GB at once.
+is the op's declaration in llama_nb/ops/specs.py. Speed is no goal; memory is: linear dequantizes
+its weights in slabs of rows, so an 8B output projection (1 GB of bf16) never needs 2 GB at once.
 
-Also exported for other modules and tests:
-    bf16_to_f32_np(x: uint16[...]) -> float32[...]    exact widening
-    f32_to_bf16_np(x: float32[...]) -> uint16[...]    round to nearest even; NaN -> 0x7FC0 | sign
+The ops that read a weight have their reference for every weight format through the format's own
+NumPy `dequantize` (llama_nb/formats.py): `register_format_references(name)` registers them for a
+format (a new format calls it once, and its kernels are then tested against them).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from llama_nb.ops.registry import register
+from llama_nb.formats import bf16_to_f32_np, f32_to_bf16_np  # noqa: F401  (re-exported for tests)
+from llama_nb.ops.registry import ACTIVATIONS, register
 
-_SLAB_BYTES = 64 << 20  # float32 bytes of widened weights held at once by the reference matmul
-
-
-def bf16_to_f32_np(x: np.ndarray) -> np.ndarray:
-    """float32 copy of bf16 bits: the bits become the high half of each float32."""
-    return (np.asarray(x, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
-
-
-def f32_to_bf16_np(x: np.ndarray) -> np.ndarray:
-    """bf16 bits of float32 values: round to nearest, ties to even; NaN -> quiet NaN, sign kept."""
-    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
-    lsb = (bits >> 16) & 1
-    rounded = ((bits + 0x7FFF + lsb) >> 16).astype(np.uint16)
-    is_nan = (bits & 0x7FFFFFFF) > 0x7F800000
-    canonical_nan = (((bits >> 16) & 0x8000) | 0x7FC0).astype(np.uint16)
-    return np.where(is_nan, canonical_nan, rounded)
+_SLAB_BYTES = 64 << 20  # float32 bytes of dequantized weights held at once by the reference linear
 
 
 @register("bf16_to_f32", "reference")
@@ -44,30 +30,50 @@ def f32_to_bf16(out, x):
     out[...] = f32_to_bf16_np(x)
 
 
-@register("embedding", "reference")
+def round_activations(x: np.ndarray, act: str) -> np.ndarray:
+    """x as a linear of activation type `act` sees it: float32 as is, or rounded to bf16."""
+    return bf16_to_f32_np(f32_to_bf16_np(x)) if act == "bf16" else x
+
+
+def _linear(act: str):
+    def linear(out, x, w, xq):
+        # Round x to the activation type (bf16: then every product of two bf16 values is exact in
+        # float32), dequantize w in slabs of rows, then NumPy's float32 matmul.
+        xa = round_activations(x, act)
+        rows_per_slab = max(1, _SLAB_BYTES // (4 * max(1, w.shape[1])))
+        for n0 in range(0, w.shape[0], rows_per_slab):
+            slab = w.dequantize(n0, min(n0 + rows_per_slab, w.shape[0]))
+            out[:, n0 : n0 + slab.shape[0]] = xa @ slab.T
+
+    return linear
+
+
 def embedding(out, table, tokens):
-    out[...] = bf16_to_f32_np(table[tokens])
+    for t, token in enumerate(tokens):
+        out[t] = table.dequantize(int(token), int(token) + 1)[0]
+
+
+def dequantize(out, w):
+    out[...] = w.dequantize()
+
+
+def register_format_references(fmt: str) -> None:
+    """Register the reference linear (every activation type), embedding and dequantize for `fmt`."""
+    for act in ACTIVATIONS:
+        register("linear", "reference", format=fmt, act=act)(_linear(act))
+    register("embedding", "reference", format=fmt)(embedding)
+    register("dequantize", "reference", format=fmt)(dequantize)
+
+
+for _fmt in ("bf16", "f16", "f32"):
+    register_format_references(_fmt)
 
 
 @register("rmsnorm", "reference")
 def rmsnorm(out, x, weight, eps):
     # Meta: x * rsqrt(mean(x^2) + eps), all float32 (NumPy's mean sums pairwise), then * weight.
     mean_sq = np.mean(x * x, axis=-1, keepdims=True, dtype=np.float32)
-    out[...] = x * (np.float32(1.0) / np.sqrt(mean_sq + np.float32(eps))) * bf16_to_f32_np(weight)
-
-
-@register("matmul", "reference")
-def matmul(out, x, w):
-    rows_per_slab = max(1, _SLAB_BYTES // (4 * max(1, w.shape[1])))
-    for n0 in range(0, w.shape[0], rows_per_slab):
-        slab = bf16_to_f32_np(w[n0 : n0 + rows_per_slab])
-        out[:, n0 : n0 + slab.shape[0]] = x @ slab.T
-
-
-@register("matmul_bf16", "reference")
-def matmul_bf16(out, x, w):
-    # Round x to bf16 (then every product of two bf16 values is exact in float32), then matmul.
-    matmul(out, bf16_to_f32_np(f32_to_bf16_np(x)), w)
+    out[...] = x * (np.float32(1.0) / np.sqrt(mean_sq + np.float32(eps))) * weight
 
 
 @register("rope", "reference")
@@ -94,10 +100,13 @@ def silu(out, a, b):
 
 
 @register("attention", "reference")
-def attention(out, q, k_cache, v_cache, start_pos):
-    # Meta's Attention.forward: repeat the kv heads, scores / sqrt(Dh) with a causal mask, softmax.
+def attention(out, q, k, v, k_cache, v_cache, start_pos, key_blocks, rows):
+    # Append the new rows; then Meta's Attention.forward: repeat the kv heads, scores / sqrt(Dh)
+    # with a causal mask, softmax, the weighted sum of values.
     n_tokens, n_heads, head_dim = q.shape
     n_ctx = start_pos + n_tokens
+    k_cache[:, start_pos:n_ctx] = k.transpose(1, 0, 2)
+    v_cache[:, start_pos:n_ctx] = v.transpose(1, 0, 2)
     group = n_heads // k_cache.shape[0]
     keys = np.repeat(k_cache[:, :n_ctx], group, axis=0)  # [H, n_ctx, Dh]
     values = np.repeat(v_cache[:, :n_ctx], group, axis=0)

@@ -1,8 +1,9 @@
-"""rmsnorm (Meta's RMSNorm): out[t, :] = x[t, :] / sqrt(mean(x[t, :]**2) + eps) * float32(weight)
+"""rmsnorm (Meta's RMSNorm): out[t, :] = x[t, :] / sqrt(mean(x[t, :]**2) + eps) * weight
 
 out     float32[T, D]   may be x itself
 x       float32[T, D]
-weight  uint16[D]       attention_norm / ffn_norm / norm weight, bf16 bits
+weight  float32[D]      attention_norm / ffn_norm / norm weight (the loader widens the stored bf16:
+                        exact, and only D values)
 eps     float           norm_eps from params.json
 Parallel over tokens (rows); the D-long reduction stays in one thread.
 
@@ -21,8 +22,7 @@ import math
 import numpy as np
 from numba import prange
 
-from llama_nb.ops._jit import njit_parallel_dot
-from llama_nb.ops.bf16 import bf16_to_f32
+from llama_nb.ops.jit import njit_parallel_dot
 from llama_nb.ops.registry import register
 
 
@@ -37,10 +37,10 @@ def _rmsnorm(out, x, weight, eps):
             sum_sq += v * v
         scale = np.float32(1.0 / math.sqrt(sum_sq / dim + eps))
         for d in range(dim):  # when out is x, each element is read before it is overwritten
-            dst[d] = (row[d] * scale) * bf16_to_f32(weight[d])
+            dst[d] = (row[d] * scale) * weight[d]
 
 
-@register("rmsnorm", "numba", default=True)
+@register("rmsnorm", "numba")
 def rmsnorm(out: np.ndarray, x: np.ndarray, weight: np.ndarray, eps: float) -> None:
-    """out[t, :] = x[t, :] * rsqrt(mean(x[t, :]**2) + eps) * float32(weight)."""
+    """out[t, :] = x[t, :] * rsqrt(mean(x[t, :]**2) + eps) * weight."""
     _rmsnorm(out, x, weight, float(eps))

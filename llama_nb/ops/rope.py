@@ -31,7 +31,7 @@ import numpy as np
 from numba import prange
 
 from llama_nb.errors import LlamaNbError
-from llama_nb.ops._jit import njit_parallel
+from llama_nb.ops.jit import njit_parallel
 from llama_nb.ops.registry import register
 
 # Meta's apply_scaling constants (llama_models/llama3/model.py), "obtained from grid search".
@@ -88,7 +88,7 @@ def _rope(x, cos, sin, start_pos):
             v[2 * i + 1] = x0 * s[i] + x1 * c[i]
 
 
-@register("rope", "numba", default=True)
+@register("rope", "numba")
 def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, start_pos: int) -> None:
     """Rotate x[T, H, Dh] in place for positions start_pos .. start_pos + T - 1."""
     _rope(x, cos, sin, int(start_pos))

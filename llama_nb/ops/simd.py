@@ -18,12 +18,15 @@ plain Numba keep sixteen 16-lane accumulators in registers and say which instruc
     f32x16_max(a, b) -> f32x16                        a if a > b else b, lane by lane (vmaxps)
     f32x16_max_lane(v) -> float32                     the largest lane (for v without NaN)
     bf16x32_load(a: uint16[:], i) -> bf16x32          a[i : i + 32], unaligned
+    load16_f32(a, i) -> f32x16                        float32 of a[i : i + 16] for a weight row of any
+                                                      plain format: uint16 bf16 bits, int16 half
+                                                      bits, float32 (see bf16.widen)
     bf16x32_dot(acc, a, b) -> f32x16                  acc[j] += a[2j] * b[2j] + a[2j+1] * b[2j+1]
 
 The f32x16 operations are generic LLVM vector IR: they compile on any CPU (LLVM splits them into
 AVX2 or SSE registers where there is no AVX-512). `bf16x32_dot` is the AVX512_BF16 instruction
 `vdpbf16ps` (LLVM intrinsic `llvm.x86.avx512bf16.dpbf16ps.512`) and must only be compiled where
-`HAS_AVX512_BF16` is true: LLVM cannot lower it for any other CPU. vdpbf16ps multiplies bf16 pairs
+`HAS_AVX512_BF16` (llama_nb/ops/jit.py) is true: LLVM cannot lower it for any other CPU. vdpbf16ps multiplies bf16 pairs
 exactly (a bf16 x bf16 product fits in float32) and adds them to the float32 lane with round to
 nearest even; bf16 subnormal inputs count as zero and subnormal results are flushed (Intel SDM).
 
@@ -32,25 +35,10 @@ Loads take an index, not a slice: the caller guarantees i + 16 (or 32) <= a.size
 
 from __future__ import annotations
 
-import os
-
-import llvmlite.binding as llvm_binding
 from llvmlite import ir
 from numba import types
-from numba.core import cgutils, config
+from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
-
-
-def _cpu_features() -> str:
-    # The features Numba compiles for, as numba.core.codegen.CPUCodegen decides them:
-    # NUMBA_CPU_FEATURES if set (portable caches), else the host's, whatever NUMBA_CPU_NAME says.
-    if config.CPU_FEATURES is not None:
-        return config.CPU_FEATURES
-    return llvm_binding.get_host_cpu_features().flatten()
-
-
-# LLAMA_NB_NO_BF16DOT=1 forces the float32 path (to compare, or to work around a platform bug).
-HAS_AVX512_BF16 = "+avx512bf16" in _cpu_features().split(",") and os.environ.get("LLAMA_NB_NO_BF16DOT", "0") == "0"
 
 
 class _F32x16(types.Type):
@@ -230,18 +218,22 @@ def f32x16_lane(typingctx, v, i):
 
 
 @intrinsic
-def bf16x16_load_f32(typingctx, a, i):
-    """float32(a[i : i + 16]) for bf16 bits a: each uint16 becomes the high half of a float32."""
-    if not (_is_1d(a, types.uint16) and isinstance(i, types.Integer)):
+def load16_f32(typingctx, a, i):
+    """float32(a[i : i + 16]) for a weight row: uint16 bf16 bits (each the high half of a float32),
+    int16 IEEE half bits (vcvtph2ps), or float32 (a plain load)."""
+    dtype = getattr(a, "dtype", None)
+    if not (dtype in (types.uint16, types.int16, types.float32) and _is_1d(a, dtype) and isinstance(i, types.Integer)):
         return None
 
     def codegen(context, builder, signature, args):
+        if dtype == types.float32:
+            return builder.load(_element_pointer(context, builder, signature.args[0], args[0], args[1], _V_F32), align=4)
         v_i16 = ir.VectorType(ir.IntType(16), 16)
+        bits = builder.load(_element_pointer(context, builder, signature.args[0], args[0], args[1], v_i16), align=2)
+        if dtype == types.int16:
+            return builder.fpext(builder.bitcast(bits, ir.VectorType(ir.HalfType(), 16)), _V_F32)
         v_i32 = ir.VectorType(ir.IntType(32), 16)
-        ptr = _element_pointer(context, builder, signature.args[0], args[0], args[1], v_i16)
-        wide = builder.zext(builder.load(ptr, align=2), v_i32)
-        shifted = builder.shl(wide, ir.Constant(v_i32, [16] * 16))
-        return builder.bitcast(shifted, _V_F32)
+        return builder.bitcast(builder.shl(builder.zext(bits, v_i32), ir.Constant(v_i32, [16] * 16)), _V_F32)
 
     return f32x16(a, i), codegen
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from llama_nb.ops._jit import njit_parallel, njit_serial, njit_serial_dot
+from llama_nb.ops.jit import njit_parallel, njit_serial, njit_serial_dot
 from llama_nb.ops.argmax import float_of_key, max_key
 from llama_nb.ops.fastexp import exp_nonpositive
 from llama_nb.ops.registry import register
@@ -78,7 +78,7 @@ def _softmax_rows(out, x):
         _softmax_row(out[r], x[r])
 
 
-@register("softmax", "numba", default=True)
+@register("softmax", "numba", switches={"R": (1,), "C": (_PARALLEL_FROM,)})
 def softmax(out: np.ndarray, x: np.ndarray) -> None:
     """out[r, :] = softmax(x[r, :]), max-subtracted."""
     n_rows, n_cols = x.shape

@@ -1,225 +1,209 @@
-"""Every op of a Llama 3.x forward pass, declared once: the math, the arguments, and their check.
+"""Every op of a Llama 3.x forward pass, declared once as data (llama_nb/ops/signature.py).
 
 Conventions shared by all ops:
-- The output argument comes first and is preallocated by the caller (nothing allocates in the
-  forward pass). An op "may alias" when out and an input can be the same array.
-- Activations and accumulators are float32. Weights are bf16 kept as their raw bits in uint16
-  arrays, exactly as stored in consolidated.00.pth, and are widened one element at a time.
+- Output arguments come first and are preallocated by the caller: nothing allocates in the
+  forward pass. Two arrays never overlap unless the op says `may_alias`.
+- Activations and accumulators are float32. Weight matrices are `Weight`s in a format
+  (llama_nb/formats.py); implementations are registered per format. Norm weights are float32
+  (the loader widens them: exact, and D floats each).
+- Scratch arguments are room the caller owns (model/transformer.py's RunState), sized by the
+  declared dimensions for the largest call, so a kernel needs no allocation of its own.
 - All arrays are C-contiguous.
-The checks below run at the op boundary in Python (tests, LLAMA_NB_DEBUG=1), never inside a
-compiled loop; their messages name the argument and show the shapes and dtypes seen.
+Each declaration also holds the op's test and benchmark cases (tiny, odd sizes that do not divide
+any block or vector width, and the real Llama 3.1 8B / 3.2 1B shapes), its tolerance against the
+reference, and the dims its warm-up compiles with.
 """
 
 from __future__ import annotations
 
-import numpy as np
-
 from llama_nb.errors import LlamaNbError
+from llama_nb.ops import inputs as v
 from llama_nb.ops.registry import defop
-
-F32, U16 = np.dtype(np.float32), np.dtype(np.uint16)
-
-
-def _array(op: str, arg: str, a, dtype: np.dtype, ndim: int | None = None) -> None:
-    if not isinstance(a, np.ndarray):
-        raise LlamaNbError(f"{op}: {arg} must be a numpy array, got {type(a).__name__}")
-    if a.dtype != dtype:
-        raise LlamaNbError(f"{op}: {arg} must be {dtype}, got {a.dtype} with shape {a.shape}")
-    if ndim is not None and a.ndim != ndim:
-        raise LlamaNbError(f"{op}: {arg} must have {ndim} dimensions, got shape {a.shape}")
-    if not a.flags.c_contiguous:
-        raise LlamaNbError(f"{op}: {arg} must be C-contiguous (shape {a.shape}, strides {a.strides})")
+from llama_nb.ops.signature import F32, I64, IN, INOUT, OUT, PARAM, SCRATCH, U8, U16, WEIGHT, Arg, OpSpec
 
 
-def _same(op: str, what: str, *pairs: tuple[str, tuple]) -> None:
-    shapes = {shape for _, shape in pairs}
-    if len(shapes) != 1:
-        seen = ", ".join(f"{name}{shape}" for name, shape in pairs)
-        raise LlamaNbError(f"{op}: {what} must agree; got {seen}")
+def _cases(fields: str, *rows: tuple) -> tuple[dict, ...]:
+    names = fields.split()
+    return tuple(dict(zip(names, row)) for row in rows)
 
 
-def _check_bf16_to_f32(out, x):
-    _array("bf16_to_f32", "out", out, F32)
-    _array("bf16_to_f32", "x", x, U16)
-    _same("bf16_to_f32", "shapes", ("out", out.shape), ("x", x.shape))
+def _tokens_in_range(args, dims) -> None:
+    tokens = args[2]
+    if tokens.size and (tokens.min() < 0 or tokens.max() >= dims["V"]):
+        raise LlamaNbError(f"embedding: token ids must be in [0, {dims['V']}), got {tokens.min()}..{tokens.max()}")
 
 
-def _check_f32_to_bf16(out, x):
-    _array("f32_to_bf16", "out", out, U16)
-    _array("f32_to_bf16", "x", x, F32)
-    _same("f32_to_bf16", "shapes", ("out", out.shape), ("x", x.shape))
+def _positive_eps(args, dims) -> None:
+    if not args[3] > 0:
+        raise LlamaNbError(f"rmsnorm: eps must be > 0, got {args[3]}")
 
 
-def _check_embedding(out, table, tokens):
-    _array("embedding", "out", out, F32, 2)
-    _array("embedding", "table", table, U16, 2)
-    if not isinstance(tokens, np.ndarray) or tokens.ndim != 1 or tokens.dtype.kind not in "iu":
-        raise LlamaNbError(f"embedding: tokens must be a 1-d integer array, got {getattr(tokens, 'shape', tokens)!r}")
-    _same("embedding", "rows", ("out", out.shape[:1]), ("tokens", tokens.shape))
-    _same("embedding", "widths", ("out", out.shape[1:]), ("table", table.shape[1:]))
-    if tokens.size and (tokens.min() < 0 or tokens.max() >= table.shape[0]):
-        raise LlamaNbError(f"embedding: token ids must be in [0, {table.shape[0]}), got {tokens.min()}..{tokens.max()}")
+def _attention_bytes(d, args) -> int:
+    # q, the new k and v, out, and the filled cache rows (each read once per kv group)
+    n_ctx = d["start_pos"] + d["T"]
+    return 4 * (2 * d["T"] * d["H"] * d["Dh"] + 2 * d["T"] * d["KVH"] * d["Dh"] + 2 * d["KVH"] * n_ctx * d["Dh"])
 
 
-def _check_rmsnorm(out, x, weight, eps):
-    _array("rmsnorm", "out", out, F32, 2)
-    _array("rmsnorm", "x", x, F32, 2)
-    _array("rmsnorm", "weight", weight, U16, 1)
-    _same("rmsnorm", "shapes", ("out", out.shape), ("x", x.shape))
-    _same("rmsnorm", "widths", ("x", x.shape[1:]), ("weight", weight.shape))
-    if not eps > 0:
-        raise LlamaNbError(f"rmsnorm: eps must be > 0, got {eps}")
+MATRIX_CASES = _cases(
+    "T K N",
+    (1, 64, 32), (3, 4, 5), (1, 127, 61), (3, 4097, 33), (5, 255, 129),
+    (1, 8193, 7), (1, 9000, 70),                                 # matvec with K beyond x-in-L1
+    (1, 4096, 4096), (1, 4096, 14336), (8, 4096, 128256),       # 8B: wq/wo, w1/w3, output
+    (1, 14336, 4096), (17, 1100, 71),                            # 8B w2; ragged T, N and K blocks
+)
+MATRIX_BENCH = _cases(
+    "T K N",
+    (1, 2048, 2048), (1, 2048, 8192), (1, 2048, 128256), (64, 2048, 8192),  # 1B decode, a 1B prefill chunk
+    # pp128: 1B wq/wo, w1/w3, w2; 8B wq/wo, w1/w3, w2
+    (128, 2048, 2048), (128, 2048, 8192), (128, 8192, 2048),
+    (128, 4096, 4096), (128, 4096, 14336), (128, 14336, 4096),
+)
 
-
-def _check_matmul(out, x, w, op="matmul"):
-    _array(op, "out", out, F32, 2)
-    _array(op, "x", x, F32, 2)
-    _array(op, "w", w, U16, 2)
-    if x.shape[1] != w.shape[1] or out.shape != (x.shape[0], w.shape[0]):
-        raise LlamaNbError(f"{op}: need out[T,N], x[T,K], w[N,K]; got out{out.shape}, x{x.shape}, w{w.shape}")
-    if np.shares_memory(out, x):
-        raise LlamaNbError(f"{op}: out must not alias x")
-
-
-def _check_matmul_bf16(out, x, w):
-    _check_matmul(out, x, w, op="matmul_bf16")
-
-
-def _check_rope(x, cos, sin, start_pos):
-    _array("rope", "x", x, F32, 3)
-    _array("rope", "cos", cos, F32, 2)
-    _array("rope", "sin", sin, F32, 2)
-    _same("rope", "tables", ("cos", cos.shape), ("sin", sin.shape))
-    if x.shape[2] % 2 or cos.shape[1] != x.shape[2] // 2:
-        raise LlamaNbError(f"rope: x[T,H,Dh] needs even Dh and tables [P,Dh/2]; got x{x.shape}, cos{cos.shape}")
-    if start_pos < 0 or start_pos + x.shape[0] > cos.shape[0]:
-        raise LlamaNbError(f"rope: positions {start_pos}..{start_pos + x.shape[0] - 1} beyond the table of {cos.shape[0]}")
-
-
-def _check_softmax(out, x):
-    _array("softmax", "out", out, F32, 2)
-    _array("softmax", "x", x, F32, 2)
-    _same("softmax", "shapes", ("out", out.shape), ("x", x.shape))
-
-
-def _check_silu(out, a, b):
-    for name, arr in (("out", out), ("a", a), ("b", b)):
-        _array("silu", name, arr, F32, 2)
-    _same("silu", "shapes", ("out", out.shape), ("a", a.shape), ("b", b.shape))
-
-
-def _check_attention(out, q, k_cache, v_cache, start_pos):
-    _array("attention", "out", out, F32, 3)
-    _array("attention", "q", q, F32, 3)
-    _array("attention", "k_cache", k_cache, F32, 3)
-    _array("attention", "v_cache", v_cache, F32, 3)
-    _same("attention", "out and q", ("out", out.shape), ("q", q.shape))
-    _same("attention", "caches", ("k_cache", k_cache.shape), ("v_cache", v_cache.shape))
-    n_tokens, n_heads, head_dim = q.shape
-    n_kv_heads, max_seq, cache_head_dim = k_cache.shape
-    if cache_head_dim != head_dim or n_heads % n_kv_heads:
-        raise LlamaNbError(f"attention: need q[T,H,Dh], caches[KVH,S,Dh] with H % KVH == 0; got q{q.shape}, k{k_cache.shape}")
-    if start_pos < 0 or start_pos + n_tokens > max_seq:
-        raise LlamaNbError(f"attention: positions {start_pos}..{start_pos + n_tokens - 1} beyond the cache of {max_seq}")
-
-
-def _check_argmax(x):
-    _array("argmax", "x", x, F32, 1)
-    if x.size == 0:
-        raise LlamaNbError("argmax: x is empty")
-
-
-defop(
+defop(OpSpec(
     "bf16_to_f32",
-    """out = float32(x): exact widening, the bf16 bits become the high half of the float32.
-out  float32[...]  same shape as x
-x    uint16[...]   bf16 bits""",
-    _check_bf16_to_f32,
-)
-defop(
+    "out = float32(x): exact widening, the bf16 bits become the high half of the float32.",
+    (Arg("out", OUT, F32, ("...",)), Arg("x", IN, U16, ("...",), v.any_bf16_bits)),
+    cases=tuple({"...": s} for s in [(1,), (257,), (3, 5, 7), (65536 + 3,), (4096, 4096)]),
+))
+defop(OpSpec(
     "f32_to_bf16",
-    """out = bf16(x): round to nearest, ties to even; NaN stays NaN (quiet), +-Inf stays Inf.
-out  uint16[...]   bf16 bits, same shape as x
-x    float32[...]""",
-    _check_f32_to_bf16,
-)
-defop(
+    "out = bf16(x): round to nearest, ties to even; NaN stays NaN (quiet, sign kept), +-Inf stays Inf.",
+    (Arg("out", OUT, U16, ("...",)), Arg("x", IN, F32, ("...",), v.any_floats)),
+    cases=tuple({"...": s} for s in [(1,), (257,), (3, 5, 7), (65536 + 3,), (4096, 4096)]),
+))
+defop(OpSpec(
+    "dequantize",
+    "out = the float32 values of w (each format's own rule: llama_nb/formats.py).",
+    (Arg("out", OUT, F32, ("N", "K")), Arg("w", WEIGHT, None, ("N", "K"))),
+    cases=_cases("N K", (1, 1), (3, 64), (7, 4097), (4096, 4096)),
+    warm=dict(N=2, K=32),
+))
+defop(OpSpec(
     "embedding",
-    """out[t, :] = float32(table[tokens[t], :])
-out     float32[T, D]
-table   uint16[V, D]   tok_embeddings.weight, bf16 bits
-tokens  int[T]         ids in [0, V)""",
-    _check_embedding,
-)
-defop(
+    "out[t, :] = dequantize(table)[tokens[t], :]",
+    (Arg("out", OUT, F32, ("T", "D")), Arg("table", WEIGHT, None, ("V", "D"), doc="tok_embeddings.weight"),
+     Arg("tokens", IN, I64, ("T",), v.token_ids)),
+    bytes=lambda d, args: 2 * args[0].nbytes + args[2].nbytes,  # rows read (at most as wide as out), written
+    validate=_tokens_in_range,
+    cases=_cases("T V D", (1, 10, 8), (5, 37, 33), (4, 128256, 64), (3, 1000, 4096)),
+    warm=dict(T=2, V=5, D=32),
+))
+defop(OpSpec(
     "rmsnorm",
-    """out[t, :] = x[t, :] / sqrt(mean(x[t, :]**2) + eps) * float32(weight)   (may alias)
-out     float32[T, D]
-x       float32[T, D]
-weight  uint16[D]      attention_norm / ffn_norm / norm weight, bf16 bits
-eps     float          norm_eps from params.json""",
-    _check_rmsnorm,
-)
-defop(
-    "matmul",
-    """out = x @ float32(w).T   (nn.Linear convention: rows of w are output features)
-out  float32[T, N]   must not alias x
-x    float32[T, K]   activations; T = 1 is decode (matrix-vector), T > 1 is prefill
-w    uint16[N, K]    bf16 bits, exactly as stored in consolidated.00.pth""",
-    _check_matmul,
-)
-defop(
-    "matmul_bf16",
-    """out = float32(bf16(x)) @ float32(w).T   matmul with x rounded to the nearest bf16 first (ties to
-even), as llama.cpp's bf16 path and the vdpbf16ps instruction compute it: products exact in
-float32, sums in float32. Moves each output by at most 2^-8 * sum_k |x[k] w[n,k]|.
-out  float32[T, N]   must not alias x
-x    float32[T, K]   activations (not modified)
-w    uint16[N, K]    bf16 bits, exactly as stored in consolidated.00.pth""",
-    _check_matmul_bf16,
-)
-defop(
+    "out[t, :] = x[t, :] / sqrt(mean(x[t, :]**2) + eps) * weight   (Meta's RMSNorm; out may be x)",
+    (Arg("out", OUT, F32, ("T", "D")), Arg("x", IN, F32, ("T", "D"), v.residuals),
+     Arg("weight", IN, F32, ("D",), v.norm_values, doc="attention_norm / ffn_norm / norm weight"),
+     Arg("eps", PARAM, float, (), lambda rng, s, d: 1e-5)),
+    may_alias=(("out", "x"),),
+    validate=_positive_eps,
+    cases=_cases("T D", (1, 1), (3, 64), (5, 4097), (1, 4096), (8, 4096), (2, 2048)),
+    # One float64 (kernel) vs pairwise float32 (NumPy) sum of squares, then 2 float32 products.
+    tol=dict(rtol=2e-6, atol=1e-6),
+    warm=dict(T=2, D=32),
+))
+defop(OpSpec(
+    "linear",
+    """out = act(x) @ dequantize(w).T   (nn.Linear: rows of w are output features)
+act is the activation type the implementation is registered for:
+    float32  x as it is (Meta's model.py run in float32)
+    bf16     x rounded to the nearest bf16 first (ties to even), as llama.cpp's bf16 path and the
+             vdpbf16ps instruction compute it: products exact, sums float32; moves each output by
+             at most 2^-8 * sum_k |x[k] w[n,k]|
+T = 1 is decode (a matrix-vector product, bound by memory), T > 1 prefill (bound by arithmetic).
+xq is room for x converted to what the kernel multiplies (4 bytes per element at most).""",
+    (Arg("out", OUT, F32, ("T", "N")), Arg("x", IN, F32, ("T", "K")),
+     Arg("w", WEIGHT, None, ("N", "K"), doc="a weight matrix in any registered format"),
+     Arg("xq", SCRATCH, U8, ("T * K * 4",))),
+    flops="2 * T * K * N",
+    activations=True,
+    cases=MATRIX_CASES,
+    bench_only=MATRIX_BENCH,
+    # K-long dot products summed in another order (16 float32 lanes + FMA vs BLAS blocks): the error
+    # of either is ~ eps * sqrt(K) * sum|x*w|; for these inputs (|x| <= 30, |w| <= 4, K <= 14336)
+    # below 1e-4 absolute, on outputs of O(1..30).
+    tol=dict(rtol=1e-4, atol=2e-4),
+    warm=dict(T=2, K=32, N=3),
+))
+defop(OpSpec(
     "rope",
     """Rotary embedding in place, Meta's interleaved pairs (not Hugging Face's rotate-half):
 for token t, head h and pair i, with p = start_pos + t,
     (x[t,h,2i], x[t,h,2i+1]) <- (x0*cos[p,i] - x1*sin[p,i],  x0*sin[p,i] + x1*cos[p,i])
-x          float32[T, H, Dh]   queries or keys, rotated in place
-cos, sin   float32[P, Dh/2]    tables from rope_tables(); angle = float32(p) * float32(freq_i)
-start_pos  int                 absolute position of x[0]""",
-    _check_rope,
-)
-defop(
+cos, sin come from rope_tables(); angle = float32(p) * float32(freq_i).""",
+    (Arg("x", INOUT, F32, ("T", "H", "Dh"), v.rotated), Arg("cos", IN, F32, ("P", "Dh // 2"), v.rope_cos),
+     Arg("sin", IN, F32, ("P", "Dh // 2"), v.rope_sin), Arg("start_pos", PARAM, int)),
+    bytes=lambda d, args: 2 * args[0].nbytes + 2 * d["T"] * (d["Dh"] // 2) * 4,  # x both ways, table rows
+    requires=("Dh % 2 == 0", "start_pos >= 0", "start_pos + T <= P"),
+    cases=_cases("T H Dh P start_pos", (1, 1, 2, 1, 0), (3, 5, 8, 16, 7), (7, 8, 128, 1024, 100),
+                 (1, 32, 128, 8192, 8191), (2, 8, 64, 131072, 131070)),  # decode at the context's end
+    # One complex multiply per pair; the kernel and NumPy may round x0*c - x1*s differently.
+    tol=dict(rtol=1e-6, atol=2e-5),
+    warm=dict(T=2, H=2, Dh=16, P=4, start_pos=0),
+))
+defop(OpSpec(
     "softmax",
-    """out[r, :] = exp(x[r, :] - max(x[r, :])) / sum(exp(x[r, :] - max(x[r, :])))   (may alias)
-out  float32[R, C]
-x    float32[R, C]""",
-    _check_softmax,
-)
-defop(
+    "out[r, :] = exp(x[r, :] - max(x[r, :])) / sum(exp(x[r, :] - max(x[r, :])))   (out may be x)",
+    (Arg("out", OUT, F32, ("R", "C")), Arg("x", IN, F32, ("R", "C"), v.logits_like)),
+    may_alias=(("out", "x"),),
+    cases=_cases("R C", (1, 1), (3, 7), (32, 1025), (1, 128256)),
+    # exp within an ulp or two across libms; the float64 sum vs NumPy's pairwise float32 sum.
+    tol=dict(rtol=1e-5, atol=1e-9),
+    warm=dict(R=1, C=3),
+))
+defop(OpSpec(
     "silu",
-    """The SwiGLU gate in one pass: out = silu(a) * b = a / (1 + exp(-a)) * b   (may alias a or b)
-out  float32[T, F]
-a    float32[T, F]   w1 @ x
-b    float32[T, F]   w3 @ x""",
-    _check_silu,
-)
-defop(
+    "The SwiGLU gate in one pass: out = silu(a) * b = a / (1 + exp(-a)) * b   (out may be a or b)",
+    (Arg("out", OUT, F32, ("T", "F")), Arg("a", IN, F32, ("T", "F"), v.gate_values, doc="w1 @ x"),
+     Arg("b", IN, F32, ("T", "F"), doc="w3 @ x")),
+    may_alias=(("out", "a"), ("out", "b")),
+    cases=_cases("T F", (1, 1), (3, 17), (1, 14336), (4, 8192)),
+    tol=dict(rtol=1e-5, atol=1e-7),  # exp(-|a|) rewritten (silu.py) vs the plain definition
+    warm=dict(T=2, F=16),
+))
+defop(OpSpec(
     "attention",
-    """Causal grouped-query attention over a KV cache, for T new tokens at positions start_pos..:
-for token t (position p = start_pos + t) and head h, with kv head g = h // (H // KVH):
-    s[j]      = q[t,h,:] . k_cache[g,j,:] / sqrt(Dh)        for j = 0 .. p
+    """Causal grouped-query attention of T new tokens at positions start_pos.., over a KV cache it
+appends to. First k, v are written to rows start_pos .. start_pos+T-1 of k_cache, v_cache (the
+cache layout is this op's: [KVH, S, Dh], each head's positions contiguous). Then for token t
+(position p = start_pos + t) and head h, with kv head g = h // (H // KVH):
+    s[j]       = q[t,h,:] . k_cache[g,j,:] / sqrt(Dh)        for j = 0 .. p
     out[t,h,:] = sum_j softmax(s)[j] * v_cache[g,j,:]
-K/V are read in place for every head of a group, never copied per head.
-out        float32[T, H, Dh]
-q          float32[T, H, Dh]     queries after rope
-k_cache    float32[KVH, S, Dh]   keys after rope; rows 0 .. start_pos+T-1 filled
-v_cache    float32[KVH, S, Dh]
-start_pos  int""",
-    _check_attention,
-)
-defop(
+K/V are read in place for every head of a group, never copied per head. key_blocks and rows are
+scratch: room for the keys re-laid in blocks of 16 positions, and per thread rows of scores.""",
+    (Arg("out", OUT, F32, ("T", "H", "Dh")), Arg("q", IN, F32, ("T", "H", "Dh"), v.queries, doc="queries after rope"),
+     Arg("k", IN, F32, ("T", "KVH", "Dh"), v.queries, doc="new keys after rope"),
+     Arg("v", IN, F32, ("T", "KVH", "Dh"), v.queries, doc="new values"),
+     Arg("k_cache", INOUT, F32, ("KVH", "S", "Dh"), v.cache_rows), Arg("v_cache", INOUT, F32, ("KVH", "S", "Dh"), v.cache_rows),
+     Arg("start_pos", PARAM, int),
+     Arg("key_blocks", SCRATCH, F32, ("KVH", "(S + 15) // 16", "Dh", 16)),
+     Arg("rows", SCRATCH, F32, ("threads", 2, 4, "max((S + 15) // 16 * 16, Dh)"))),
+    flops="4 * H * Dh * (T * start_pos + T * (T + 1) // 2)",  # q.k and the weighted sum, per visible key
+    bytes=_attention_bytes,
+    requires=("H % KVH == 0", "start_pos >= 0", "start_pos + T <= S"),
+    cases=_cases(
+        "T H KVH Dh S start_pos",
+        (1, 1, 1, 2, 1, 0),            # one token, one head, position 0
+        (1, 4, 2, 8, 16, 5),           # decode at start_pos > 0, GQA 4/2
+        (3, 4, 1, 16, 32, 9),          # MQA (KVH = 1), chunked prefill
+        (4, 6, 6, 10, 12, 2),          # MHA (KVH = H), odd Dh
+        (17, 8, 2, 64, 40, 3),         # tiled prefill: 17 tokens (ragged key blocks), after 3 cached
+        (2, 5, 1, 32, 40, 30),         # tiled, MQA with 5 heads per group: tasks of 4 and 1 heads
+        (1, 6, 1, 16, 40, 30),         # grouped decode: 6 heads per group, tasks of 4 and 2 heads
+        (6, 32, 8, 128, 64, 0),        # 8B GQA 32/8, Dh 128: prefill from position 0
+        (5, 32, 8, 128, 128, 37),      # 8B: chunked prefill (start_pos > 0)
+        (1, 32, 8, 128, 1024, 700),    # 8B: decode
+    ),
+    bench_only=_cases("T H KVH Dh S start_pos", (1, 32, 8, 128, 8192, 4095)),  # 8B decode at a 4K context
+    # Dh-long dot products (reordered), exp, and a softmax-weighted sum of up to 1024 value rows.
+    tol=dict(rtol=1e-4, atol=1e-5),
+    warm=dict(T=2, H=2, KVH=1, Dh=16, S=4, start_pos=0),
+))
+defop(OpSpec(
     "argmax",
-    """Index of the largest element (the first one on ties), as a Python int.
-x  float32[N]""",
-    _check_argmax,
-)
+    "Index of the largest element (the first one on ties; a NaN counts as the largest), as an int.",
+    (Arg("x", IN, F32, ("N",), v.coarse_with_ties),),
+    returns="int",
+    requires=("N >= 1",),
+    cases=_cases("N with_nan", (1, 0), (5, 0), (16385, 0), (128256, 0), (128256, 1)),
+    warm=dict(N=3),
+))

@@ -1,0 +1,256 @@
+"""The compile policy, in one place: decorators, CPU features, the on-disk cache, when to go
+parallel, the warm-up, and the cold-start helper process.
+
+Decorators. Kernel files use only the ones defined here, so caching, fastmath and error models are
+switched here and nowhere else. `cache=True` writes compiled machine code beside the module (or
+under $NUMBA_CACHE_DIR), so a second process compiles nothing; where no cache folder is writable
+(a read-only install and home) kernels still compile, uncached, and `CACHE_NOTE` says why.
+`fastmath` stays off, except for one narrow pair of flags in the *_dot decorators: NaN and Inf must
+survive the conversions and every comparison, so `nnan`/`ninf`/`nsz` are never set.
+
+CPU features. `HAS_AVX512_BF16`: whether the bf16 dot-product instruction may be compiled
+(NUMBA_CPU_FEATURES when set, for portable caches, else the host's; LLAMA_NB_NO_BF16DOT=1 forces
+the portable float32 path). Kernel files register their vdpbf16ps implementations only then.
+
+Going parallel. `parallel_pays(nbytes)`: an op runs its parallel kernel only when it moves at least
+PARALLEL_MIN_BYTES; below, its serial twin (the same code compiled serial). A parallel launch
+costs microseconds on an idle machine, and milliseconds when another process holds a core (every
+region waits for the descheduled thread): small work must not pay that. Measured in
+bench/threads.py (see bench/README.md).
+
+Warm-up. `warm(ops, ...)` calls every implementation an OpSet chose, for the weight formats a model
+uses, on small arrays made from the op's declaration (dtypes and layouts as in the real call;
+Numba specialises on types, not sizes), on both sides of every size at which the implementation
+declared it switches kernels (`register(..., switches=)`): after it, no forward pass compiles.
+
+Cold start. On an empty cache (the first run after installing), `warm` compiles the prefill half
+(T > 1) in a helper process on the other core while it compiles the decode half itself; Numba
+writes each cache entry atomically, so the caller then loads the helper's. Cold or warm is read
+from Numba's own cache statistics of a probe kernel compiled last by every complete warm-up (no
+timing guess), and the helper dies with its parent (PR_SET_PDEATHSIG on Linux).
+Measured (2 cores, demo model, empty cache): compile 14.6 s alone, 8.5 s with the helper.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from typing import Iterable, Mapping
+
+import numpy as np
+from numba import njit
+from numba.core import config
+
+# ------------------------------------------------------------------------------ the decorators
+
+
+def _cache_works() -> tuple[bool, str]:
+    """Whether Numba can find a writable cache folder for kernels in this package."""
+    if os.environ.get("LLAMA_NB_JIT_CACHE", "1") == "0":
+        return False, "LLAMA_NB_JIT_CACHE=0"
+    from numba.core.caching import FunctionCache
+
+    try:
+        FunctionCache(_probe.py_func)
+    except RuntimeError as exc:
+        return False, f"no writable cache folder for compiled kernels ({' '.join(str(exc).split())[:160]}); " \
+                      f"set NUMBA_CACHE_DIR to a writable folder to keep them between runs"
+    return True, ""
+
+
+def _probe_source(x):
+    return x.size
+
+
+_probe = njit(_probe_source)  # uncached twin, only for _cache_works' question
+# Numba checks a cached kernel against its own source file only: after editing a helper that
+# kernels inline from another file (bf16.py), run once with LLAMA_NB_JIT_CACHE=0 or delete the
+# __pycache__/*.nbi/*.nbc files, or the kernels keep the old helper.
+CACHE, CACHE_NOTE = _cache_works()
+
+
+def njit_serial(fn):
+    return njit(cache=CACHE, nogil=True, error_model="numpy")(fn)
+
+
+def njit_parallel(fn):
+    return njit(parallel=True, cache=CACHE, nogil=True, error_model="numpy")(fn)
+
+
+# Dot-product kernels (matmul, attention, rmsnorm's sum of squares) need LLVM to reorder a sum:
+# without `reassoc` a float reduction `acc += a[k] * b[k]` runs one add at a time (4-cycle latency
+# each) and never vectorises. With it, LLVM keeps 16-wide float32 partial sums (the "lanes") and
+# adds them at the end; `contract` lets it fuse the multiply-add. Both only change the summation
+# order and rounding of intermediate sums, within the declared tolerances, and the result is
+# still deterministic for a given build. Measured (2 cores, AMD EPYC, 1x4096x14336 bf16 matvec):
+# 1 thread 3.2 GB/s without, 39 GB/s with (= the plain-read bandwidth of the same machine).
+DOT_FASTMATH = frozenset({"reassoc", "contract"})
+
+
+def njit_parallel_dot(fn):
+    return njit(parallel=True, cache=CACHE, nogil=True, error_model="numpy", fastmath=set(DOT_FASTMATH))(fn)
+
+
+def njit_serial_dot(fn):
+    return njit(cache=CACHE, nogil=True, error_model="numpy", fastmath=set(DOT_FASTMATH))(fn)
+
+
+def njit_inline(fn):
+    """For small helpers called from kernels (bf16 widening): always inlined into the caller."""
+    return njit(inline="always", cache=CACHE, error_model="numpy")(fn)
+
+
+# ----------------------------------------------------------------------------- CPU features
+
+
+def cpu_features() -> str:
+    """The features Numba compiles for, as numba.core.codegen.CPUCodegen decides them:
+    NUMBA_CPU_FEATURES if set (portable caches), else the host's, whatever NUMBA_CPU_NAME says."""
+    if config.CPU_FEATURES is not None:
+        return config.CPU_FEATURES
+    import llvmlite.binding as llvm_binding
+
+    return llvm_binding.get_host_cpu_features().flatten()
+
+
+HAS_AVX512_BF16 = "+avx512bf16" in cpu_features().split(",") and os.environ.get("LLAMA_NB_NO_BF16DOT", "0") == "0"
+
+# ------------------------------------------------------------------------------ going parallel
+
+PARALLEL_MIN_BYTES = 1 << 20  # see the module docstring and bench/threads.py
+
+
+def parallel_pays(nbytes: int) -> bool:
+    """Whether work that moves `nbytes` is worth a parallel launch."""
+    return nbytes >= PARALLEL_MIN_BYTES
+
+
+# ---------------------------------------------------------------------------------- warm-up
+
+
+def warm_cases(impl, spec, model_dims: Mapping[str, int]) -> list[dict[str, int]]:
+    """The dims to compile `impl` with: the op's small `warm` dims (model dims such as Dh, which
+    pick code paths, override them), then each declared switch crossed: a value past it."""
+    base = {**spec.warm, **{k: v for k, v in model_dims.items() if k in spec.warm}}
+    cases = [base]
+    for dim, bounds in impl.switches.items():
+        for bound in bounds:
+            past = [{**c, dim: bound + 1} for c in cases if c.get(dim, 0) <= bound]
+            at = [{**c, dim: min(c.get(dim, bound), bound)} for c in cases if c.get(dim, 0) > bound]
+            cases = cases + past + at
+    unique = []
+    for case in cases:
+        if case not in unique:
+            unique.append(case)
+    return unique
+
+
+def warm(ops, formats: Iterable[str], model_dims: Mapping[str, int], used_ops: Iterable[str], *,
+         weights_writeable: bool = True, prefill: bool | None = None) -> None:
+    """Call every implementation `ops` chose for `used_ops` and these weight formats, on its warm-up
+    cases (prefill=True: only those with T > 1; False: only the others; None: all)."""
+    from llama_nb.errors import LlamaNbError
+    from llama_nb.ops import registry
+
+    formats, used_ops = set(formats), set(used_ops)
+    for (op, fmt, act), name in sorted(ops.slots.items(), key=lambda kv: tuple(p or "" for p in kv[0])):
+        if op not in used_ops or (fmt is not None and fmt not in formats):
+            continue
+        impl, spec = registry.get_impl(op, name, format=fmt, act=act), registry.ops[op]
+        fmt_obj = None
+        if fmt is not None:
+            from llama_nb.formats import get_format
+
+            fmt_obj = get_format(fmt)
+        for dims in warm_cases(impl, spec, model_dims):
+            if prefill is not None and (dims.get("T", 1) > 1) != prefill:
+                continue
+            args = spec.make_args(dims, fmt=fmt_obj, weights_writeable=weights_writeable)
+            try:
+                impl.fn(*args)
+            except LlamaNbError:
+                raise
+            except Exception as exc:  # a plugin's kernel that fails: one line naming it
+                if impl.source == registry.BUILTIN_SOURCE:
+                    raise
+                raise LlamaNbError(f"implementation {name!r} of {registry.slot_name(impl.slot)} ({impl.source}) failed "
+                                   f"on its warm-up call: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}") from None
+
+
+@njit(cache=CACHE)
+def _probe_cached(x):
+    return x.size
+
+
+def cache_is_cold() -> bool:
+    """True when the probe kernel was not in Numba's on-disk cache (so nothing else is, probably)."""
+    if not CACHE:
+        return False
+    _probe_cached(np.ones(1, np.float32))
+    return sum(_probe_cached.stats.cache_hits.values()) == 0
+
+
+def warm_model(ops, formats: Iterable[str], model_dims: Mapping[str, int], weights_writeable: bool,
+               used_ops: Iterable[str]) -> None:
+    """warm() for a model, with the prefill half in a helper process when the cache is cold."""
+    cold = cache_is_cold() and (os.cpu_count() or 1) >= 2
+    job = dict(impl=ops.describe(), precision=ops.precision, formats=sorted(formats), dims=dict(model_dims),
+               writeable=weights_writeable, ops=sorted(used_ops))
+    helper = _start_helper(job) if cold else None
+    args = (ops, job["formats"], job["dims"], job["ops"])
+    if helper is None:
+        warm(*args, weights_writeable=weights_writeable)
+    else:
+        with _running(helper):
+            warm(*args, weights_writeable=weights_writeable, prefill=False)
+        warm(*args, weights_writeable=weights_writeable, prefill=True)  # loads the helper's entries
+    _probe_cached(np.ones(1, np.float32))  # last: its cache entry means a complete warm-up once ran
+
+
+HELPER_TIMEOUT_SECONDS = 600
+
+
+def _start_helper(job: dict) -> subprocess.Popen | None:
+    try:
+        return subprocess.Popen([sys.executable, "-m", "llama_nb.ops.compile_helper", json.dumps(job)],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    except OSError:
+        return None  # the caller compiles everything itself
+
+
+@contextlib.contextmanager
+def _running(helper: subprocess.Popen):
+    """Within: the caller's own compiling. On leaving, wait for the helper; if the caller's part
+    raised (Ctrl-C), or the helper hangs, stop the helper instead."""
+    try:
+        yield
+        helper.wait(timeout=HELPER_TIMEOUT_SECONDS)
+    except BaseException:
+        helper.kill()
+        helper.wait()
+        if sys.exc_info()[0] is not subprocess.TimeoutExpired:
+            raise
+
+
+def helper_main(job_json: str, make_opset) -> int:
+    """The helper process: compile the prefill half into the cache, then exit. It dies with its
+    parent (a SIGTERM or SIGKILL of the parent leaves no helper behind)."""
+    _die_with_parent()
+    job = json.loads(job_json)
+    ops = make_opset(job["impl"], job["precision"])
+    warm(ops, job["formats"], job["dims"], job["ops"], weights_writeable=job["writeable"], prefill=True)
+    return 0
+
+
+def _die_with_parent() -> None:
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG = 1
+        except (OSError, AttributeError):
+            pass

@@ -1,0 +1,106 @@
+"""Decode (T = 1) kernels of linear: matrix-vector products that stream the weights once.
+
+    out[0, n] = act(x)[0, :] . dequantize(w)[n, :]       out float32[1, N], x float32[1, K]
+
+Each weight is read once and used once, so the only goal is to stream w at the memory bandwidth:
+parallel over blocks of MATVEC_BLOCK output rows, a plain loop over the rows of a block, the
+widening and the dot product in one vectorised loop. The float32-activation kernels are one source
+for every plain format (bf16, f16, f32: `widen` picks the conversion by the array's dtype at
+compile time); `matvec_bf16dot` multiplies bf16 bits of x (made once per call, in the caller's
+scratch) with bf16 weights on vdpbf16ps.
+
+Measured on the 2-core AMD EPYC dev box (bench/bench_ops.py has the current numbers):
+- 1 thread, 512 MB of weights (cold), interleaved runs on a busy machine: `prange` over single rows
+  streamed 18-21 GB/s; `prange` over blocks of 64 rows with a plain `range` inside streamed 31-37
+  GB/s, the same as a plain read kernel written the same way (32-36 GB/s), so the blocked form is
+  used (Numba's parfor lowering of a prange body optimises the inner loop less well than a loop
+  nested in it).
+- rows per iteration (1 thread, cold weights, medians of 8): with K = 4096 or 2048, x (16 KB) sits
+  in L1 and one row at a time is best: 36 GB/s vs 23 (2 rows) and 26-28 (4 rows). With K = 14336
+  (w2), x is 57 KB, out of L1: one row 19 GB/s, 2 rows 26, 4 rows 31. Hence `matvec_4rows` above
+  X_IN_L1. Splitting K into L1-sized chunks instead did not help (19).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+
+from llama_nb.ops.bf16 import bf16_to_f32, widen
+from llama_nb.ops.jit import njit_parallel, njit_parallel_dot
+from llama_nb.ops.simd import bf16x32_dot, bf16x32_load, f32x16_sum, f32x16_zero
+
+MATVEC_BLOCK = 64  # output rows per parallel task (see the measurements above)
+X_IN_L1 = 8192  # float32 elements of x (32 KB) that stay in a typical 32-48 KB L1d; beyond: 4 rows
+
+
+@njit_parallel_dot
+def matvec(out, x, w):
+    n_out, k_in = w.shape
+    xv = x[0]
+    for block in prange((n_out + MATVEC_BLOCK - 1) // MATVEC_BLOCK):
+        for n in range(block * MATVEC_BLOCK, min((block + 1) * MATVEC_BLOCK, n_out)):
+            row = w[n]  # a 0-based view: `range(k_in)` over it vectorises, `range(lo, hi)` would not
+            acc = np.float32(0.0)
+            for k in range(k_in):
+                acc += xv[k] * widen(row[k])
+            out[0, n] = acc
+
+
+@njit_parallel_dot
+def matvec_4rows(out, x, w):
+    # For long rows (K > X_IN_L1): x no longer fits in L1, so each x element loaded serves four rows.
+    n_out, k_in = w.shape
+    xv = x[0]
+    for block in prange((n_out + MATVEC_BLOCK - 1) // MATVEC_BLOCK):
+        n, end = block * MATVEC_BLOCK, min((block + 1) * MATVEC_BLOCK, n_out)
+        while n + 3 < end:
+            r0, r1, r2, r3 = w[n], w[n + 1], w[n + 2], w[n + 3]
+            a0 = a1 = a2 = a3 = np.float32(0.0)
+            for k in range(k_in):
+                xk = xv[k]
+                a0 += xk * widen(r0[k])
+                a1 += xk * widen(r1[k])
+                a2 += xk * widen(r2[k])
+                a3 += xk * widen(r3[k])
+            out[0, n], out[0, n + 1], out[0, n + 2], out[0, n + 3] = a0, a1, a2, a3
+            n += 4
+        while n < end:  # the last 1-3 rows of the matrix
+            row = w[n]
+            acc = np.float32(0.0)
+            for k in range(k_in):
+                acc += xv[k] * widen(row[k])
+            out[0, n] = acc
+            n += 1
+
+
+@njit_parallel
+def matvec_bf16dot(out, xh, w):
+    """out[0, :] = xh[0] . w[n] on vdpbf16ps (xh: bf16 bits of x), four rows per pass over xh.
+
+    Decode is bound by memory, but the bf16 dot streams weights faster than widening them to
+    float32 first: fewer instructions per byte, and xh is half of x's size in L1. Measured, 1 x K
+    x N, 2 threads, alternating, median of 14 (GB/s ratio to the float32 matvec on bf16(x)):
+    2048x2048 1.11, 2048x512 1.07, 2048x8192 1.02, 8192x2048 1.16, 4096x4096 0.97, 4096x14336
+    1.01, 14336x4096 1.11 (one row per pass instead: 0.95-1.05).
+    """
+    n_out, k_in = w.shape
+    xv = xh[0]
+    k_vec = k_in - k_in % 32
+    for block in prange((n_out + MATVEC_BLOCK - 1) // MATVEC_BLOCK):
+        n, end = block * MATVEC_BLOCK, min((block + 1) * MATVEC_BLOCK, n_out)
+        while n < end:
+            # rows n..n+3, the last ones clamped at the block's end (recomputed, same value)
+            r0, r1, r2, r3 = w[n], w[min(n + 1, end - 1)], w[min(n + 2, end - 1)], w[min(n + 3, end - 1)]
+            a0 = a1 = a2 = a3 = f32x16_zero()
+            for k in range(0, k_vec, 32):
+                u = bf16x32_load(xv, k)
+                a0, a1 = bf16x32_dot(a0, u, bf16x32_load(r0, k)), bf16x32_dot(a1, u, bf16x32_load(r1, k))
+                a2, a3 = bf16x32_dot(a2, u, bf16x32_load(r2, k)), bf16x32_dot(a3, u, bf16x32_load(r3, k))
+            sums = (f32x16_sum(a0), f32x16_sum(a1), f32x16_sum(a2), f32x16_sum(a3))
+            for j in range(min(4, end - n)):
+                row, acc = w[n + j], sums[j]
+                for k in range(k_vec, k_in):  # the K % 32 leftover columns
+                    acc += bf16_to_f32(xv[k]) * bf16_to_f32(row[k])
+                out[0, n + j] = acc
+            n += 4
