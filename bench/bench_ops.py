@@ -1,8 +1,8 @@
 """Benchmark every op's implementations on the shared case table (llama_nb/ops/cases.py).
 
-    python bench/bench_ops.py [--op matmul] [--impl numba] [--threads 2] [--repeat 5]
+    python bench/bench_ops.py [--op linear] [--impl numba] [--threads 2] [--repeat 5]
 
-Prints ms (median and best), GB/s, GFLOP/s, and for matmul the fraction of the machine's plain-read
+Prints ms (median and best), GB/s, GFLOP/s, and for linear the fraction of the machine's plain-read
 bandwidth reached (measured in the same run). The logic lives in llama_nb.ops.benchmark.
 """
 

@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llama_nb.cli.bench import decode, load_transformer, prompt_ids
+from llama_nb.model.bench import decode, load_transformer, prompt_ids
 from llama_nb.io.checkpoint import load_model_files
 from llama_nb.io.pth_write import SHAPES, ensure_shape_model
 from llama_nb.ops.reference import bf16_to_f32_np
@@ -314,7 +314,7 @@ def main(argv=None) -> int:
     parser.add_argument("-n", "--n-gen", type=int, default=64)
     parser.add_argument("-r", "--rounds", type=int, default=5)
     parser.add_argument("-t", "--threads", type=int, default=2)
-    parser.add_argument("--impl", default=None, help="llama_nb kernel spec, e.g. matmul_bf16=numba_fma")
+    parser.add_argument("--impl", default=None, help="llama_nb kernel spec, e.g. linear=numba_fma")
     parser.add_argument("--precision", choices=("bf16", "float32"), default="bf16", help="llama_nb's precision")
     args = parser.parse_args(argv)
 

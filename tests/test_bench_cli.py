@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 
 import llama_nb
 from llama_nb.cli import app
-from llama_nb.cli.bench import decode, load_transformer, parse_counts
+from llama_nb.cli.bench import parse_counts
+from llama_nb.model.bench import decode, load_transformer
 from llama_nb.errors import LlamaNbError
 from llama_nb.io import pth_write
 from llama_nb.io.params import ModelArgs

@@ -1,6 +1,7 @@
-"""Every registered implementation of every op against the NumPy reference, on the shared case
-table (llama_nb/ops/cases.py, also used by bench/bench_ops.py); the references themselves against
-torch / Meta's RMSNorm; the declared argument checks; in-place aliasing."""
+"""Every registered implementation of every op, for every weight format and activation type,
+against the NumPy reference on the op's declared cases (llama_nb/ops/specs.py, also benchmarked by
+bench/bench_ops.py); the references themselves against torch / Meta's RMSNorm; the derived
+argument checks; in-place aliasing."""
 
 import numba
 import numpy as np
@@ -11,36 +12,52 @@ from llama_models.llama3.model import RMSNorm, repeat_kv
 
 import llama_nb.ops  # noqa: F401  (registers every op)
 from llama_nb.errors import LlamaNbError
+from llama_nb.formats import BF16, Weight, as_weight, formats, get_format
 from llama_nb.ops import registry
-from llama_nb.ops.cases import CASES, TOL, assert_matches, call, make_inputs, ci_cases
+from llama_nb.ops.cases import assert_matches, call, ci_cases, make_inputs
+from llama_nb.ops.jit import HAS_AVX512_BF16
 from llama_nb.ops.reference import bf16_to_f32_np, f32_to_bf16_np
-from llama_nb.ops.simd import HAS_AVX512_BF16
 
 registry.load_plugins()  # plugin implementations are tested too
-NON_REFERENCE = [(op, impl) for op in sorted(registry.impls) for impl in sorted(registry.impls[op]) if impl != "reference"]
+SLOTS = registry.slots()
 
 
-def test_every_declared_op_has_cases_a_tolerance_and_a_reference():
-    assert set(CASES) == set(TOL) == set(registry.ops)
-    for op in registry.ops:
-        assert "reference" in registry.impls[op] and len(registry.impls[op]) >= 2, op
+def _fmt(slot):
+    return get_format(slot[1]) if slot[1] is not None else None
 
 
-@pytest.mark.parametrize("op,impl", NON_REFERENCE)
-def test_matches_reference(op, impl, rng):
-    check = registry.ops[op].check
+def _get(slot, name):
+    return registry.get(slot[0], name, format=slot[1], act=slot[2])
+
+
+def test_every_slot_has_cases_a_reference_and_another_implementation():
+    for slot in SLOTS:
+        spec = registry.spec(slot[0])
+        assert spec.cases and "reference" in registry.impls[slot] and len(registry.impls[slot]) >= 2, slot
+    for fmt in formats:  # every format has every weight op, at every activation type
+        for op in ("linear", "embedding", "dequantize"):
+            acts = registry.ACTIVATIONS if registry.spec(op).activations else (None,)
+            assert all((op, fmt, act) in registry.impls for act in acts), (op, fmt)
+
+
+@pytest.mark.parametrize("slot", SLOTS, ids=[registry.slot_name(s) for s in SLOTS])
+def test_every_implementation_matches_the_reference(slot, rng):
+    op = slot[0]
+    check = registry.spec(op).check
+    impls = [name for name in sorted(registry.impls[slot]) if name != "reference"]
     for case in ci_cases(op):
-        args = make_inputs(op, case, rng)
+        args = make_inputs(op, case, rng, _fmt(slot))
         check(*args)  # the input makers produce what the contract allows
-        want = call(registry.get(op, "reference"), args)
-        got = call(registry.get(op, impl), args)
-        assert_matches(op, got, want, f"{op}[{impl}] case={case}")
+        want = call(op, _get(slot, "reference"), args)
+        for impl in impls:
+            got = call(op, _get(slot, impl), args)
+            assert_matches(op, got, want, f"{registry.slot_name(slot)}[{impl}] case={case}")
 
 
 def test_real_8b_shapes_are_tested_not_only_benchmarked():
     for case in [(1, 4096, 4096), (1, 4096, 14336), (1, 14336, 4096), (8, 4096, 128256)]:
-        assert case in ci_cases("matmul") and case in ci_cases("matmul_bf16")
-    assert (1, 32, 8, 128, 1024, 700) in ci_cases("attention")
+        assert dict(zip("TKN", case)) in ci_cases("linear")
+    assert dict(T=1, H=32, KVH=8, Dh=128, S=1024, start_pos=700) in ci_cases("attention")
 
 
 # --------------------------------------------------------------- the references against torch
@@ -50,38 +67,47 @@ def _t(a):
     return torch.from_numpy(np.ascontiguousarray(a))
 
 
+def _tol(op):
+    return registry.spec(op).tol
+
+
 def test_reference_rmsnorm_matches_metas_rmsnorm(rng):
-    out, x, weight, eps = make_inputs("rmsnorm", (5, 4097), rng)
+    out, x, weight, eps = make_inputs("rmsnorm", dict(T=5, D=4097), rng)
     meta = RMSNorm(x.shape[1], eps=eps)
     with torch.no_grad():
-        meta.weight.copy_(_t(bf16_to_f32_np(weight)))
+        meta.weight.copy_(_t(weight))
         want = meta(_t(x)).numpy()
     registry.get("rmsnorm", "reference")(out, x, weight, eps)
-    np.testing.assert_allclose(out, want, **TOL["rmsnorm"])
+    np.testing.assert_allclose(out, want, **_tol("rmsnorm"))
 
 
-def test_reference_matmul_softmax_silu_embedding_argmax_match_torch(rng):
-    out, x, w = make_inputs("matmul", (3, 4097, 33), rng)
-    registry.get("matmul", "reference")(out, x, w)
-    np.testing.assert_allclose(out, F.linear(_t(x), _t(bf16_to_f32_np(w))).numpy(), **TOL["matmul"])
-    registry.get("matmul_bf16", "reference")(out, x, w)  # torch rounds x to bf16 itself here
-    x_bf16 = _t(x).to(torch.bfloat16).float()
-    np.testing.assert_allclose(out, F.linear(x_bf16, _t(bf16_to_f32_np(w))).numpy(), **TOL["matmul_bf16"])
+def test_reference_linear_softmax_silu_embedding_argmax_match_torch(rng):
+    out, x, w, xq = make_inputs("linear", dict(T=3, K=4097, N=33), rng)
+    w_f32 = _t(bf16_to_f32_np(w.data))
+    registry.get("linear", "reference", format="bf16", act="float32")(out, x, w, xq)
+    np.testing.assert_allclose(out, F.linear(_t(x), w_f32).numpy(), **_tol("linear"))
+    registry.get("linear", "reference", format="bf16", act="bf16")(out, x, w, xq)  # torch rounds x itself here
+    np.testing.assert_allclose(out, F.linear(_t(x).to(torch.bfloat16).float(), w_f32).numpy(), **_tol("linear"))
+    for fmt, torch_dtype in (("f16", torch.float16), ("f32", torch.float32)):  # the other formats' decoding
+        wf = get_format(fmt).quantize(bf16_to_f32_np(w.data))
+        registry.get("linear", "reference", format=fmt, act="float32")(out, x, wf, xq)
+        want = F.linear(_t(x), w_f32.to(torch_dtype).float()).numpy()
+        np.testing.assert_allclose(out, want, **_tol("linear"))
 
-    out, x = make_inputs("softmax", (32, 1025), rng)
+    out, x = make_inputs("softmax", dict(R=32, C=1025), rng)
     registry.get("softmax", "reference")(out, x)
-    np.testing.assert_allclose(out, torch.softmax(_t(x), dim=-1).numpy(), **TOL["softmax"])
+    np.testing.assert_allclose(out, torch.softmax(_t(x), dim=-1).numpy(), **_tol("softmax"))
 
-    out, a, b = make_inputs("silu", (4, 8192), rng)
+    out, a, b = make_inputs("silu", dict(T=4, F=8192), rng)
     registry.get("silu", "reference")(out, a, b)
-    np.testing.assert_allclose(out, (F.silu(_t(a)) * _t(b)).numpy(), **TOL["silu"])
+    np.testing.assert_allclose(out, (F.silu(_t(a)) * _t(b)).numpy(), **_tol("silu"))
 
-    out, table, tokens = make_inputs("embedding", (5, 37, 33), rng)
-    registry.get("embedding", "reference")(out, table, tokens)
-    want = F.embedding(_t(tokens), _t(table.view(np.int16)).view(torch.bfloat16)).float().numpy()
+    out, table, tokens = make_inputs("embedding", dict(T=5, V=37, D=33), rng)
+    registry.get("embedding", "reference", format="bf16")(out, table, tokens)
+    want = F.embedding(_t(tokens), _t(table.data.view(np.int16)).view(torch.bfloat16)).float().numpy()
     np.testing.assert_array_equal(out, want)
 
-    for case in CASES["argmax"]:
+    for case in ci_cases("argmax"):
         (x,) = make_inputs("argmax", case, rng)
         assert registry.get("argmax", "reference")(x) == torch.argmax(_t(x)).item(), case
 
@@ -90,75 +116,96 @@ def test_reference_attention_matches_metas_attention_math(rng):
     # Meta's Attention.forward after the cache update: repeat_kv, scores / sqrt(Dh) + causal mask
     # (built as in Transformer.forward for chunked prefill), softmax in float32, @ values.
     for case in [(5, 32, 8, 128, 128, 37), (3, 4, 1, 16, 32, 9), (1, 4, 2, 8, 16, 5)]:
-        out, q, k_cache, v_cache, start_pos = make_inputs("attention", case, rng)
+        dims = dict(zip(("T", "H", "KVH", "Dh", "S", "start_pos"), case))
+        out, q, k, v, k_cache, v_cache, start_pos, blocks, rows = make_inputs("attention", dims, rng)
         n_tokens, n_heads, n_kv, head_dim, _, _ = case
         n_ctx = start_pos + n_tokens
+        k_cache, v_cache = k_cache.copy(), v_cache.copy()
+        registry.get("attention", "reference")(out, q, k, v, k_cache, v_cache, start_pos, blocks, rows)
+        np.testing.assert_array_equal(k_cache[:, start_pos:n_ctx], k.transpose(1, 0, 2))  # appended
+        np.testing.assert_array_equal(v_cache[:, start_pos:n_ctx], v.transpose(1, 0, 2))
         keys = repeat_kv(_t(k_cache[:, :n_ctx]).transpose(0, 1)[None], n_heads // n_kv).transpose(1, 2)
         values = repeat_kv(_t(v_cache[:, :n_ctx]).transpose(0, 1)[None], n_heads // n_kv).transpose(1, 2)
         xq = _t(q)[None].transpose(1, 2)  # [1, H, T, Dh]
         mask = torch.hstack([torch.zeros(n_tokens, start_pos), torch.triu(torch.full((n_tokens, n_tokens), float("-inf")), 1)])
         scores = torch.matmul(xq, keys.transpose(2, 3)) / np.sqrt(head_dim) + mask
         want = torch.matmul(F.softmax(scores.float(), dim=-1), values).transpose(1, 2)[0].numpy()
-        registry.get("attention", "reference")(out, q, k_cache, v_cache, start_pos)
-        np.testing.assert_allclose(out, want, **TOL["attention"], err_msg=str(case))
+        np.testing.assert_allclose(out, want, **_tol("attention"), err_msg=str(case))
 
 
 # ---------------------------------------------------------------------- checks and aliasing
+
+_F = np.float32
+
+
+def _w(n, k, dtype=np.uint16):
+    return as_weight(np.zeros((n, k), dtype), BF16)
+
+
+def _attention_args(T, H, KVH, Dh, S, start_pos):
+    z = lambda *shape: np.zeros(shape, _F)  # noqa: E731
+    return (z(T, H, Dh), z(T, H, Dh), z(T, KVH, Dh), z(T, KVH, Dh), z(KVH, S, Dh), z(KVH, S, Dh), start_pos,
+            z(KVH, (S + 15) // 16, Dh, 16), z(numba.config.NUMBA_NUM_THREADS, 2, 4, max((S + 15) // 16 * 16, Dh)))
 
 
 @pytest.mark.parametrize(
     "op,args,message",
     [
-        ("matmul", (np.zeros((1, 8), np.float32), np.zeros((1, 4), np.float64), np.zeros((8, 4), np.uint16)), "x must be float32"),
-        ("matmul", (np.zeros((1, 8), np.float32), np.zeros((1, 5), np.float32), np.zeros((8, 4), np.uint16)), r"x\(1, 5\)"),
-        ("rmsnorm", (np.zeros((2, 4), np.float32), np.zeros((2, 4), np.float32), np.zeros(4, np.float32), 1e-5), "weight must be uint16"),
-        ("rmsnorm", (np.zeros((2, 4), np.float32), np.zeros((2, 4), np.float32), np.zeros(5, np.uint16), 1e-5), r"weight\(5,\)"),
-        ("attention", (np.zeros((1, 6, 8), np.float32),) * 2 + (np.zeros((4, 16, 8), np.float32),) * 2 + (0,), "H % KVH"),
-        ("attention", (np.zeros((2, 4, 8), np.float32),) * 2 + (np.zeros((2, 16, 8), np.float32),) * 2 + (15,), "beyond the cache"),
-        ("rope", (np.zeros((2, 4, 8), np.float32), np.zeros((16, 4), np.float32), np.zeros((16, 4), np.float32), 15), "beyond the table"),
-        ("embedding", (np.zeros((1, 4), np.float32), np.zeros((10, 4), np.uint16), np.array([10])), r"\[0, 10\)"),
-        ("softmax", (np.zeros((2, 4), np.float32), np.zeros((2, 3), np.float32)), "shapes must agree"),
-        ("silu", (np.zeros((2, 4), np.float32), np.zeros((2, 4), np.float32)[:, ::2], np.zeros((2, 2), np.float32)), "C-contiguous"),
+        ("linear", (np.zeros((1, 8), _F), np.zeros((1, 4), np.float64), _w(8, 4), np.zeros(64, np.uint8)), "x must be float32"),
+        ("linear", (np.zeros((1, 8), _F), np.zeros((1, 5), _F), _w(8, 4), np.zeros(64, np.uint8)), r"K is 5 elsewhere but 4 in w"),
+        ("linear", (np.zeros((1, 8), _F), np.zeros((1, 4), _F), np.zeros((8, 4), np.uint16), np.zeros(64, np.uint8)), "must be a Weight"),
+        ("linear", (np.zeros((2, 8), _F), np.zeros((2, 4), _F), _w(8, 4), np.zeros(8, np.uint8)), r"xq's dimension T \* K \* 4 should be 32"),
+        ("rmsnorm", (np.zeros((2, 4), _F), np.zeros((2, 4), _F), np.zeros(4, np.uint16), 1e-5), "weight must be float32"),
+        ("rmsnorm", (np.zeros((2, 4), _F), np.zeros((2, 4), _F), np.zeros(5, _F), 1e-5), r"D is 4 elsewhere but 5 in weight"),
+        ("rmsnorm", (np.zeros((2, 4), _F), np.zeros((2, 4), _F), np.zeros(4, _F), 0.0), "eps must be > 0"),
+        ("attention", _attention_args(1, 6, 4, 8, 16, 0), "H % KVH"),
+        ("attention", _attention_args(2, 4, 2, 8, 16, 15), r"start_pos \+ T <= S"),
+        ("rope", (np.zeros((2, 4, 8), _F), np.zeros((16, 4), _F), np.zeros((16, 4), _F), 15), r"start_pos \+ T <= P"),
+        ("rope", (np.zeros((2, 4, 8), _F), np.zeros((16, 3), _F), np.zeros((16, 3), _F), 0), r"cos's dimension Dh // 2 should be 4"),
+        ("embedding", (np.zeros((1, 4), _F), _w(10, 4), np.array([10])), r"\[0, 10\)"),
+        ("softmax", (np.zeros((2, 4), _F), np.zeros((2, 3), _F)), "C is 4 elsewhere but 3 in x"),
+        ("silu", (np.zeros((2, 4), _F), np.zeros((2, 4), _F)[:, ::2], np.zeros((2, 2), _F)), "C-contiguous"),
+        ("argmax", (np.zeros(0, _F),), "need N >= 1"),
     ],
 )
 def test_declared_check_rejects_bad_arguments(op, args, message):
     with pytest.raises(LlamaNbError, match=message):
-        registry.ops[op].check(*args)
+        registry.spec(op).check(*args)
 
 
-def test_matmul_check_rejects_out_aliasing_x():
+def test_linear_check_rejects_out_aliasing_x():
     buf = np.zeros((1, 8), np.float32)
     with pytest.raises(LlamaNbError, match="alias"):
-        registry.ops["matmul"].check(buf, buf, np.zeros((8, 8), np.uint16))
+        registry.spec("linear").check(buf, buf, _w(8, 8), np.zeros(64, np.uint8))
 
 
-@pytest.mark.parametrize("impl", sorted(registry.impls["rmsnorm"]))
+@pytest.mark.parametrize("impl", sorted(registry.impls[("rmsnorm", None, None)]))
 def test_rmsnorm_in_place(impl, rng):
-    out, x, weight, eps = make_inputs("rmsnorm", (3, 4097), rng)
-    want = call(registry.get("rmsnorm", "reference"), (out, x, weight, eps))
+    out, x, weight, eps = make_inputs("rmsnorm", dict(T=3, D=4097), rng)
+    want = call("rmsnorm", registry.get("rmsnorm", "reference"), (out, x, weight, eps))
     registry.get("rmsnorm", impl)(x, x, weight, eps)
-    assert_matches("rmsnorm", x, want, f"rmsnorm[{impl}] out is x")
+    assert_matches("rmsnorm", (x,), want, f"rmsnorm[{impl}] out is x")
 
 
-@pytest.mark.parametrize("impl", sorted(registry.impls["softmax"]))
+@pytest.mark.parametrize("impl", sorted(registry.impls[("softmax", None, None)]))
 def test_softmax_in_place(impl, rng):
-    out, x = make_inputs("softmax", (32, 1025), rng)
-    want = call(registry.get("softmax", "reference"), (out, x))
+    out, x = make_inputs("softmax", dict(R=32, C=1025), rng)
+    want = call("softmax", registry.get("softmax", "reference"), (out, x))
     registry.get("softmax", impl)(x, x)
-    assert_matches("softmax", x, want, f"softmax[{impl}] out is x")
+    assert_matches("softmax", (x,), want, f"softmax[{impl}] out is x")
 
 
-@pytest.mark.parametrize("impl", sorted(registry.impls["silu"]))
+@pytest.mark.parametrize("impl", sorted(registry.impls[("silu", None, None)]))
 @pytest.mark.parametrize("alias", ["a", "b"])
 def test_silu_in_place(impl, alias, rng):
-    out, a, b = make_inputs("silu", (4, 8192), rng)
-    want = call(registry.get("silu", "reference"), (out, a, b))
+    out, a, b = make_inputs("silu", dict(T=4, F=8192), rng)
+    want = call("silu", registry.get("silu", "reference"), (out, a, b))
     target = a if alias == "a" else b
     registry.get("silu", impl)(target, a, b)
-    assert_matches("silu", target, want, f"silu[{impl}] out is {alias}")
+    assert_matches("silu", (target,), want, f"silu[{impl}] out is {alias}")
 
 
-@pytest.mark.parametrize("impl", sorted(registry.impls["silu"]))
+@pytest.mark.parametrize("impl", sorted(registry.impls[("silu", None, None)]))
 def test_silu_of_large_negative_inputs_warns_nothing_and_is_finite(impl):
     a = np.array([[-1e4, -3e38, -88.7, -104.0, 0.0, 3e38]], np.float32)
     out = np.empty_like(a)
@@ -167,7 +214,7 @@ def test_silu_of_large_negative_inputs_warns_nothing_and_is_finite(impl):
     assert np.isfinite(out).all() and (out[0, :5] <= 0).all() and out[0, 5] == np.float32(3e38)
 
 
-@pytest.mark.parametrize("impl", sorted(registry.impls["argmax"]))
+@pytest.mark.parametrize("impl", sorted(registry.impls[("argmax", None, None)]))
 def test_argmax_first_of_ties_and_first_nan(impl):
     argmax = registry.get("argmax", impl)
     x = np.zeros(40000, np.float32)
@@ -178,9 +225,8 @@ def test_argmax_first_of_ties_and_first_nan(impl):
     assert isinstance(argmax(x), int)
 
 
-@pytest.mark.parametrize("impl", sorted(registry.impls["argmax"]))
-def test_argmax_edge_values_like_numpy(impl, rng):
-    # The kernel's fast path (vector max) hands over to integer keys when x holds NaN or +-inf,
+@pytest.mark.parametrize("impl", sorted(registry.impls[("argmax", None, None)]))
+def test_argmax_edge_values_like_numpy(impl, rng):    # The kernel's fast path (vector max) hands over to integer keys when x holds NaN or +-inf,
     # and treats the last n % 64 elements apart: put each special value in each region.
     argmax = registry.get("argmax", impl)
     for n in (1, 63, 64, 130, 1000):
@@ -216,80 +262,111 @@ def test_fastexp_is_within_an_ulp_of_exp():
     np.testing.assert_array_equal(out[:6], [0.0, np.nan, 1.0, 0.0, 0.0, 0.0])
 
 
-MATMULS = [(op, impl) for op in ("matmul", "matmul_bf16") for impl in sorted(registry.impls[op])]
+LINEARS = [(slot, name) for slot in registry.slots("linear") for name in sorted(registry.impls[slot])]
+_IDS = [f"{registry.slot_name(s)}-{i}" for s, i in LINEARS]
 
 
-@pytest.mark.parametrize("op,impl", MATMULS)
-def test_matmul_with_no_tokens_writes_nothing(op, impl):
+def _linear_args(slot, case, rng):
+    return make_inputs("linear", dict(zip("TKN", case)), rng, _fmt(slot))
+
+
+@pytest.mark.parametrize("slot,impl", LINEARS, ids=_IDS)
+def test_linear_with_no_tokens_writes_nothing(slot, impl):
     out = np.zeros((0, 3), np.float32)
-    registry.get(op, impl)(out, np.zeros((0, 4), np.float32), np.zeros((3, 4), np.uint16))
+    _get(slot, impl)(out, np.zeros((0, 4), np.float32), _fmt(slot).quantize(np.zeros((3, 4), np.float32)), np.zeros(0, np.uint8))
 
 
-@pytest.mark.parametrize("op,impl", [(op, impl) for op, impl in MATMULS if impl != "reference"])
+@pytest.mark.parametrize("slot,impl", [(s, i) for s, i in LINEARS if i != "reference"], ids=[i for i in _IDS if not i.endswith("reference")])
 @pytest.mark.parametrize("case", [(1, 127, 61), (5, 255, 129), (3, 4097, 33), (17, 1100, 71)])
-def test_matmul_result_does_not_depend_on_the_thread_count(op, impl, case, rng):
+def test_linear_result_does_not_depend_on_the_thread_count(slot, impl, case, rng):
     # Each output element is one thread's dot product over the whole of K (never split across
     # threads), so 1 and 2 threads must agree bit for bit.
-    args = make_inputs(op, case, rng)
+    args = _linear_args(slot, case, rng)
     before = numba.get_num_threads()
     try:
         numba.set_num_threads(1)
-        one = call(registry.get(op, impl), args)
+        one = call("linear", _get(slot, impl), args)
         numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
-        two = call(registry.get(op, impl), args)
+        two = call("linear", _get(slot, impl), args)
     finally:
         numba.set_num_threads(before)
-    np.testing.assert_array_equal(one, two)
+    np.testing.assert_array_equal(one[0], two[0])
 
 
 def test_the_bf16dot_kernel_is_registered_exactly_where_the_cpu_has_it():
-    assert ("numba_bf16dot" in registry.impls["matmul_bf16"]) == HAS_AVX512_BF16
+    assert ("numba_bf16dot" in registry.impls[("linear", "bf16", "bf16")]) == HAS_AVX512_BF16
 
 
 @pytest.mark.parametrize("case", [(1, 4096, 300), (5, 255, 129), (17, 1100, 71)])
-def test_default_matmul_bf16_is_the_fastest_kernel_the_cpu_has(case, rng):
-    args = make_inputs("matmul_bf16", case, rng)
-    want = call(registry.get("matmul_bf16", "numba_bf16dot" if HAS_AVX512_BF16 else "numba_fma"), args)
-    np.testing.assert_array_equal(call(registry.get("matmul_bf16", "numba"), args), want)
+def test_default_bf16_linear_is_the_fastest_kernel_the_cpu_has(case, rng):
+    slot = ("linear", "bf16", "bf16")
+    args = _linear_args(slot, case, rng)
+    want = call("linear", _get(slot, "numba_bf16dot" if HAS_AVX512_BF16 else "numba_fma"), args)
+    np.testing.assert_array_equal(call("linear", _get(slot, "numba"), args)[0], want[0])
 
 
-@pytest.mark.parametrize("impl", sorted(registry.impls["matmul_bf16"]))
-def test_matmul_bf16_really_rounds_x(impl):
+@pytest.mark.parametrize("slot,impl", [(s, i) for s, i in LINEARS if s[2] == "bf16"], ids=[i for s, i in zip([s for s, _ in LINEARS], _IDS) if s[2] == "bf16"])
+def test_bf16_activations_really_round_x(slot, impl):
     # 1 + 2^-12 has bits below bf16's 8: it rounds to 1.0, so the sums are exactly 64.
     x = np.full((2, 64), 1.0 + 2.0**-12, np.float32)
-    w = np.full((3, 64), 0x3F80, np.uint16)  # bf16 1.0
-    got = call(registry.get("matmul_bf16", impl), (np.empty((2, 3), np.float32), x, w))
+    w = _fmt(slot).quantize(np.ones((3, 64), np.float32))
+    xq = np.zeros(2 * 64 * 4, np.uint8)
+    got = call("linear", _get(slot, impl), (np.empty((2, 3), np.float32), x, w, xq))[0]
     np.testing.assert_array_equal(got, np.full((2, 3), 64.0, np.float32))
-    got = call(registry.get("matmul_bf16", impl), (np.empty((1, 3), np.float32), x[:1], w))  # decode too
+    got = call("linear", _get(slot, impl), (np.empty((1, 3), np.float32), x[:1], w, xq))[0]  # decode too
     np.testing.assert_array_equal(got, np.full((1, 3), 64.0, np.float32))
 
 
 @pytest.mark.parametrize("case", [(3, 4, 5), (17, 1100, 71), (2, 4096, 1000), (1, 14336, 64)])
-def test_matmul_bf16_stays_within_its_stated_bound_of_matmul(case, rng):
+def test_bf16_activations_stay_within_their_stated_bound_of_float32(case, rng):
     # specs.py: rounding x to bf16 moves each output by at most 2^-8 * sum_k |x[k] w[n,k]|.
-    out, x, w = make_inputs("matmul", case, rng)
-    exact = call(registry.get("matmul", "reference"), (out, x, w))
-    rounded = call(registry.get("matmul_bf16", "numba"), (out, x, w))
-    abs_products = np.abs(x).astype(np.float64) @ np.abs(bf16_to_f32_np(w)).astype(np.float64).T
-    excess = np.abs(rounded.astype(np.float64) - exact) - (2.0**-8 * abs_products + TOL["matmul"]["atol"])
+    out, x, w, xq = args = _linear_args(("linear", "bf16", None), case, rng)
+    exact = call("linear", registry.get("linear", "reference", format="bf16", act="float32"), args)[0]
+    rounded = call("linear", registry.get("linear", "numba", format="bf16", act="bf16"), args)[0]
+    abs_products = np.abs(x).astype(np.float64) @ np.abs(bf16_to_f32_np(w.data)).astype(np.float64).T
+    excess = np.abs(rounded.astype(np.float64) - exact) - (2.0**-8 * abs_products + _tol("linear")["atol"])
     assert (excess <= 0).all()
     assert not np.array_equal(rounded, exact)  # and it did round something
 
 
-def test_default_matmul_keeps_float32_activations(rng):
-    # Meta's model multiplies float32 activations; the default must match it to float32 accuracy
-    # at T > 1 too, whatever kernel the CPU selects.
-    args = make_inputs("matmul", (6, 1100, 40), rng)
-    want = call(registry.get("matmul", "reference"), args)
-    np.testing.assert_allclose(call(registry.get("matmul"), args), want, rtol=1e-5, atol=2e-5)
+def test_float32_activations_keep_metas_numerics(rng):
+    # Meta's model multiplies float32 activations; the float32 kernels must match it to float32
+    # accuracy at T > 1 too, whatever kernel the CPU selects.
+    args = _linear_args(("linear", "bf16", None), (6, 1100, 40), rng)
+    want = call("linear", registry.get("linear", "reference", format="bf16", act="float32"), args)[0]
+    got = call("linear", registry.get("linear", format="bf16", act="float32"), args)[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-5)
 
 
-def test_benchmark_runs_the_same_table_and_rejects_unknown_names():
+def test_weight_rows_are_views_and_slice_the_product(rng):
+    # A shard of output rows (tensor parallelism): no copy, and its product is those rows' outputs.
+    out, x, w, xq = _linear_args(("linear", "bf16", None), (3, 64, 40), rng)
+    shard = w.rows(8, 24)
+    assert shard.shape == (16, 64) and np.shares_memory(shard.data, w.data)
+    full = call("linear", registry.get("linear", format="bf16", act="float32"), (out, x, w, xq))[0]
+    part = call("linear", registry.get("linear", format="bf16", act="float32"), (out[:, :16], x, shard, xq))[0]
+    np.testing.assert_array_equal(part, full[:, 8:24])
+    with pytest.raises(LlamaNbError, match="outside a weight of 40 rows"):
+        w.rows(30, 41)
+
+
+def test_formats_hold_their_values_and_refuse_wrong_storage(rng):
+    values = bf16_to_f32_np(f32_to_bf16_np(rng.standard_normal((4, 32)).astype(np.float32)))
+    for fmt in formats.values():
+        w = fmt.quantize(values)
+        assert w.shape == (4, 32) and w.data.dtype == fmt.dtype and w.nbytes == 4 * 32 * fmt.bytes_per_weight()
+        np.testing.assert_array_equal(w.dequantize(), values)  # bf16-exact values: every format holds them
+    with pytest.raises(LlamaNbError, match="needs data uint16"):
+        Weight(BF16, (4, 32), np.zeros((4, 32), np.float32))
+
+
+def test_benchmark_runs_the_declared_cases_and_rejects_unknown_names():
     from llama_nb.ops import benchmark
 
     seen = []
     result = benchmark.run(ops=["silu"], repeat=1, read_bytes=1 << 20, progress=lambda r, row: seen.append(row))
-    assert [(r.impl, r.case) for r in result.rows] == [(i, c) for c in CASES["silu"] for i in sorted(registry.impls["silu"])]
+    impls = sorted(registry.impls[("silu", None, None)])
+    assert [(r.impl, r.case) for r in result.rows] == [(i, c) for c in ci_cases("silu") for i in impls]
     assert seen == result.rows and result.read_gbps > 0 and all(r.ms > 0 for r in result.rows)
     assert "silu" in benchmark.format_table(result)
     with pytest.raises(LlamaNbError, match="--op 'silly'"):

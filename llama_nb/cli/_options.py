@@ -32,14 +32,14 @@ ImplOpt = Annotated[
     Optional[str],
     typer.Option(
         "--impl",
-        help="Kernel choice per op, e.g. 'matmul=reference,rope=numba' or 'reference' for all "
+        help="Kernel choice per op, e.g. 'linear=reference,rope=numba' or 'reference' for all "
         "[default: $LLAMA_NB_IMPL, else each op's default]. See `llama-nb ops`.",
         show_default=False,
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object and nothing else.")]
 def _precision(value: str) -> str:
-    from llama_nb.model.transformer import PRECISIONS
+    from llama_nb.ops.opset import PRECISIONS
 
     if value not in PRECISIONS:
         raise typer.BadParameter(f"must be {' or '.join(PRECISIONS)}, got {value!r}")

@@ -22,7 +22,7 @@ class RunReport:
 
     model: str
     impl: str  # the full spec, e.g. "argmax=numba,...,softmax=numba"
-    impl_short: str  # "defaults" or "defaults + matmul=reference"
+    impl_short: str  # "defaults" or "defaults + linear[bf16]=reference"
     precision: str  # "bf16" or "float32" (llama_nb/model/transformer.py)
     threads: int
     load_seconds: float

@@ -14,7 +14,7 @@ format of Meta's checkpoints) unless `formats` says otherwise.
 
 The same run measures the plain-read bandwidth of this machine: a Numba kernel summing a 512 MB
 uint16 array (larger than any cache), parallel over rows like the matvec. A matvec reads each weight
-once, so that bandwidth is its ceiling, and each matmul row shows the fraction of it reached.
+once, so that bandwidth is its ceiling, and each linear row shows the fraction of it reached.
 To measure memory and not the L3 cache, weights smaller than 256 MB are replicated and the timed
 calls rotate through the copies, as a forward pass reads each layer's weights once per token.
 """

@@ -13,16 +13,16 @@ import numpy as np
 
 from llama_nb.formats import bf16_to_f32_np, f32_to_bf16_np
 
-_POOL = 4_194_301  # a prime: a huge weight is a tiled pool, and no two rows start alike
+POOL = 4_194_301  # a prime: a huge weight is a tiled pool, and no two rows start alike
 
 
 def weight_values(rng: np.random.Generator, shape: tuple, dims=None, std: float = 0.02) -> np.ndarray:
     """float32 values exact in bf16, ~ N(0, std) like trained weights, plus a few extremes
     (+-4, +-1, 0, -0, a bf16 subnormal)."""
     size = int(np.prod(shape))
-    values = rng.standard_normal(min(size, _POOL), dtype=np.float32) * np.float32(std)
+    values = rng.standard_normal(min(size, POOL), dtype=np.float32) * np.float32(std)
     bits = f32_to_bf16_np(values)
-    if size > _POOL:  # drawing 500M normals would take a minute; a tiled pool costs a memcpy
+    if size > POOL:  # drawing 500M normals would take a minute; a tiled pool costs a memcpy
         bits = np.resize(bits, size)
     extremes = f32_to_bf16_np(np.array([4.0, -4.0, 1.0, -1.0, 0.0, -0.0, 1e-39, -3e-3], np.float32))
     where = rng.integers(0, size, size=min(size, 64))

@@ -249,12 +249,18 @@ def _default_values(rng: np.random.Generator, shape: tuple, dtype: np.dtype) -> 
 
 
 def _make_weight(arg: Arg, shape: tuple, dims, rng, fmt: WeightFormat, writeable: bool) -> Weight:
-    from llama_nb.ops.inputs import weight_values
+    from llama_nb.ops.inputs import POOL, weight_values
 
     n, k = shape
-    values = arg.values(rng, shape, dims) if (rng is not None and arg.values is not None) else (
-        weight_values(rng, shape) if rng is not None else np.ones(shape, np.float32))
-    weight = fmt.quantize(values)
+    if rng is not None and arg.values is None and n * k > POOL and fmt.block == 1 and not fmt.has_scales:
+        # a huge plain weight: a pool of values made in the format, tiled (drawing and converting
+        # 500M values would take a minute and 4 GB; a tiled pool costs a memcpy)
+        pool = fmt.quantize(weight_values(rng, (1, POOL)))
+        weight = Weight(fmt, shape, np.resize(pool.data, fmt.data_shape(n, k)))
+    else:
+        values = arg.values(rng, shape, dims) if (rng is not None and arg.values is not None) else (
+            weight_values(rng, shape) if rng is not None else np.ones(shape, np.float32))
+        weight = fmt.quantize(values)
     if not writeable:
         weight.data.flags.writeable = False
     return weight

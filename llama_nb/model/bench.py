@@ -1,0 +1,172 @@
+"""Whole forward passes of a model, timed llama-bench style (the library of `llama-nb bench model`
+and bench/compare.py). It follows llama-bench's conventions:
+    ppN   prefill of N token ids at positions 0..N-1 in one batched pass; tokens/s = N / seconds
+    tgN   N decode passes of one token each at positions 0..N-1, each feeding back the greedy
+          argmax of the previous logits (argmax included: ~0.1 ms of a 25+ ms pass); tokens/s =
+          N / seconds
+Each test runs `-r` times after an untimed, shortened warm-up run (at most 32 tokens, as
+llama-bench shortens its warm-up prompt); the KV cache starts empty each time
+(positions restart at 0). Token ids are fixed pseudo-random ids, so no tokenizer is needed and
+tokenization and sampling are excluded. Loading (reading the weights into memory), the JIT
+compile and the first pass are excluded and reported separately. Results are mean ± standard
+deviation over the repetitions.
+
+Decode is memory-bound: each pass streams every weight matrix once. So tg is also shown as GB/s
+of weights streamed, and as a fraction of the plain-read bandwidth measured just before each
+repetition (ops.benchmark.read_bandwidth): the host's bandwidth changes from one minute to the
+next, so only numbers from the same run are compared.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from llama_nb.io.checkpoint import load_model_files
+from llama_nb.model.load import build_transformer, opset_for
+from llama_nb.model.transformer import check_threads
+
+
+def load_transformer(folder: Path, impl=None, *, ctx: int, max_batch: int = 512, threads: int | None = None,
+                     precision: str | None = None, mmap: bool = False, weight_format: str | None = None):
+    """A Transformer over the folder's weights (read into memory, or mapped: see load_model); no
+    tokenizer needed (ids only). Its OpSet is untimed: no per-call overhead."""
+    ops = opset_for(impl, precision, timed=False)  # before reading anything
+    check_threads(threads)
+    files = load_model_files(folder, require_tokenizer=False)
+    return build_transformer(files, ops, ctx=ctx, max_batch=max_batch, mmap=mmap, threads=threads,
+                             weight_format=weight_format)
+
+
+def prompt_ids(n: int, vocab_size: int, seed: int = 0):
+    """n fixed pseudo-random token ids (below 128000: Llama 3's ordinary, non-special tokens)."""
+    import numpy as np
+
+    return np.random.default_rng(seed).integers(0, min(vocab_size, 128000), size=n).astype(np.int64)
+
+
+def decode(model, first_token: int, n: int, start_pos: int = 0) -> list[int]:
+    """n greedy decode passes: feed a token, take the argmax of its logits, feed that. Returns the
+    n argmax tokens (the next token after each pass)."""
+    argmax, out, token = model.ops.argmax, [], first_token
+    for i in range(n):
+        token = int(argmax(model.forward([token], start_pos + i)))
+        out.append(token)
+    return out
+
+
+@dataclass
+class TestResult:
+    name: str  # "pp128", "tg128"
+    n_prompt: int
+    n_gen: int
+    samples_ts: list[float]  # tokens/s of each repetition
+    read_gbps: list[float] = field(default_factory=list)  # plain-read bandwidth before each repetition
+    weights_gbps: list[float] = field(default_factory=list)  # tg only: decode bytes * tokens/s
+
+    @property
+    def avg_ts(self) -> float:
+        return mean(self.samples_ts)
+
+    @property
+    def stddev_ts(self) -> float:
+        return stddev(self.samples_ts)
+
+
+@dataclass
+class ModelBench:
+    model: str
+    shape: str | None
+    params: dict
+    threads: int
+    impl: dict
+    impl_short: str  # "defaults" or "defaults + rope=reference"
+    precision: str  # "bf16" or "float32": the activation type of every weight product
+    weights_in: str  # "memory" (read in, huge pages) or "mmap" (views of the mapped file)
+    load_seconds: float  # reading params, the checkpoint index and (weights_in "memory") the weights
+    compile_seconds: float  # JIT compile / cache load of every kernel (excluded)
+    warmup_seconds: float  # the untimed first runs (page the weights in; excluded)
+    weights_bytes: int  # every weight as loaded (Weights.nbytes)
+    decode_bytes: int  # what one decode pass streams
+    kv_cache_bytes: int
+    peak_rss_bytes: int = 0  # ru_maxrss after load, compile and warm-up (before the bandwidth probe)
+    tests: list[TestResult] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        for t, obj in zip(d["tests"], self.tests):
+            t.update(avg_ts=obj.avg_ts, stddev_ts=obj.stddev_ts)
+        return d
+
+
+def run_model_bench(folder: Path, prompts: list[int], gens: list[int], repetitions: int, *, impl=None,
+                    threads: int | None = None, max_batch: int = 512, shape: str | None = None,
+                    precision: str | None = None, mmap: bool = False, progress=None) -> ModelBench:
+    """Run ppN for N in prompts and tgN for N in gens, `repetitions` times each (see module doc)."""
+    from llama_nb.ops.benchmark import read_bandwidth
+
+    ctx = max(prompts + gens + [1])
+    t0 = time.perf_counter()
+    model = load_transformer(folder, impl, ctx=ctx, max_batch=max(1, min(max_batch, ctx)), threads=threads,
+                             precision=precision, mmap=mmap)
+    s = model.state
+    result = ModelBench(
+        model=str(folder), shape=shape, params=model.args.to_dict(), threads=model.threads,
+        impl=dict(model.ops.choice), impl_short=model.ops.describe_short(), precision=model.precision,
+        weights_in="mmap" if mmap else "memory", load_seconds=time.perf_counter() - t0,
+        compile_seconds=model.warmup(), warmup_seconds=0.0,
+        weights_bytes=model.weights.nbytes, decode_bytes=model.weights.decode_bytes,
+        kv_cache_bytes=s.cache_k.nbytes + s.cache_v.nbytes,
+    )
+    ids = prompt_ids(max(prompts + [1]), model.args.vocab_size)
+
+    def pp(n):
+        t0 = time.perf_counter()
+        model.forward(ids[:n], 0)
+        return n / (time.perf_counter() - t0)
+
+    def tg(n):
+        t0 = time.perf_counter()
+        decode(model, int(ids[0]), n)
+        return n / (time.perf_counter() - t0)
+
+    tests = [(f"pp{n}", n, 0, pp) for n in prompts] + [(f"tg{n}", 0, n, tg) for n in gens]
+    t0 = time.perf_counter()
+    for _name, n_prompt, n_gen, run in tests:  # llama-bench's warm-up run, shortened: same kernels, same pages
+        run(min(n_prompt or n_gen, 32))
+    result.warmup_seconds = time.perf_counter() - t0
+    # sampled before the first bandwidth probe, whose 0.5 GB scratch array would count in the peak;
+    # the timed runs allocate nothing (RunState and the KV cache were allocated with the model)
+    result.peak_rss_bytes = _peak_rss_bytes()
+    for name, n_prompt, n_gen, run in tests:
+        test = TestResult(name, n_prompt, n_gen, [])
+        for _ in range(repetitions):
+            test.read_gbps.append(read_bandwidth(repeat=3))
+            test.samples_ts.append(run(n_prompt or n_gen))
+            if n_gen:
+                test.weights_gbps.append(test.samples_ts[-1] * result.decode_bytes / 1e9)
+        result.tests.append(test)
+        if progress is not None:
+            progress(test)
+    return result
+
+
+def _peak_rss_bytes() -> int:
+    """Peak resident set of this process; ru_maxrss is KiB on Linux, bytes on macOS."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+def mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def stddev(xs: list[float]) -> float:
+    """Sample standard deviation (n - 1), as llama-bench reports; 0 for a single sample."""
+    if len(xs) < 2:
+        return 0.0
+    m = mean(xs)
+    return (sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5
