@@ -39,7 +39,7 @@ ImplOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object and nothing else.")]
 def _precision(value: str) -> str:
-    from llama_nb.model.transformer import PRECISIONS
+    from llama_nb.ops.opset import PRECISIONS
 
     if value not in PRECISIONS:
         raise typer.BadParameter(f"must be {' or '.join(PRECISIONS)}, got {value!r}")
