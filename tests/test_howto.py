@@ -250,6 +250,7 @@ def test_weight_format_runs_the_demo_model(tmp_path):
         from llama_nb.demo import demo_model_dir
         from llama_nb.formats import get_format
         from llama_nb.ops import registry
+        from llama_nb.ops.opset import OpSet
 
         registry.load_plugins()  # get_format is no registry lookup: it does not load plugins itself
         # the format: symmetric per-row rounding, error at most half a step (scales[n] / 2)
@@ -260,8 +261,8 @@ def test_weight_format_runs_the_demo_model(tmp_path):
         step_error = float((np.abs(w.dequantize() - x) / np.maximum(w.scales, 1e-30)[:, None]).max())
         absmax_code = int(np.abs(w.data).max(axis=1)[np.arange(9) != 4].min())
 
-        models = {f: llama_nb.load_model(demo_model_dir(), weight_format=f, precision="float32", ctx=128,
-                                         impl="linear[int8_row]=numba" if f else None) for f in ("int8_row", None)}
+        models = {f: llama_nb.load_model(demo_model_dir(), weight_format=f, precision="float32", ctx=128)
+                  for f in ("int8_row", None)}
         int8, bf16 = models["int8_row"], models[None]
         ids = bf16.tokenizer.encode("%s", bos=True, eos=False)
         logits = {f: np.stack([m.forward(ids[: i + 1], 0) for i in range(len(ids))]) for f, m in models.items()}
@@ -271,7 +272,10 @@ def test_weight_format_runs_the_demo_model(tmp_path):
             "step_error": step_error, "absmax_code": absmax_code, "zero_row": w.data[4].tolist() == [0] * 300,
             "formats": sorted(int8.model.weights.formats()), "w2": repr(layer),
             "repacked": bool(np.array_equal(layer.data, fmt.quantize(layer_bf16.dequantize()).data)),
-            "linear": int8.ops.slots[("linear", "int8_row", "float32")],
+            "linear": int8.ops.slots[("linear", "int8_row", "float32")],  # the plugin's default=True
+            "by_spec": OpSet.from_spec("linear[int8_row]=reference", precision="float32").slots[
+                ("linear", "int8_row", "float32")],
+            "at_bf16": OpSet.from_spec(precision="bf16").slots[("linear", "int8_row", "bf16")],
             "positions": len(ids),
             "top1": float((logits["int8_row"].argmax(1) == logits[None].argmax(1)).mean()),
             "max_diff": float(np.abs(logits["int8_row"] - logits[None]).max()),
@@ -281,7 +285,7 @@ def test_weight_format_runs_the_demo_model(tmp_path):
     assert result["step_error"] <= 0.5 + 1e-5 and result["absmax_code"] == 127 and result["zero_row"]
     assert result["formats"] == ["bf16", "int8_row"]  # the embedding table stays bf16
     assert result["w2"].startswith("Weight(int8_row, [256, ") and result["repacked"]
-    assert result["linear"] == "numba"
+    assert result["linear"] == "numba" and result["by_spec"] == "reference" and result["at_bf16"] == "reference"
     assert result["positions"] >= 12
     assert result["top1"] >= INT8_MIN_TOP1_AGREEMENT
     assert 0 < result["max_diff"] <= INT8_MAX_LOGIT_DIFF
