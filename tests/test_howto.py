@@ -219,7 +219,10 @@ def test_new_op_declared_checked_documented_and_tested(tmp_path):
 
     doc = run_python(tmp_path, "-m", "llama_nb", "ops", "--doc")
     assert doc.returncode == 0, doc.stderr[-3000:]
-    assert "gelu(out f32[T,F] (out), x f32[T,F])" in doc.stdout
+    quoted = re.findall(r"`(\w+\((?:\w+ \w+\[[\w,]+\](?: \(out\))?(?:, )?)+\))`", readme_section())
+    assert {"silu(out f32[T,F] (out), a f32[T,F], b f32[T,F])", "gelu(out f32[T,F] (out), x f32[T,F])"} <= set(quoted)
+    for signature in quoted:  # the signatures the README quotes are the declared ones
+        assert signature in doc.stdout, signature
     assert "out = 0.5 * x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x**3)))" in doc.stdout
 
 
