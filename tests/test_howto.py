@@ -132,7 +132,8 @@ def silu_wrong(out, a, b):  # forgets the gate b: check_impl.py must catch it
 
 
 def test_new_implementation_of_an_existing_op(tmp_path):
-    make_distribution(tmp_path, "my-silu", {"my_silu": "my_silu", "silu_wrong": "silu_wrong"}, {"silu_wrong": WRONG_SILU})
+    make_distribution(tmp_path, "my-silu", {"my_silu": "my_silu", "silu_wrong": "silu_wrong"},
+                      {"silu_wrong": WRONG_SILU})
 
     checked = check_impl(tmp_path, "silu", "mine")
     assert checked.returncode == 0, checked.stderr[-3000:]
@@ -258,7 +259,8 @@ def test_weight_format_runs_the_demo_model(tmp_path):
         registry.load_plugins()  # get_format is no registry lookup: it does not load plugins itself
         # the format: symmetric per-row rounding, error at most half a step (scales[n] / 2)
         fmt = get_format("int8_row")
-        x = np.random.default_rng(0).standard_normal((9, 300)).astype(np.float32) * np.arange(1, 10, dtype=np.float32)[:, None]
+        x = np.random.default_rng(0).standard_normal((9, 300), dtype=np.float32)
+        x *= np.arange(1, 10, dtype=np.float32)[:, None]  # rows of different scales
         x[4] = 0.0
         w = fmt.quantize(x)
         step_error = float((np.abs(w.dequantize() - x) / np.maximum(w.scales, 1e-30)[:, None]).max())
@@ -298,7 +300,8 @@ def test_weight_format_runs_the_demo_model(tmp_path):
     assert listed.returncode == 0, listed.stderr[-3000:]
     rows = listed.stdout.splitlines()
     (start,) = [i for i, line in enumerate(rows) if "linear[int8_row/float32]" in line]
-    assert " numba " in rows[start] + rows[start + 1] and "plugin my_int8_row (my-int8-row 0.1)" in rows[start] + rows[start + 1]
+    row = rows[start] + rows[start + 1]  # the slot's two implementations: numba, reference
+    assert " numba " in row and "plugin my_int8_row (my-int8-row 0.1)" in row
 
 
 def test_format_plugin_failing_half_way_leaves_no_trace(tmp_path):
