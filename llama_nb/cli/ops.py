@@ -28,7 +28,7 @@ def ops(
     table.add_column("note", style="yellow")
     last = None
     for slot, name, is_default, source, note in registry.table_rows():
-        table.add_row(slot if slot != last else "", name, "*" if is_default else "", source, note)
+        table.add_row(escape(slot) if slot != last else "", name, "*" if is_default else "", source, note)
         last = slot
     console = Console()
     console.print(table)

@@ -221,6 +221,7 @@ def slots(op: str | None = None) -> list[Slot]:
 
 
 def spec(op: str) -> OpSpec:
+    load_plugins()  # a plugin may declare the op
     try:
         return _OPS[op]
     except KeyError:
