@@ -19,8 +19,8 @@ from llama_nb.ops.reference import bf16_to_f32_np, f32_to_bf16_np
 
 registry.load_plugins()  # plugin implementations are tested too
 ALL_BF16 = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
-IMPLS_WIDEN = sorted(registry.impls["bf16_to_f32"])
-IMPLS_NARROW = sorted(registry.impls["f32_to_bf16"])
+IMPLS_WIDEN = sorted(registry.impls[("bf16_to_f32", None, None)])
+IMPLS_NARROW = sorted(registry.impls[("f32_to_bf16", None, None)])
 
 
 def torch_widen(bits: np.ndarray) -> np.ndarray:
@@ -157,3 +157,17 @@ def test_array_ops_take_any_shape_and_reject_strided_arrays(op):
                                   want.view(np.uint16 if want.itemsize == 2 else np.uint32))
     with pytest.raises(LlamaNbError, match="C-contiguous"):
         registry.get(op)(out[:, ::2], x[:, ::2])
+
+
+def test_f16_weights_widen_exactly_like_torch_on_every_pattern():
+    # llama_nb keeps float16 weights as int16 bits; ops/bf16.widen (and the vector load16_f32 of the
+    # linear kernels) widen them by LLVM's half -> float. Every one of the 65,536 patterns.
+    from llama_nb.formats import F16, Weight
+
+    bits = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.int16).reshape(256, 256)
+    out = np.empty((256, 256), np.float32)
+    registry.get("dequantize", "numba", format="f16")(out, Weight(F16, (256, 256), bits))
+    want = torch.from_numpy(bits.copy()).view(torch.float16).float().numpy()
+    nan = np.isnan(want)
+    np.testing.assert_array_equal(np.isnan(out), nan)
+    np.testing.assert_array_equal(out[~nan].view(np.uint32), want[~nan].view(np.uint32))

@@ -54,7 +54,7 @@ def test_scaling_changes_the_low_frequencies_only():
     np.testing.assert_allclose(scaled[wavelen > 8192], plain[wavelen > 8192] / 8, rtol=1e-7)
 
 
-@pytest.mark.parametrize("impl", sorted(registry.impls["rope"]))
+@pytest.mark.parametrize("impl", sorted(registry.impls[("rope", None, None)]))
 @pytest.mark.parametrize("start_pos,n_tokens", [(0, 7), (8190, 3), (131068, 4)])
 def test_rope_matches_apply_rotary_emb(impl, start_pos, n_tokens, meta_tables, rng):
     head_dim, n_heads, n_kv_heads = 128, 32, 8

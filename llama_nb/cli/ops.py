@@ -31,6 +31,8 @@ def ops(
         table.add_row(escape(slot) if slot != last else "", name, "*" if is_default else "", source, note)
         last = slot
     console = Console()
+    if not console.is_terminal:  # piped: never cut a plugin's name to fit 80 columns
+        console = Console(width=max(console.width, 160))
     console.print(table)
     for name, reason in registry.plugin_failures.items():
         console.print(f"plugin {name} failed to load and is skipped: {reason}", style="yellow", markup=False)
