@@ -51,7 +51,7 @@ from llama_nb.model.bench import decode, load_transformer, prompt_ids
 from llama_nb.io.checkpoint import load_model_files
 from llama_nb.io.pth_write import SHAPES, ensure_shape_model
 from llama_nb.ops.reference import bf16_to_f32_np
-from llama_nb.ops.rope import rope_frequencies
+from llama_nb.ops.rope_tables import rope_frequencies
 
 GGUF_NAME = "model-bf16.gguf"
 TRAIN_CONTEXT = 131072  # Llama 3.1 / 3.2's context length (metadata only; the run uses -p + -n)

@@ -44,7 +44,7 @@ def test_run_json_is_one_object_matching_the_library(folder):
     assert data["generated_ids"] == want
     assert data["text"] == llm.tokenizer.decode(want)
     assert data["timings"]["prefill_tokens_per_second"] > 0
-    assert set(data["timings"]["op_seconds"]) >= {"matmul", "attention", "rmsnorm", "rope", "silu"}
+    assert set(data["timings"]["op_seconds"]) >= {"linear", "attention", "rmsnorm", "rope", "silu"}
 
 
 def test_run_chat_uses_metas_template(folder):
@@ -58,7 +58,7 @@ def test_run_chat_uses_metas_template(folder):
 
 
 def test_run_plain_streams_text_then_summary(folder):
-    result = invoke("run", "Once upon a time", "--model", folder, "--max-tokens", 5, "--impl", "matmul_bf16=reference")
+    result = invoke("run", "Once upon a time", "--model", folder, "--max-tokens", 5, "--impl", "linear=reference")
     assert result.exit_code == 0, result.output
     assert "prefill:" in result.stderr and "decode:" in result.stderr and "stopped by" in result.stderr
     assert "precision: bf16" in result.stderr
@@ -68,10 +68,10 @@ def test_run_plain_streams_text_then_summary(folder):
 
 def test_run_with_float32_precision(folder):
     result = invoke("run", "Once upon a time", "--model", folder, "--max-tokens", 5, "--precision", "float32",
-                    "--impl", "matmul=reference", "--json")
+                    "--impl", "linear=reference", "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert data["precision"] == "float32" and "matmul=reference" in data["impl"] and data["generated_ids"]
+    assert data["precision"] == "float32" and "linear[bf16]=reference" in data["impl"] and data["generated_ids"]
 
 
 def test_run_caps_max_tokens_to_the_context(folder):
@@ -102,8 +102,8 @@ def test_menu_end_of_input_leaves_cleanly(folder):
     (["run", "hi", "--model", "/no/such/folder"], "--model /no/such/folder: no such folder"),
     (["run", "hi", "--temperature", "-1"], "--temperature must be a finite number >= 0"),
     (["run", "hi", "--top-p", "2", "--temperature", "1"], "--top-p must be in (0, 1]"),
-    (["run", "hi", "--impl", "matmul=turbo"], "no implementation 'turbo' for op 'matmul'"),
-    (["run", "hi", "--impl", "matmul=reference"], "--impl matmul=reference has no effect with precision bf16"),
+    (["run", "hi", "--impl", "linear=turbo"], "--impl 'turbo': no implementation of linear by that name at precision bf16"),
+    (["run", "hi", "--impl", "linear=numba_fma", "--precision", "float32"], "another --precision?"),
 ])
 def test_user_errors_are_one_line(args, message, folder):
     if "--model" not in args:
@@ -146,7 +146,8 @@ def test_no_model_uses_the_demo_and_a_bad_model_explains_how_to_get_metas_files(
 def test_ops_lists_every_op():
     result = invoke("ops")
     assert result.exit_code == 0
-    for op in ("matmul", "rmsnorm", "rope", "attention", "embedding", "softmax", "silu", "argmax"):
+    for op in ("linear[bf16/bf16]", "linear[bf16/float32]", "rmsnorm", "rope", "attention", "embedding[bf16]",
+               "softmax", "silu", "argmax"):
         assert op in result.stdout
 
 # `bench model` is tested in tests/test_bench_cli.py

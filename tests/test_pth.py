@@ -338,11 +338,11 @@ def save_variant(tmp_path, edit, params_edit=None, **kw):
         (lambda sd: None, {"n_layers": 3}, r"missing 9 tensor\(s\).*the file has 2 layers, params.json says n_layers=3"),
         (lambda sd: None, {"n_kv_heads": 4}, r"layers\.0\.attention\.wk\.weight has shape \[32, 64\] but .* implies \[64, 64\]"),
         (lambda sd: None, {"multiple_of": 128}, r"feed_forward\.w1\.weight has shape \[192, 64\] .* \[256, 64\]"),
-        (lambda sd: sd.update({"norm.weight": sd["norm.weight"].half()}), None, r"norm\.weight is float16; .*bf16"),
+        (lambda sd: sd.update({"norm.weight": sd["norm.weight"].to(torch.int8)}), None, r"unsupported tensor dtype int8"),
         (lambda sd: sd.update({"layers.0.attention.wo.weight": sd["layers.0.attention.wo.weight"].T}), None,
          "non-contiguous"),
     ],
-    ids=["missing", "unexpected", "n_layers", "n_kv_heads", "ffn", "float16", "strided"],
+    ids=["missing", "unexpected", "n_layers", "n_kv_heads", "ffn", "int8", "strided"],
 )
 def test_model_folder_mismatches(tmp_path, edit, params_edit, match):
     folder = save_variant(tmp_path, edit, params_edit)

@@ -9,7 +9,7 @@ from llama_models.llama3.model import apply_rotary_emb, apply_scaling, precomput
 import llama_nb.ops  # noqa: F401  (registers every op)
 from llama_nb.errors import LlamaNbError
 from llama_nb.ops import registry
-from llama_nb.ops.rope import rope_frequencies, rope_tables
+from llama_nb.ops.rope_tables import rope_frequencies, rope_tables
 
 registry.load_plugins()
 THETA = 500000.0

@@ -37,7 +37,7 @@ from llama_nb.formats import Weight, WeightFormat, as_weight, format_of_checkpoi
 from llama_nb.io.params import ModelArgs
 from llama_nb.ops import jit, registry
 from llama_nb.ops.opset import OpSet
-from llama_nb.ops.rope import rope_tables
+from llama_nb.ops.rope_tables import rope_tables
 
 # Every op forward() and the sampler call: what warm-up compiles.
 USED_OPS = ("embedding", "rmsnorm", "linear", "rope", "attention", "silu", "argmax", "softmax")

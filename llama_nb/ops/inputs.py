@@ -97,13 +97,13 @@ def token_ids(rng, shape, dims: Mapping[str, int]):
 
 
 def rope_cos(rng, shape, dims):
-    from llama_nb.ops.rope import rope_tables
+    from llama_nb.ops.rope_tables import rope_tables
 
     return rope_tables(2 * shape[1], shape[0], 500000.0, True)[0]
 
 
 def rope_sin(rng, shape, dims):
-    from llama_nb.ops.rope import rope_tables
+    from llama_nb.ops.rope_tables import rope_tables
 
     return rope_tables(2 * shape[1], shape[0], 500000.0, True)[1]
 

@@ -5,74 +5,17 @@ multiplies each by exp(1j * angle[p, i]); pairs are adjacent elements, NOT Huggi
 rotate_half layout (x[i], x[i + Dh/2]). For token t, head h, pair i and position p = start_pos + t:
     (x[t,h,2i], x[t,h,2i+1]) <- (x0*cos[p,i] - x1*sin[p,i],  x0*sin[p,i] + x1*cos[p,i])
 x          float32[T, H, Dh]   queries or keys, rotated in place
-cos, sin   float32[P, Dh/2]    from rope_tables()
+cos, sin   float32[P, Dh/2]    from ops/rope_tables.py's rope_tables()
 start_pos  int                 absolute position of x[0]
 Parallel over (token, head) pairs.
-
-rope_tables(head_dim, max_pos, theta, use_scaled_rope) -> (cos, sin), float32[max_pos, head_dim/2],
-computes what Meta's precompute_freqs_cis computes, step by step in float32:
-    freqs  = 1 / theta ** (arange(0, Dh, 2) / Dh)
-    freqs  = apply_scaling(freqs)        Llama 3.1+ only (params.json "use_scaled_rope")
-    angle  = float32(p) * freqs          torch.outer in float32: one rounding
-    cos, sin of angle                    (torch.polar)
-The angle must be bit-identical to Meta's: at p = 131071 one ulp of a frequency near 1 moves the
-angle by 0.016 rad. torch's float32 pow happens to equal the float64 pow rounded to float32 for
-every exponent used here, and NumPy's float32 pow differs from it by an ulp on 11 to 13 of the 64
-exponents (Dh = 128), so the pow is done in float64 and rounded; every other step is a single
-IEEE float32 operation, identical in NumPy and torch. cos/sin are computed in float64 from the
-float32 angle and rounded (correctly rounded; torch's float32 cos/sin are within an ulp of it).
 """
 
 from __future__ import annotations
 
-import math
-
-import numpy as np
 from numba import prange
 
-from llama_nb.errors import LlamaNbError
 from llama_nb.ops.jit import njit_parallel
 from llama_nb.ops.registry import register
-
-# Meta's apply_scaling constants (llama_models/llama3/model.py), "obtained from grid search".
-SCALE_FACTOR = 8
-LOW_FREQ_FACTOR = 1
-HIGH_FREQ_FACTOR = 4
-OLD_CONTEXT_LEN = 8192  # the original Llama 3 context length
-
-
-def rope_frequencies(head_dim: int, theta: float, use_scaled_rope: bool) -> np.ndarray:
-    """float32[head_dim/2]: Meta's freqs, bit for bit (see the module docstring)."""
-    f32 = np.float32
-    exponent = np.arange(0, head_dim, 2)[: head_dim // 2].astype(f32) / f32(head_dim)
-    power = np.power(np.float64(f32(theta)), exponent.astype(np.float64)).astype(f32)
-    freqs = f32(1.0) / power
-    if not use_scaled_rope:
-        return freqs
-    # torch evaluates `scalar / tensor` as tensor.reciprocal() * scalar (Tensor.__rtruediv__), and
-    # rounds each python scalar to float32; reproduce both so the comparisons below agree exactly.
-    low_freq_wavelen = f32(OLD_CONTEXT_LEN / LOW_FREQ_FACTOR)
-    high_freq_wavelen = f32(OLD_CONTEXT_LEN / HIGH_FREQ_FACTOR)
-    wavelen = (f32(1.0) / freqs) * f32(2 * math.pi)
-    new_freqs = np.where(wavelen > low_freq_wavelen, freqs / f32(SCALE_FACTOR), freqs)
-    smooth = ((f32(1.0) / wavelen) * f32(OLD_CONTEXT_LEN) - f32(LOW_FREQ_FACTOR)) / f32(
-        HIGH_FREQ_FACTOR - LOW_FREQ_FACTOR
-    )
-    blended = (f32(1.0) - smooth) * new_freqs / f32(SCALE_FACTOR) + smooth * new_freqs
-    in_between = (wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen)
-    return np.where(in_between, blended, new_freqs).astype(f32)
-
-
-def rope_tables(head_dim: int, max_pos: int, theta: float, use_scaled_rope: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(cos, sin), each float32[max_pos, head_dim/2], for positions 0 .. max_pos-1."""
-    if head_dim <= 0 or head_dim % 2:
-        raise LlamaNbError(f"rope_tables: head_dim must be a positive even number, got {head_dim}")
-    if max_pos <= 0:
-        raise LlamaNbError(f"rope_tables: max_pos must be positive, got {max_pos}")
-    freqs = rope_frequencies(head_dim, theta, use_scaled_rope)
-    positions = np.arange(max_pos, dtype=np.float32)
-    angle = np.outer(positions, freqs).astype(np.float64)  # product rounded to float32 first
-    return np.cos(angle).astype(np.float32), np.sin(angle).astype(np.float32)
 
 
 @njit_parallel
@@ -89,6 +32,6 @@ def _rope(x, cos, sin, start_pos):
 
 
 @register("rope", "numba")
-def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, start_pos: int) -> None:
+def rope(x, cos, sin, start_pos: int) -> None:
     """Rotate x[T, H, Dh] in place for positions start_pos .. start_pos + T - 1."""
     _rope(x, cos, sin, int(start_pos))
