@@ -108,12 +108,12 @@ def available_memory() -> tuple[int, str] | None:
     override = os.environ.get(MEM_ENV)
     if override is not None:
         text = override.strip().upper().removesuffix("B")
-        number, suffix = (text[:-1], text[-1]) if text[-1:] in _SUFFIX else (text, "")
+        number, suffix = (text[:-1], text[-1]) if text[-1:] and text[-1] in _SUFFIX else (text, "")
         try:
             value = float(number) * _SUFFIX[suffix]
         except ValueError:
             raise LlamaNbError(f"${MEM_ENV}={override!r} is not a size; use bytes or e.g. 8G, 512M") from None
-        if not value >= 0:
+        if not 0 <= value < 2**63:  # NaN, inf and 1e400 (= inf) included
             raise LlamaNbError(f"${MEM_ENV}={override!r} is not a size; use bytes or e.g. 8G, 512M")
         return int(value), f"${MEM_ENV}"
     try:
