@@ -225,17 +225,13 @@ class Transformer:
             raise LlamaNbError(f"token ids must be in [0, {self.args.vocab_size}), got {low}..{high}")
         self.layer_seconds[:] = 0.0
         step = self.state.max_batch
-        outer = numba.get_num_threads()
-        numba.set_num_threads(self.threads)
-        try:
+        with jit.threads(self.threads):
             for lo in range(0, n, step):
                 chunk = self._chunk_ids(tokens, lo, min(lo + step, n))
                 self._forward_chunk(chunk, start_pos + lo)
             logits = self._logits(len(chunk))
             if not np.isfinite(logits.sum()):  # cheap: NaN and inf propagate through the sum
                 raise NonFiniteError(self._where_non_finite(chunk, start_pos + lo))
-        finally:
-            numba.set_num_threads(outer)
         return logits
 
     def _chunk_ids(self, tokens, lo: int, hi: int) -> np.ndarray:
@@ -314,12 +310,8 @@ class Transformer:
         sampler use; return seconds (the compile policy: llama_nb/ops/jit.py)."""
         t0 = time.perf_counter()
         writeable = self.weights.tok_embeddings.data.flags.writeable
-        outer = numba.get_num_threads()
-        numba.set_num_threads(self.threads)
-        try:
+        with jit.threads(self.threads):
             jit.warm_model(self.ops, self.weights.formats(), {"Dh": self.args.head_dim}, writeable, USED_OPS)
-        finally:
-            numba.set_num_threads(outer)
         self.ops.reset_timings()
         return time.perf_counter() - t0
 

@@ -53,7 +53,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from llama_nb.ops.jit import njit_inline, njit_parallel, njit_parallel_dot, njit_serial
+from llama_nb.ops.jit import njit_inline, njit_parallel, njit_serial, twins, twins_dot
 from llama_nb.ops.registry import register
 from llama_nb.ops.simd import f32x16_fma, f32x16_load, f32x16_splat, f32x16_store, f32x16_sum, f32x16_zero
 from llama_nb.ops.softmax import exp_shifted, row_max, sum64
@@ -68,7 +68,7 @@ def _append(k_cache, v_cache, k, v, start_pos):
             v_cache[g, start_pos + t, :] = v[t, g]
 
 
-@njit_parallel_dot
+@twins_dot
 def _attention(out, q, k_cache, v_cache, start_pos, rows):
     n_tokens, n_heads, head_dim = q.shape
     group = n_heads // k_cache.shape[0]
@@ -164,7 +164,7 @@ def _attention_tiled(out, q, k_cache, v_cache, start_pos, kt, rows):
         _weigh_values_4(out[t], h0, heads, scores, probs, v_cache[g], n_ctx)  # q[t, h0..] read: out may alias q
 
 
-@njit_parallel
+@twins
 def _attention_decode(out, q, k_cache, v_cache, start_pos, rows):
     """T = 1: tasks (kv group, up to 4 of its heads); each key and value row is loaded once for the
     4 heads (the per-(token, head) kernel streams a group's cache once per head)."""
@@ -239,9 +239,10 @@ def attention(out: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray, k_ca
     """Append k, v at start_pos; causal GQA of q[T, H, Dh] over k_cache/v_cache[KVH, S, Dh]."""
     start_pos = int(start_pos)
     _append(k_cache, v_cache, k, v, start_pos)
+    cache_read = 2 * k_cache.shape[0] * (start_pos + q.shape[0]) * q.shape[2] * 4  # both caches' filled rows
     if q.shape[2] % 16:
-        _attention(out, q, k_cache, v_cache, start_pos, rows)
+        _attention.pick(cache_read)(out, q, k_cache, v_cache, start_pos, rows)
     elif q.shape[0] == 1:
-        _attention_decode(out, q, k_cache, v_cache, start_pos, rows)
+        _attention_decode.pick(cache_read)(out, q, k_cache, v_cache, start_pos, rows)
     else:
         _attention_tiled(out, q, k_cache, v_cache, start_pos, key_blocks, rows)

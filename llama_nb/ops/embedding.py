@@ -17,11 +17,11 @@ from numba import prange
 
 from llama_nb.formats import Weight
 from llama_nb.ops.bf16 import PLAIN_FORMATS, widen
-from llama_nb.ops.jit import njit_parallel
+from llama_nb.ops.jit import njit_parallel, twins
 from llama_nb.ops.registry import register
 
 
-@njit_parallel
+@twins
 def _embedding(out, table, tokens):
     for t in prange(tokens.shape[0]):
         src, dst = table[tokens[t]], out[t]
@@ -39,7 +39,7 @@ def _dequantize(out, data):
 
 def embedding(out: np.ndarray, table: Weight, tokens: np.ndarray) -> None:
     """out[t, :] = float32(table[tokens[t], :])."""
-    _embedding(out, table.data, tokens)
+    _embedding.pick(2 * out.nbytes)(out, table.data, tokens)
 
 
 def dequantize(out: np.ndarray, w: Weight) -> None:

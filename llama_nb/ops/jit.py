@@ -120,12 +120,70 @@ HAS_AVX512_BF16 = "+avx512bf16" in cpu_features().split(",") and os.environ.get(
 
 # ------------------------------------------------------------------------------ going parallel
 
-PARALLEL_MIN_BYTES = 1 << 20  # see the module docstring and bench/threads.py
+# Measured on the 2-core dev VM while other jobs held the cores (bench/threads.py has the
+# whole-model numbers): a prange launch over 256 floats took 43-158 us at 2 threads and 9 us at 1;
+# the same loop compiled serial 0.2 us. A memory-bound op gains at most 1.5x from the second core
+# (30 -> 45 GB/s), so it pays for a launch only when it moves megabytes, and on a busy machine
+# hardly ever: 4 MB keeps the demo model (and 1B's wk/wv) serial, and 1B's wq/wo, FFN and output
+# products parallel.
+PARALLEL_MIN_BYTES = 4 << 20
+_threads = config.NUMBA_NUM_THREADS  # the Numba thread count of the pass running now (see threads())
+
+
+class Twins:
+    """One kernel source compiled twice: `parallel` (prange runs on Numba's threads) and `serial`
+    (prange is a plain range); `pick(nbytes)` chooses by parallel_pays."""
+
+    def __init__(self, parallel, serial):
+        self.parallel, self.serial = parallel, serial
+        _TWINS.append(self)
+
+    def pick(self, nbytes: int):
+        return self.parallel if parallel_pays(nbytes) else self.serial
+
+    def sync(self) -> None:
+        """Compile each variant for every signature the other has (warm-up: both are ready)."""
+        for a, b in ((self.parallel, self.serial), (self.serial, self.parallel)):
+            for sig in list(a.signatures):
+                if sig not in b.signatures:
+                    b.compile(sig)
+
+
+_TWINS: list[Twins] = []
+
+
+def twins_dot(fn) -> Twins:
+    """njit_parallel_dot and njit_serial_dot of the same function."""
+    return Twins(njit_parallel_dot(fn), njit_serial_dot(fn))
+
+
+def twins(fn) -> Twins:
+    """njit_parallel and njit_serial of the same function."""
+    return Twins(njit_parallel(fn), njit_serial(fn))
 
 
 def parallel_pays(nbytes: int) -> bool:
-    """Whether work that moves `nbytes` is worth a parallel launch."""
-    return nbytes >= PARALLEL_MIN_BYTES
+    """Whether work that moves `nbytes` is worth a parallel launch, in the pass running now."""
+    return _threads > 1 and nbytes >= PARALLEL_MIN_BYTES
+
+
+@contextlib.contextmanager
+def threads(n: int):
+    """Within: Numba uses `n` threads on this thread, and parallel_pays knows it (a model's pass:
+    another model, or the rest of the process, keeps its own count). Cheap when n is unchanged."""
+    global _threads
+    import numba
+
+    outer = _threads
+    if n != outer:
+        numba.set_num_threads(n)
+        _threads = n
+    try:
+        yield
+    finally:
+        if _threads != outer:
+            numba.set_num_threads(outer)
+            _threads = outer
 
 
 # ---------------------------------------------------------------------------------- warm-up
@@ -178,6 +236,8 @@ def warm(ops, formats: Iterable[str], model_dims: Mapping[str, int], used_ops: I
                     raise
                 raise LlamaNbError(f"implementation {name!r} of {registry.slot_name(impl.slot)} ({impl.source}) failed "
                                    f"on its warm-up call: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}") from None
+    for pair in _TWINS:  # the warm-up ran the serial or the parallel kernel: ready both
+        pair.sync()
 
 
 @njit(cache=CACHE)

@@ -105,10 +105,8 @@ def linear_f32(out: np.ndarray, x: np.ndarray, w: Weight, xq: np.ndarray) -> Non
         return
     if x.shape[0] > 1:
         matmul_fma(out, x, w.data)
-    elif x.shape[1] > X_IN_L1:
-        matvec_4rows(out, x, w.data)
     else:
-        matvec(out, x, w.data)
+        (matvec_4rows if x.shape[1] > X_IN_L1 else matvec).pick(w.nbytes)(out, x, w.data)
 
 
 def linear_bf16_fma(out: np.ndarray, x: np.ndarray, w: Weight, xq: np.ndarray) -> None:
@@ -122,7 +120,8 @@ def linear_bf16_dot(out: np.ndarray, x: np.ndarray, w: Weight, xq: np.ndarray) -
     """out[T, N] = float32(bf16(x)) @ float32(w).T on vdpbf16ps: T > 1 tiles, T = 1 a matvec."""
     if x.shape[0] == 0:
         return
-    (matvec_bf16dot if x.shape[0] == 1 else matmul_bf16dot)(out, bf16_bits(x, xq), w.data)
+    kernel = matvec_bf16dot.pick(w.nbytes) if x.shape[0] == 1 else matmul_bf16dot
+    kernel(out, bf16_bits(x, xq), w.data)
 
 
 for _fmt in PLAIN_FORMATS:

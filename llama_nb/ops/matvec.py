@@ -19,6 +19,7 @@ Measured on the 2-core AMD EPYC dev box (bench/bench_ops.py has the current numb
   in L1 and one row at a time is best: 36 GB/s vs 23 (2 rows) and 26-28 (4 rows). With K = 14336
   (w2), x is 57 KB, out of L1: one row 19 GB/s, 2 rows 26, 4 rows 31. Hence `matvec_4rows` above
   X_IN_L1. Splitting K into L1-sized chunks instead did not help (19).
+Each kernel is a pair (ops/jit.py Twins): parallel, and serial for weights below PARALLEL_MIN_BYTES.
 """
 
 from __future__ import annotations
@@ -27,14 +28,14 @@ import numpy as np
 from numba import prange
 
 from llama_nb.ops.bf16 import bf16_to_f32, widen
-from llama_nb.ops.jit import njit_parallel, njit_parallel_dot
+from llama_nb.ops.jit import twins, twins_dot
 from llama_nb.ops.simd import bf16x32_dot, bf16x32_load, f32x16_sum, f32x16_zero
 
 MATVEC_BLOCK = 64  # output rows per parallel task (see the measurements above)
 X_IN_L1 = 8192  # float32 elements of x (32 KB) that stay in a typical 32-48 KB L1d; beyond: 4 rows
 
 
-@njit_parallel_dot
+@twins_dot
 def matvec(out, x, w):
     n_out, k_in = w.shape
     xv = x[0]
@@ -47,7 +48,7 @@ def matvec(out, x, w):
             out[0, n] = acc
 
 
-@njit_parallel_dot
+@twins_dot
 def matvec_4rows(out, x, w):
     # For long rows (K > X_IN_L1): x no longer fits in L1, so each x element loaded serves four rows.
     n_out, k_in = w.shape
@@ -74,7 +75,7 @@ def matvec_4rows(out, x, w):
             n += 1
 
 
-@njit_parallel
+@twins
 def matvec_bf16dot(out, xh, w):
     """out[0, :] = xh[0] . w[n] on vdpbf16ps (xh: bf16 bits of x), four rows per pass over xh.
 

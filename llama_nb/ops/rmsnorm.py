@@ -22,11 +22,11 @@ import math
 import numpy as np
 from numba import prange
 
-from llama_nb.ops.jit import njit_parallel_dot
+from llama_nb.ops.jit import twins_dot
 from llama_nb.ops.registry import register
 
 
-@njit_parallel_dot
+@twins_dot
 def _rmsnorm(out, x, weight, eps):
     n_tokens, dim = x.shape
     for t in prange(n_tokens):
@@ -43,4 +43,4 @@ def _rmsnorm(out, x, weight, eps):
 @register("rmsnorm", "numba")
 def rmsnorm(out: np.ndarray, x: np.ndarray, weight: np.ndarray, eps: float) -> None:
     """out[t, :] = x[t, :] * rsqrt(mean(x[t, :]**2) + eps) * weight."""
-    _rmsnorm(out, x, weight, float(eps))
+    _rmsnorm.pick(2 * x.nbytes)(out, x, weight, float(eps))

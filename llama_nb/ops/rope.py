@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from numba import prange
 
-from llama_nb.ops.jit import njit_parallel
+from llama_nb.ops.jit import twins
 from llama_nb.ops.registry import register
 
 
-@njit_parallel
+@twins
 def _rope(x, cos, sin, start_pos):
     n_tokens, n_heads, head_dim = x.shape
     for th in prange(n_tokens * n_heads):
@@ -34,4 +34,4 @@ def _rope(x, cos, sin, start_pos):
 @register("rope", "numba")
 def rope(x, cos, sin, start_pos: int) -> None:
     """Rotate x[T, H, Dh] in place for positions start_pos .. start_pos + T - 1."""
-    _rope(x, cos, sin, int(start_pos))
+    _rope.pick(2 * x.nbytes)(x, cos, sin, int(start_pos))
