@@ -5,6 +5,9 @@ Every error a user can cause (a missing file, a corrupt checkpoint, a typo in `-
 that line and exits 1; anything else escaping is a bug in llama_nb.
 """
 
+import reprlib
+from typing import Any
+
 
 class LlamaNbError(Exception):
     """Base class: a problem with the user's input, told in one line."""
@@ -30,3 +33,13 @@ class CheckpointError(LlamaNbError):
 
 class ContextLimitError(LlamaNbError):
     """More tokens than the KV cache was sized for."""
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, 50, 50
+
+
+def short_repr(value: Any) -> str:
+    """A repr of at most 60 characters that never recurses deeply (hostile values nest)."""
+    text = _REPR.repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
