@@ -35,7 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llama_nb.errors import CheckpointError
+from llama_nb.errors import CheckpointError, shown
+from llama_nb.io.files import open_regular_file
 from llama_nb.io.params import ModelArgs
 from llama_nb.io.pth import Checkpoint, load_pth
 
@@ -90,10 +91,12 @@ def load_model_files(folder: str | Path, *, require_tokenizer: bool = True) -> M
     check_folder(folder)
     args = ModelArgs.from_file(folder / PARAMS_NAME)
     tokenizer_path: Path | None = folder / TOKENIZER_NAME
-    if not tokenizer_path.is_file():
+    if not tokenizer_path.exists():
         if require_tokenizer:
             raise CheckpointError(f"{tokenizer_path}: no such file; {_EXPECTS}")
         tokenizer_path = None
+    else:  # a FIFO or /dev/zero there is refused now, not when the tokenizer is read
+        open_regular_file(tokenizer_path, TOKENIZER_NAME).close()
     checkpoint = load_pth(folder / CHECKPOINT_NAME)
     check_tensors(checkpoint, args, source=folder / PARAMS_NAME)
     return ModelFiles(folder=folder, args=args, checkpoint=checkpoint, tokenizer_path=tokenizer_path)
@@ -199,13 +202,15 @@ def check_folder(folder: Path) -> None:
 
 
 def _first(names: list[str], n: int = 4) -> str:
+    """The first n names (from the file: escaped, so a name cannot forge a line) and how many more."""
     more = f", ... ({len(names) - n} more)" if len(names) > n else ""
-    return ", ".join(names[:n]) + more
+    return ", ".join(shown(name, quote=False) for name in names[:n]) + more
 
 
 def _layer_hint(checkpoint: Checkpoint, args: ModelArgs) -> str:
     """When the layer count disagrees with params.json, say so: it explains a long missing list."""
-    layers = {int(m.group(1)) for name in checkpoint.keys() if (m := re.match(r"layers\.(\d+)\.", name))}
+    # indices kept as text: int() of a 5000-digit index (a hostile name) is a ValueError
+    layers = {m.group(1) for name in checkpoint.keys() if (m := re.match(r"layers\.(\d+)\.", name))}
     if layers and len(layers) != args.n_layers:
         return f" (the file has {len(layers)} layers, params.json says n_layers={args.n_layers})"
     return ""

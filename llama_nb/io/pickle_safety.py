@@ -15,7 +15,7 @@ from __future__ import annotations
 import pickletools
 from typing import Any
 
-from llama_nb.errors import CheckpointError, short_repr
+from llama_nb.errors import CheckpointError, one_line, shown
 from llama_nb.io.unpickler import ALLOWED_GLOBALS, refusal
 
 MAX_OPCODES = 300_000  # ~32 per tensor: Meta's 8B (291 tensors) has ~9,300; pass 1 reads 300k in ~0.4 s
@@ -39,6 +39,7 @@ _ALLOWED_OPCODES = frozenset(
 def check_opcodes(pkl: bytes, where: str) -> None:
     """Pass 1: parse (never execute) the pickle; refuse any opcode, GLOBAL or structure not allowed."""
     machine = _Shape(where)
+    frame_end = None  # where the current FRAME ends, while one is open
     try:
         for count, (op, arg, pos) in enumerate(pickletools.genops(pkl)):
             if op.name not in _ALLOWED_OPCODES:
@@ -54,12 +55,33 @@ def check_opcodes(pkl: bytes, where: str) -> None:
             if op.name == "GLOBAL":
                 module, _, name = str(arg).partition(" ")
                 _check_global(module, name, where)
+            frame_end = _check_frame(op, arg, pos, frame_end, len(pkl), machine)
             machine.step(op, arg, pos)
     except CheckpointError:
         raise
     except Exception as exc:  # noqa: BLE001 - genops raises ValueError and friends on garbage
-        detail = " ".join(str(exc).split())[:200]
+        detail = one_line(str(exc))
         raise CheckpointError(f"{where}: corrupt pickle ({detail})") from None
+
+
+def _check_frame(op: pickletools.OpcodeInfo, arg: Any, pos: int, frame_end: int | None, size: int,
+                 machine: "_Shape") -> int | None:
+    """FRAMEs (protocol 4) must hold whole opcodes and fit in the pickle, as pickle.py's own
+    unframer demands; the C unpickler only checks that the bytes exist. Pass 1 and pass 2 then
+    read the same opcodes whichever unpickler runs, and a frame cannot make them disagree about
+    where an opcode starts. Returns the end of the frame open after this opcode (None: none)."""
+    if frame_end is not None and pos >= frame_end:
+        if pos > frame_end:
+            raise machine._refuse(pos, f"an opcode runs past the end of its FRAME (byte {frame_end})")
+        frame_end = None
+    if op.name != "FRAME":
+        return frame_end
+    if frame_end is not None:
+        raise machine._refuse(pos, "a FRAME starts inside another FRAME")
+    start = pos + 9  # the opcode and its 8-byte length
+    if not isinstance(arg, int) or arg > size - start:
+        raise machine._refuse(pos, f"a FRAME of {shown(arg)} bytes runs past the end of the pickle ({size} bytes)")
+    return start + arg
 
 
 class _Node:
@@ -73,6 +95,11 @@ class _Node:
 
 
 _MARK = object()  # a MARK on the simulated stack
+_STR = object()  # a str or bytes atom: the only dict keys allowed (see _Shape._check_keys)
+_STRING_OPCODES = frozenset(
+    "STRING BINSTRING SHORT_BINSTRING UNICODE BINUNICODE SHORT_BINUNICODE BINUNICODE8 BINBYTES SHORT_BINBYTES "
+    "BINBYTES8".split()
+)
 _STEPS_PER_OPCODE = 4  # depth propagation budget: a real pickle needs about 1 step per opcode
 
 
@@ -141,6 +168,15 @@ class _Shape:
                 raise self._refuse(pos, "too many references between containers for a state dict")
             work.extend((holder, depth + 1) for holder in node.parents)
 
+    def _check_keys(self, keys: list, pos: int) -> None:
+        """Dict keys must be strings. A state dict's keys are tensor names, and str (and bytes)
+        hashes are salted per process, so no file can choose keys that collide in the dict's
+        hash table; ints, floats and tuples of them hash to values anyone can compute, and a
+        dict of a hundred thousand colliding ones takes minutes to build (quadratic probing)."""
+        for key in keys:
+            if key is not _STR:
+                raise self._refuse(pos, "a dict key that is not a string (a state dict's keys are tensor names)")
+
     def step(self, op: pickletools.OpcodeInfo, arg: Any, pos: int) -> None:
         name, stack = op.name, self.stack
         if name in ("PROTO", "FRAME"):
@@ -159,17 +195,21 @@ class _Shape:
         elif name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
             index = len(self.memo) if name == "MEMOIZE" else arg
             if not isinstance(index, int) or not 0 <= index <= len(self.memo) + MAX_OPCODES // 100:
-                raise self._refuse(pos, f"memo index {short_repr(index)} is far beyond the {len(self.memo)} used so far")
+                raise self._refuse(pos, f"memo index {shown(index)} is far beyond the {len(self.memo)} used so far")
             self.memo[index] = self._top(pos)
         elif name in ("GET", "BINGET", "LONG_BINGET"):
             if arg not in self.memo:
-                raise self._refuse(pos, f"memo index {short_repr(arg)} is read before anything was stored there")
+                raise self._refuse(pos, f"memo index {shown(arg)} is read before anything was stored there")
             stack.append(self.memo[arg])
         elif name in self._MUTATORS:
             items = [self._pop(pos) for _ in range(self._MUTATORS[name])]
+            if name == "SETITEM":
+                self._check_keys(items[1:], pos)  # items = [value, key]
             self._put(self._top(pos), items, pos)
         elif name in ("APPENDS", "SETITEMS"):
             items = self._pop_mark(pos)
+            if name == "SETITEMS":
+                self._check_keys(items[0::2], pos)
             self._put(self._top(pos), items, pos)
         elif name == "STOP":
             self._pop(pos)
@@ -180,7 +220,11 @@ class _Shape:
                     inputs += self._pop_mark(pos)
                 elif kind is not pickletools.markobject:
                     inputs.append(self._pop(pos))
-            if name in ("EMPTY_LIST", "EMPTY_DICT", "LIST", "DICT") or inputs:
+            if name == "DICT":
+                self._check_keys(inputs[0::2], pos)
+            if name in _STRING_OPCODES:
+                stack.append(_STR)
+            elif name in ("EMPTY_LIST", "EMPTY_DICT", "LIST", "DICT") or inputs:
                 node = _Node(1)
                 self._put(node, inputs, pos)
                 stack.extend(node for _ in op.stack_after)

@@ -47,7 +47,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from llama_nb.errors import CheckpointError
+from llama_nb.errors import CheckpointError, one_line, shown
+from llama_nb.io.files import open_regular_file
 from llama_nb.io.pickle_safety import MAX_DEPTH, MAX_OPCODES, check_opcodes
 from llama_nb.io.unpickler import MAX_ELEMENTS, MAX_NDIM, MAX_NESTING, RestrictedUnpickler, flatten
 from llama_nb.io.zip_archive import Archive, Refused
@@ -112,22 +113,27 @@ class Checkpoint:
         Llama 3.1 8B widths (README, Performance). The bytes come with os.preadv, not through the
         map, so the file's pages are never mapped into this process: resident memory grows by the
         weights once, not twice. Reads of READ_CHUNK bytes run on a few threads (preadv releases
-        the GIL): from the page cache, 1 thread copies ~8.7 GB/s, 2 threads ~15. Views that are not
-        C-contiguous (a slice of a shared storage) are copied through the map.
+        the GIL): from the page cache, 1 thread copies ~8.7 GB/s, 2 threads ~15. A view that is not
+        C-contiguous (a slice of a shared storage) has the bytes it spans read the same way, then
+        copied in its order. Nothing here touches the map, so a file cut short meanwhile gives a
+        CheckpointError ("file ended while reading tensor data"), never a SIGBUS.
         """
         base = self.mmap.ctypes.data
         out: dict[str, np.ndarray] = {}
         chunks: list[tuple[memoryview, int]] = []  # (destination bytes, file offset)
+        strided: list[tuple[np.ndarray, np.ndarray]] = []  # (destination, view) read span by span
         for name, view in self.tensors.items():
             array = np.empty(view.shape, view.dtype)
             if view.flags.c_contiguous and view.nbytes:
                 dest, offset = memoryview(array.reshape(-1).view(np.uint8)), view.ctypes.data - base
                 chunks += [(dest[lo : lo + READ_CHUNK], offset + lo) for lo in range(0, len(dest), READ_CHUNK)]
-            else:
-                array[...] = view
+            elif view.size:
+                strided.append((array, view))
             out[name] = array
-        with open(self.path, "rb") as f:
+        with open_regular_file(self.path, "a .pth checkpoint") as f:
             fd = f.fileno()
+            for array, view in strided:
+                array[...] = _read_strided(fd, view, view.ctypes.data - base, self.path)
             pool = ThreadPoolExecutor(min(READ_THREADS, os.cpu_count() or 1))
             try:
                 for _ in pool.map(lambda chunk: _pread_exactly(fd, chunk[0], chunk[1], self.path), chunks):
@@ -135,6 +141,15 @@ class Checkpoint:
             finally:  # on an error or Ctrl-C, the chunks not started yet are dropped, not read
                 pool.shutdown(wait=True, cancel_futures=True)
         return out
+
+
+def _read_strided(fd: int, view: np.ndarray, offset: int, path: Path) -> np.ndarray:
+    """`view` (non-empty, strides >= 0, at byte `offset` of the file) rebuilt over bytes read from
+    the file: the span from its first element to its last, which lies inside its storage."""
+    span = view.itemsize + sum((n - 1) * s for n, s in zip(view.shape, view.strides))
+    data = np.empty(span, np.uint8)
+    _pread_exactly(fd, memoryview(data), offset, path)
+    return np.ndarray(view.shape, view.dtype, buffer=data, strides=view.strides)
 
 
 def _pread_exactly(fd: int, buffer: memoryview, offset: int, path: Path) -> None:
@@ -150,9 +165,13 @@ def _pread_exactly(fd: int, buffer: memoryview, offset: int, path: Path) -> None
 def load_pth(path: str | Path) -> Checkpoint:
     """Map a torch.save zip checkpoint and return its tensors as zero-copy views."""
     path = Path(path)
-    archive = Archive.open(path)
+    with Archive.open(path) as archive:
+        return _load(path, archive)
+
+
+def _load(path: Path, archive: Archive) -> Checkpoint:
     mm = archive.mmap
-    where = f"{path} [{archive.pickle_name}]"
+    where = f"{path} [{shown(archive.pickle_name, quote=False)}]"
     pkl = archive.read(archive.pickle_name, limit=MAX_PICKLE_BYTES)
     check_opcodes(pkl, where)
     try:
@@ -160,7 +179,7 @@ def load_pth(path: str | Path) -> Checkpoint:
     except Refused as exc:
         raise CheckpointError(exc.located(where)) from None
     except Exception as exc:  # noqa: BLE001 - nothing unsafe ran; malformed input of any kind
-        detail = " ".join(str(exc).split())[:200]  # one line, whatever the exception said
+        detail = one_line(str(exc))  # whatever the exception said
         raise CheckpointError(f"{where}: corrupt or unsupported pickle ({type(exc).__name__}: {detail})") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{where}: expected a state dict (name -> tensor), got {type(obj).__name__}")
@@ -172,6 +191,6 @@ def load_pth(path: str | Path) -> Checkpoint:
     except Refused as exc:
         raise CheckpointError(f"{where}: {exc.args[0]}") from None
     except Exception as exc:  # noqa: BLE001 - checked above; a last guard for the unforeseen
-        detail = " ".join(str(exc).split())[:200]
+        detail = one_line(str(exc))
         raise CheckpointError(f"{where}: unsupported tensor layout ({type(exc).__name__}: {detail})") from None
     return Checkpoint(path=path, tensors=tensors, dtypes=dtypes, mmap=mm, metadata=metadata)

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from llama_nb.errors import short_repr
+from llama_nb.errors import shown
 from llama_nb.io.zip_archive import Archive, Refused
 
 MAX_NDIM = 32
@@ -111,10 +111,19 @@ def _rebuild_parameter(data, requires_grad, backward_hooks):
     return _rebuild_tensor_v2(data.storage, data.storage_offset, data.shape, data.stride, requires_grad, backward_hooks)
 
 
+def _ordered_dict(*args, **kwargs) -> collections.OrderedDict:
+    """collections.OrderedDict(), empty: torch.save pickles one as OrderedDict() then SETITEMS.
+    Filled from arguments (OrderedDict([(k, v), ...])), its keys would escape pass 1's rule that
+    dict keys are strings (see llama_nb.io.pickle_safety), so arguments are refused."""
+    if args or kwargs:
+        raise TypeError("OrderedDict is called with arguments; torch.save writes OrderedDict() then its items")
+    return collections.OrderedDict()
+
+
 # The complete list of globals a tensor state dict needs. Each maps to our own object; torch is
 # never imported, so a name here cannot reach any code of the real torch.
 ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
-    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("collections", "OrderedDict"): _ordered_dict,
     ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
@@ -124,8 +133,8 @@ _ALLOWED_NAMES = ", ".join(f"{m}.{n}" for m, n in ALLOWED_GLOBALS)
 
 
 def refusal(module: str, name: str) -> Refused:
-    head = f"refusing global {module}.{name}"
-    if module == "torch" and name.endswith("Storage"):  # a real tensor, just not a float type we read
+    head = f"refusing global {shown(f'{module}.{name}', quote=False)}"
+    if module == "torch" and name.endswith("Storage") and name.isidentifier():  # a real tensor, just not a float type we read
         dtype = _OTHER_DTYPES.get(name, name[: -len("Storage")] or name)
         return Refused(head, f"unsupported tensor dtype {dtype}; llama_nb reads bfloat16, float16 and float32 tensors")
     return Refused(head, f"a tensor checkpoint needs only {_ALLOWED_NAMES}")
@@ -158,14 +167,14 @@ class RestrictedUnpickler(pickle.Unpickler):
 
     def persistent_load(self, pid: Any) -> _Storage:
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
-            raise Refused(f"refusing persistent id {short_repr(pid)}", "expected ('storage', type, key, location, numel)")
+            raise Refused(f"refusing persistent id {shown(pid)}", "expected ('storage', type, key, location, numel)")
         _, stype, key, location, numel = pid
         if not isinstance(stype, _StorageType):
-            raise Refused(f"refusing storage type {short_repr(stype)}", "expected torch.BFloat16Storage, HalfStorage or FloatStorage")
+            raise Refused(f"refusing storage type {shown(stype)}", "expected torch.BFloat16Storage, HalfStorage or FloatStorage")
         if not (isinstance(key, str) and _KEY.fullmatch(key)):
-            raise Refused(f"refusing storage key {short_repr(key)}", "expected a plain token like '0'")
+            raise Refused(f"refusing storage key {shown(key)}", "expected a plain token like '0'")
         if not isinstance(location, str):
-            raise Refused(f"refusing storage location {short_repr(location)}")
+            raise Refused(f"refusing storage location {shown(location)}")
         numel = _nonneg_int(numel, "storage numel")
         if key in self.storages:  # a storage shared by several tensors: same ids every time
             seen = self.storages[key]
@@ -180,7 +189,7 @@ class RestrictedUnpickler(pickle.Unpickler):
         if needed > entry.size:
             raise Refused(
                 f"refusing storage {key!r}",
-                f"{numel} x {stype.torch_name} needs {needed} bytes but zip entry {entry.name!r} holds {entry.size}",
+                f"{numel} x {stype.torch_name} needs {needed} bytes but zip entry {shown(entry.name)} holds {entry.size}",
             )
         storage = _Storage(key, stype, entry.offset, numel)
         self.storages[key] = storage
@@ -190,12 +199,12 @@ class RestrictedUnpickler(pickle.Unpickler):
 def _nonneg_int(value: Any, what: str) -> int:
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
-    raise Refused("refusing a tensor", f"{what} is {short_repr(value)}")
+    raise Refused("refusing a tensor", f"{what} is {shown(value)}")
 
 
 def _int_tuple(value: Any, what: str) -> tuple[int, ...]:
     if not isinstance(value, (tuple, list)) or len(value) > MAX_NDIM:
-        raise Refused("refusing a tensor", f"{what} is {short_repr(value)}")
+        raise Refused("refusing a tensor", f"{what} is {shown(value)}")
     return tuple(_nonneg_int(v, what) for v in value)
 
 
@@ -219,20 +228,20 @@ def _view(ref: _TensorRef, mm: np.memmap) -> np.ndarray:
 def flatten(obj: dict, prefix: str, tensors: dict, dtypes: dict, metadata: dict, mm: np.memmap, depth: int) -> None:
     """Nested dicts become dotted names ({"model": {"w": t}} -> "model.w"), as torch's state_dict."""
     if depth > MAX_NESTING:
-        raise Refused(f"dicts nested more than {MAX_NESTING} deep at {prefix!r}")
+        raise Refused(f"dicts nested more than {MAX_NESTING} deep at {shown(prefix)}")
     for key, value in obj.items():
         if not isinstance(key, str):
-            raise Refused(f"a state dict key that is not a string: {short_repr(key)}")
+            raise Refused(f"a state dict key that is not a string: {shown(key)}")
         name = prefix + key
         if name in tensors or name in metadata:
-            raise Refused(f"two entries flatten to the same name {name!r}")
+            raise Refused(f"two entries flatten to the same name {shown(name)}")
         if isinstance(value, _TensorRef):
             tensors[name] = _view(value, mm)
             dtypes[name] = value.storage.stype.dtype_name
         elif isinstance(value, dict):
             flatten(value, name + ".", tensors, dtypes, metadata, mm, depth + 1)
         elif _holds_tensor(value, 0):
-            raise Refused(f"tensors inside a {type(value).__name__} at {name!r}; expected a (nested) dict of tensors")
+            raise Refused(f"tensors inside a {type(value).__name__} at {shown(name)}; expected a (nested) dict of tensors")
         else:
             metadata[name] = value
 
