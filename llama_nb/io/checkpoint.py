@@ -183,7 +183,7 @@ def check_folder(folder: Path) -> None:
             f"{', ...' if len(shards) > 3 else ''}) for model parallelism (70B/405B); llama_nb reads "
             f"single-file checkpoints only (Llama 3.x 1B/3B/8B)"
         )
-    if (folder / CHECKPOINT_NAME).is_file():
+    if (folder / CHECKPOINT_NAME).exists():  # not is_file(): a FIFO there is refused by load_pth, naming it
         return
     if (folder / "config.json").is_file() and (
         any(folder.glob("*.safetensors")) or (folder / "model.safetensors.index.json").is_file()

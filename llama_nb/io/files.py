@@ -10,7 +10,8 @@ goes through `open_regular_file` or `read_regular_file`, so these hold for all o
   - Only regular files are read (symlinks are followed, to a regular file only): /dev/zero,
     /dev/urandom, a terminal, a socket or a folder is refused with what it is.
   - read_regular_file refuses a file larger than `limit` before reading it, and reads at most
-    limit + 1 bytes, so a file that grows while it is read is refused too, not read without end.
+    one byte more than its size, so a file that grows while it is read is refused too (a reader
+    never follows a growing file, nor allocates for more than the size it checked).
 
 Every failure is one CheckpointError line naming the file: "<path>: <problem>".
 """
@@ -67,9 +68,9 @@ def read_regular_file(path: str | Path, limit: int, what: str, missing: str = "n
         if size > limit:
             raise CheckpointError(f"{path}: {size} bytes; {what} is never more than {limit}, refusing to read it")
         try:
-            data = f.read(limit + 1)
+            data = f.read(size + 1)  # one byte more than fstat said: a file that grows is seen
         except OSError as exc:
             raise CheckpointError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    if len(data) > limit:  # it grew after fstat
-        raise CheckpointError(f"{path}: grew past {limit} bytes while being read; {what} is never that large")
+    if len(data) > size:
+        raise CheckpointError(f"{path}: grew while being read (past the {size} bytes it had); is it still being written?")
     return data

@@ -108,6 +108,7 @@ MAX_NO_WHITESPACES_CHARS = 25_000
 MAX_MODEL_BYTES = 32 << 20  # Meta's tokenizer.model: 2.2 MB for 128,000 tokens
 MAX_BASE_TOKENS = 1 << 20  # 8x Llama 3's 128,000
 _MAX_RANK_DIGITS = 9
+_MAX_BLANK_LINES = 1000  # Meta's file has none; tolerated, but they count against the line bound
 _LINE = re.compile(rb"[^\r\n]*(?:\r\n?|\n)?")  # one line of bytes.splitlines(), found lazily
 
 _CACHE_MAX_ENTRIES = 200_000  # piece -> ids; cleared when full (cheap, and hits recover fast)
@@ -129,8 +130,8 @@ def load_ranks(path: Path, max_tokens: int | None = None) -> dict[bytes, int]:
 
     The file is read only if it is a regular file of at most MAX_MODEL_BYTES, and reading stops
     at the first token past `max_tokens` (params.json's vocab_size less the 256 special tokens,
-    when the caller knows it) or MAX_BASE_TOKENS, so a ten-million-line file is refused after
-    the limit, not parsed first.
+    when the caller knows it) or MAX_BASE_TOKENS, and at the first line past that limit plus
+    _MAX_BLANK_LINES: a ten-million-line file is refused at the limit, not parsed first.
     """
     path = Path(path)
     data = read_regular_file(path, MAX_MODEL_BYTES, "a tokenizer.model", missing="tokenizer file not found")
@@ -140,10 +141,12 @@ def load_ranks(path: Path, max_tokens: int | None = None) -> dict[bytes, int]:
     ranks: dict[bytes, int] = {}
     line_of_rank: dict[int, int] = {}
     for line_no, match in enumerate(_LINE.finditer(data), start=1):
+        where = f"{path}:{line_no}"
+        if line_no > limit + _MAX_BLANK_LINES:  # blank lines count too: 10M of them are not free
+            raise CheckpointError(f"{where}: more than {limit + _MAX_BLANK_LINES} lines for at most {limit} tokens")
         fields = match.group().split()
         if not fields:
             continue  # blank lines carry nothing, Meta skips them too
-        where = f"{path}:{line_no}"
         if len(ranks) >= limit:
             raise CheckpointError(f"{where}: more than {limit} tokens; " + (
                 f"params.json's vocab_size allows {max_tokens} besides the {NUM_RESERVED_SPECIAL_TOKENS} special ones"
