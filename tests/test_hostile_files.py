@@ -1,27 +1,25 @@
-"""Hostile model folders, the file side of issue 13: what surrounds the pickle, and what hides in it.
+"""Hostile model folders, issue 13, the whole-file classes: what a file IS and how big, and its numbers.
 
-The classes of the red-team report, each with our own cases, in the style of tests/test_hostile.py
-and tests/test_hardening.py (whose pickle assembler and toy folder these reuse):
+Each class of the red-team report with our own cases, in the style of tests/test_hardening.py
+(whose toy folder, tests/fuzzing.py's, these reuse); what hides inside the .pth (colliding keys,
+FRAME tricks, files cut short under the map, forged names, the shape cache) is in
+tests/test_hostile_structures.py.
 
-    hangs          params.json / tokenizer.model / consolidated.00.pth as a FIFO; dict keys that
-                   collide in the hash table (ints whose hash is 0)
-    crashes        a deep dict key, BUILD or a huge memo index behind FRAME opcodes; a .pth cut
-                   short after it was mapped (SIGBUS if anything touched the map)
-    memory         files that are links to /dev/zero or /dev/urandom; a tokenizer of 10M lines
-    tracebacks     integers of thousands of digits; a tensor name with a 5000-digit layer index
+    hangs          params.json / tokenizer.model / consolidated.00.pth as a FIFO
+    memory         the same files as links to /dev/zero, /dev/urandom, /dev/null; sparse files
+                   of 64 GiB and 150 MB; a file that grows while read; a tokenizer of 10M lines
+    tracebacks     integers and floats of thousands of digits; a tensor name whose layer index
+                   has 5000 digits
     silent         rope_theta / norm_eps / ffn_dim_multiplier that make the forward pass garbage
-    escapes        names with newlines and terminal escape codes in one-line errors
-    cache          an unwritable $LLAMA_NB_CACHE for `bench model --shape`
 
-Every refusal is a one-line CheckpointError (or LlamaNbError) naming the file, in bounded time
-(a thread with a deadline, so a hang fails the test instead of blocking it).
+Every refusal is a one-line CheckpointError naming the file, in bounded time (in a thread with a
+deadline, so a hang fails the test instead of blocking the suite).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import struct
 import subprocess
 import sys
 import threading
@@ -35,19 +33,14 @@ import torch
 
 from llama_nb.errors import CheckpointError, LlamaNbError
 from llama_nb.io import files as io_files
-from llama_nb.io import pth_write, tokenizer as io_tokenizer
+from llama_nb.io import tokenizer as io_tokenizer
 from llama_nb.io.checkpoint import load_model_files
 from llama_nb.io.params import ModelArgs
 from llama_nb.io.pth import load_pth
 from llama_nb.io.tokenizer import Tokenizer, load_ranks
 from tests import fuzzing
-from tests.test_hostile import (
-    EMPTY_DICT, EMPTY_LIST, EMPTY_TUPLE, MARK, P2, P4, REDUCE, SETITEM, STOP, TUPLE1, glob, i, s, s8, stack_glob,
-    state_dict, tensor, write_pth,
-)
 
 ROOT = Path(__file__).resolve().parents[1]
-SETITEMS, DICT, NONE, BUILD = b"u", b"d", b"N", b"b"
 
 
 @pytest.fixture(scope="module")
