@@ -137,10 +137,10 @@ def mutate_pickle(pkl: bytes, rng: random.Random) -> tuple[bytes, str]:
             framed = _frame(body)
         elif form == "per opcode":
             framed = b"".join(_frame(body[a:b]) for a, b in zip(cuts, cuts[1:]))
-        elif form == "too long":
-            framed = _frame(body, len(body) + rng.choice([1, 2**20, 2**63]))
-        elif form == "too short":
-            framed = _frame(body, rng.randrange(1, len(body)))
+        elif form == "too long":  # past STOP, which a frame may hold (+1)
+            framed = _frame(body, len(body) + rng.choice([2, 2**20, 2**63]))
+        elif form == "too short":  # ending inside an opcode (at a boundary it would be a valid frame)
+            framed = _frame(body, rng.choice(sorted(set(range(1, len(body))) - set(cuts))))
         else:
             framed = _frame(_frame(body[: cuts[2]]) + body[cuts[2] :])
         return b"\x80\x04" + framed + b".", f"pickle: FRAME {form}"

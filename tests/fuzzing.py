@@ -383,16 +383,20 @@ def time_limit(seconds: float):
 
 def run_case(base: dict[str, bytes], seed: int, case: int, workdir: Path) -> CaseResult:
     """Mutate `base`, write it to workdir/case, load it; raise FuzzFailure if the contract breaks."""
+    folder = workdir / f"case{case}"
+    files, mutations = mutate(base, random.Random(f"{seed}:{case}"), folder / MARKER)
+    return check_case(files, mutations, folder, case)
+
+
+def check_case(files: dict, mutations: list[str], folder: Path, case: int = -1) -> CaseResult:
+    """Write `files` to `folder` (emptied first), load it; raise FuzzFailure if the contract breaks."""
     import time
 
     from llama_nb.errors import LlamaNbError
 
-    rng = random.Random(f"{seed}:{case}")
-    folder = workdir / f"case{case}"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     marker = folder / MARKER
-    files, mutations = mutate(base, rng, marker)
     write_folder(folder, files)
     t0 = time.perf_counter()
     try:
