@@ -163,7 +163,15 @@ def _pread_exactly(fd: int, buffer: memoryview, offset: int, path: Path) -> None
 
 
 def load_pth(path: str | Path) -> Checkpoint:
-    """Map a torch.save zip checkpoint and return its tensors as zero-copy views."""
+    """Map a torch.save zip checkpoint and return its tensors as zero-copy views.
+
+    The zip headers and data.pkl are read with pread, so a file cut short meanwhile is a
+    CheckpointError. The views ARE the file's pages: if the file is truncated or rewritten while
+    they are in use, touching a page past its new end raises SIGBUS, which kills the process
+    (Python cannot resume after it, and faulthandler could only print where it happened). Callers
+    that cannot rule that out use `Checkpoint.read_tensors()`, which never touches the map (the
+    model's default; `--mmap` opts into the views and their risk).
+    """
     path = Path(path)
     with Archive.open(path) as archive:
         return _load(path, archive)
