@@ -176,7 +176,7 @@ def check_folder(folder: Path) -> None:
         if folder.suffix == ".pth":
             raise CheckpointError(f"{folder}: a file; pass the folder that holds it ({folder.parent}); {_EXPECTS}")
         raise CheckpointError(f"{folder}: a file, not a folder; {_EXPECTS}")
-    shards = sorted(p.name for p in folder.glob("consolidated.*.pth") if _SHARD.fullmatch(p.name))
+    shards = sorted(p.name for p in folder.glob("consolidated.*.pth") if _SHARD.fullmatch(p.name))  # digits only: no escaping needed
     if len(shards) > 1:
         raise CheckpointError(
             f"{folder}: a checkpoint sharded into {len(shards)} files ({', '.join(shards[:3])}"
@@ -192,10 +192,10 @@ def check_folder(folder: Path) -> None:
         if (folder / "original" / CHECKPOINT_NAME).is_file():
             hint = f"; Meta's files are in its original/ subfolder: use --model {folder / 'original'}"
         raise CheckpointError(f"{folder}: a Hugging Face transformers folder (config.json + safetensors){hint}; {_EXPECTS}")
-    ggufs = sorted(p.name for p in folder.glob("*.gguf"))
+    ggufs = sorted(shown(p.name, quote=False) for p in folder.glob("*.gguf"))  # names in a folder: escaped too
     if ggufs:
         raise CheckpointError(f"{folder}: holds GGUF files ({ggufs[0]}), llama.cpp's format; {_EXPECTS}")
-    others = sorted(p.name for p in folder.glob("*.pth"))
+    others = sorted(shown(p.name, quote=False) for p in folder.glob("*.pth"))
     if others:
         raise CheckpointError(f"{folder}: no {CHECKPOINT_NAME} (found {', '.join(others[:3])}); {_EXPECTS}")
     raise CheckpointError(f"{folder / CHECKPOINT_NAME}: no such file; {_EXPECTS}")
