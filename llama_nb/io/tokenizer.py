@@ -109,7 +109,7 @@ MAX_MODEL_BYTES = 32 << 20  # Meta's tokenizer.model: 2.2 MB for 128,000 tokens
 MAX_BASE_TOKENS = 1 << 20  # 8x Llama 3's 128,000
 _MAX_RANK_DIGITS = 9
 _MAX_BLANK_LINES = 1000  # Meta's file has none; tolerated, but they count against the line bound
-_LINE = re.compile(rb"[^\r\n]*(?:\r\n?|\n)?")  # one line of bytes.splitlines(), found lazily
+_LINE = re.compile(rb"[^\r\n]*(?:\r\n?|\n)?")  # one line of bytes.splitlines() (with its end), lazily
 
 _CACHE_MAX_ENTRIES = 200_000  # piece -> ids; cleared when full (cheap, and hits recover fast)
 _CACHE_MAX_PIECE_CHARS = 64  # longer pieces rarely repeat; don't let them fill memory
@@ -137,22 +137,28 @@ def load_ranks(path: Path, max_tokens: int | None = None) -> dict[bytes, int]:
     data = read_regular_file(path, MAX_MODEL_BYTES, "a tokenizer.model", missing="tokenizer file not found")
     limit = MAX_BASE_TOKENS if max_tokens is None else min(max_tokens, MAX_BASE_TOKENS)
 
+    max_lines = limit + _MAX_BLANK_LINES
+    if data.count(b"\n") + data.count(b"\r") < max_lines:  # at most that many lines: split at C speed
+        lines: Iterable[bytes] = data.splitlines()
+    else:  # maybe millions: find them one at a time, and stop at the limit (4x slower per line)
+        lines = (match.group() for match in _LINE.finditer(data))
+
     a2b = binascii.a2b_base64
     ranks: dict[bytes, int] = {}
     line_of_rank: dict[int, int] = {}
-    for line_no, match in enumerate(_LINE.finditer(data), start=1):
-        where = f"{path}:{line_no}"
-        if line_no > limit + _MAX_BLANK_LINES:  # blank lines count too: 10M of them are not free
-            raise CheckpointError(f"{where}: more than {limit + _MAX_BLANK_LINES} lines for at most {limit} tokens")
-        fields = match.group().split()
+    for line_no, line in enumerate(lines, start=1):
+        if line_no > max_lines:  # blank lines count too: 10M of them are not free
+            raise CheckpointError(f"{path}:{line_no}: more than {max_lines} lines for at most {limit} tokens")
+        fields = line.split()
         if not fields:
             continue  # blank lines carry nothing, Meta skips them too
+        where = f"{path}:{line_no}"
         if len(ranks) >= limit:
             raise CheckpointError(f"{where}: more than {limit} tokens; " + (
                 f"params.json's vocab_size allows {max_tokens} besides the {NUM_RESERVED_SPECIAL_TOKENS} special ones"
                 if limit == max_tokens else "no Llama tokenizer is that large"))
         if len(fields) != 2:
-            raise CheckpointError(f"{where}: expected 'base64token rank', got {len(fields)} fields: {_show(match.group())}")
+            raise CheckpointError(f"{where}: expected 'base64token rank', got {len(fields)} fields: {_show(line)}")
         b64, rank_text = fields
         try:
             token = a2b(b64, strict_mode=True)
