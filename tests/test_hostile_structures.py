@@ -199,6 +199,23 @@ def test_read_tensors_of_a_file_cut_short_is_a_one_line_error(tmp_path, strided)
     assert proc.stdout.startswith("refused") and "file ended while reading tensor data" in proc.stdout, proc.stdout
 
 
+def test_a_file_that_shrinks_in_the_middle_of_read_tensors_is_a_one_line_error(tmp_path):
+    torch.save({"w": torch.ones(1 << 18, dtype=torch.bfloat16)}, tmp_path / "mid.pth")  # 512 KiB, 128 chunks
+    script = (
+        "import os, sys\nimport llama_nb.io.pth as pth\nfrom llama_nb.errors import CheckpointError\n"
+        "ck = pth.load_pth(sys.argv[1])\npth.READ_CHUNK, pth.READ_THREADS = 4096, 1\nreal, calls = pth._pread_exactly, []\n"
+        "def shrinking(fd, buffer, offset, path):\n"
+        "    calls.append(offset)\n"
+        "    if len(calls) == 10:\n        os.truncate(path, 20_000)\n"
+        "    real(fd, buffer, offset, path)\n"
+        "pth._pread_exactly = shrinking\n"
+        "try:\n    ck.read_tensors(); print('read')\n"
+        "except CheckpointError as exc:\n    print('refused', exc)\n")
+    proc = in_child(script, tmp_path / "mid.pth")
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+    assert proc.stdout.startswith("refused") and "file ended while reading tensor data" in proc.stdout, proc.stdout
+
+
 def test_read_tensors_copies_strided_views_exactly(tmp_path):
     big = torch.arange(1 << 12, dtype=torch.float32).reshape(64, 64).to(torch.bfloat16)
     torch.save({"w": big[3:, 1::3], "v": big.T}, tmp_path / "s.pth")
