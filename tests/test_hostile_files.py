@@ -232,6 +232,8 @@ def test_thousands_of_digits(base, tmp_path):
     tok = tmp_path / "tokenizer.model"
     tok.write_bytes(b"\n".join(tokenizer_lines(300)[:299]) + b"\nAAAA " + b"9" * 5000 + b"\n")
     one_line_error(load_ranks, tok, named=tok, phrases=[":300: rank of 5000 digits"])
+    tok.write_bytes(b"\n".join(tokenizer_lines(300)[:299]) + b"\nAAAA 999999999\n")  # 9 digits: beyond any limit
+    one_line_error(load_ranks, tok, named=tok, phrases=[":300: rank 999999999 is beyond the 1048576 tokens"])
 
 
 def test_a_huge_layer_index_in_a_tensor_name(base, tmp_path):

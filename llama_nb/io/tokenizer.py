@@ -171,6 +171,8 @@ def load_ranks(path: Path, max_tokens: int | None = None) -> dict[bytes, int]:
         if len(rank_text) > _MAX_RANK_DIGITS:  # int() refuses more than 4300 digits; no rank has 10
             raise CheckpointError(f"{where}: rank of {len(rank_text)} digits: {_show(rank_text)}")
         rank = int(rank_text)
+        if rank >= limit:  # ranks end up 0..n-1 with n <= limit; bounded here, they cannot collide in line_of_rank
+            raise CheckpointError(f"{where}: rank {rank} is beyond the {limit} tokens a tokenizer.model may hold here")
         if rank in line_of_rank:
             raise CheckpointError(f"{where}: duplicate rank {rank} (first on line {line_of_rank[rank]})")
         if token in ranks:
