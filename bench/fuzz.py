@@ -171,8 +171,7 @@ def replay(seed: int, case: int, keep: Path | None) -> int:
         if keep:  # run_case removes a passing case's folder: write it again where asked
             files, _ = fuzzing.mutate(base, random.Random(f"{seed}:{case}"), keep / fuzzing.MARKER)
             keep.mkdir(parents=True, exist_ok=True)
-            for name, data in files.items():
-                (keep / name).write_bytes(data)
+            fuzzing.write_folder(keep, files)
             print(f"folder kept in {keep}")
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"case {case}: {'; '.join(result.mutations)}\n{result.outcome}: {result.detail} ({result.seconds:.3f} s)")

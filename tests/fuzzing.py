@@ -20,10 +20,13 @@ The base folder is Meta's layout at toy size: consolidated.00.pth written by tor
                   re-packed into the zip so the pickle itself is parsed
     params.json   keys dropped, values changed to wrong types or extremes, JSON broken
     tokenizer     lines dropped, duplicated, swapped, their base64 or rank corrupted
+    hostile       tests/fuzz_hostile.py's: FIFOs, links to devices, sparse giants, huge digits,
+                  a .pth that shrinks or grows between reads; FRAME tricks, colliding keys,
+                  names with 5000-digit layer indices or escape codes in data.pkl
 
 The contract each case checks: the folder either loads (load_model_files, Tokenizer, and then
 llama_nb.load_model + one forward pass + a few greedy tokens, whose ids must be valid even when
-the weights hold NaN) or is refused with a LlamaNbError whose message is one line. Any other
+the weights hold NaN) or is refused with a LlamaNbError whose message is one printable line. Any other
 exception, a payload that ran (MARKER file), or a case that hangs is a bug.
 """
 
@@ -45,6 +48,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from tests import fuzz_hostile
 
 PTH, PARAMS, TOKENIZER = "consolidated.00.pth", "params.json", "tokenizer.model"
 MARKER = "MARKER"  # created by a hostile payload if it ever runs
@@ -219,7 +224,7 @@ def _flip(data: bytes, rng: random.Random, lo: int = 0, hi: int | None = None) -
 
 def mutate_pth(data: bytes, rng: random.Random, marker: Path) -> tuple[bytes, str]:
     kind = rng.choice(["flip", "flip_pickle", "weights", "truncate", "drop", "rename", "duplicate", "compress",
-                       "pickle", "pickle", "pickle", "pickle"])
+                       "pickle", "pickle", "pickle", "pickle", "hostile"])
     try:
         entries = zip_entries(data)
         pkl_name = pickle_name(entries)
@@ -262,7 +267,7 @@ def mutate_pth(data: bytes, rng: random.Random, marker: Path) -> tuple[bytes, st
         k = rng.randrange(len(entries))
         return pack_zip(entries, compress={names[k]}), f"zip: entry {names[k]} deflated"
     pkl = dict(entries)[pkl_name]
-    new_pkl, what = mutate_pickle(pkl, rng, marker)
+    new_pkl, what = fuzz_hostile.mutate_pickle(pkl, rng) if kind == "hostile" else mutate_pickle(pkl, rng, marker)
     return pack_zip([(n, new_pkl if n == pkl_name else d) for n, d in entries]), what
 
 
@@ -328,8 +333,10 @@ def mutate(files: dict[str, bytes], rng: random.Random, marker: Path) -> tuple[d
     files = dict(files)
     done = []
     for _ in range(1 if rng.random() < 0.85 else 2):
-        target = rng.choices([PTH, PARAMS, TOKENIZER], weights=[70, 15, 15])[0]
-        if target == PTH:
+        target = rng.choices([PTH, PARAMS, TOKENIZER, "files"], weights=[70, 15, 15, 10])[0]
+        if target == "files" or not isinstance(files[target], bytes):  # a FIFO or a link has no bytes to mutate
+            files, what = fuzz_hostile.mutate_files(files, rng)
+        elif target == PTH:
             files[PTH], what = mutate_pth(files[PTH], rng, marker)
         elif target == PARAMS:
             files[PARAMS], what = mutate_params(files[PARAMS], rng)
@@ -376,25 +383,28 @@ def time_limit(seconds: float):
 
 def run_case(base: dict[str, bytes], seed: int, case: int, workdir: Path) -> CaseResult:
     """Mutate `base`, write it to workdir/case, load it; raise FuzzFailure if the contract breaks."""
+    folder = workdir / f"case{case}"
+    files, mutations = mutate(base, random.Random(f"{seed}:{case}"), folder / MARKER)
+    return check_case(files, mutations, folder, case)
+
+
+def check_case(files: dict, mutations: list[str], folder: Path, case: int = -1) -> CaseResult:
+    """Write `files` to `folder` (emptied first), load it; raise FuzzFailure if the contract breaks."""
     import time
 
     from llama_nb.errors import LlamaNbError
 
-    rng = random.Random(f"{seed}:{case}")
-    folder = workdir / f"case{case}"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     marker = folder / MARKER
-    files, mutations = mutate(base, rng, marker)
-    for name, data in files.items():
-        (folder / name).write_bytes(data)
+    write_folder(folder, files)
     t0 = time.perf_counter()
     try:
-        detail = load_and_run(folder)
+        detail = load_and_run(folder, files.get(fuzz_hostile.CHANGE))
         outcome = "loaded"
     except LlamaNbError as exc:
         detail, outcome = str(exc), "refused"
-        if "\n" in detail or not detail:
+        if not detail.isprintable() or not detail:  # a newline or an escape code from a file's name
             raise FuzzFailure(f"case {case} ({'; '.join(mutations)}): error message is not one line: {detail!r}")
     except Exception as exc:  # noqa: BLE001 - the point: nothing else may escape
         tb = traceback.format_exc(limit=-6)
@@ -406,14 +416,25 @@ def run_case(base: dict[str, bytes], seed: int, case: int, workdir: Path) -> Cas
     return CaseResult(case, outcome, mutations, detail, time.perf_counter() - t0)
 
 
-def load_and_run(folder: Path) -> str:
-    """What a user does with a folder: read it, then load the model and generate a few tokens."""
+def write_folder(folder: Path, files: dict) -> None:
+    """The mutated files on disk (FIFOs, links and sparse files too); a Change is not a file."""
+    for name, data in files.items():
+        if name != fuzz_hostile.CHANGE:
+            fuzz_hostile.write(folder / name, data)
+
+
+def load_and_run(folder: Path, change: fuzz_hostile.Change | None = None) -> str:
+    """What a user does with a folder: read it, then load the model and generate a few tokens.
+    A `change` to the .pth is made after the folder was checked, before its tensors are read."""
     import llama_nb
     from llama_nb.io.checkpoint import load_model_files
     from llama_nb.io.tokenizer import Tokenizer
 
     files = load_model_files(folder)
-    tokenizer = Tokenizer(files.tokenizer_path)
+    if change is not None:
+        change.apply(folder / PTH)
+        files.checkpoint.read_tensors()  # a file cut short: a CheckpointError, never a SIGBUS
+    tokenizer = Tokenizer(files.tokenizer_path, vocab_size=files.args.vocab_size)
     llm = llama_nb.load_model(folder, ctx=CTX)
     ids = tokenizer.encode("the cat", bos=True, eos=False)
     logits = llm.forward(ids, 0)

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from tests import fuzzing
+from tests import fuzz_hostile, fuzzing
 
 SEED = 2024
 CASES = 300
@@ -36,7 +36,7 @@ def test_mutations_are_deterministic_and_varied(base, tmp_path):
     again = [fuzzing.mutate(base, random.Random(f"{SEED}:{case}"), tmp_path / "M") for case in range(60)]
     assert runs == again
     kinds = collections.Counter(what.split(":")[0] for _, done in runs for what in done)
-    assert {"pth", "zip", "pickle", "params.json", "tokenizer.model"} <= set(kinds), kinds
+    assert {"pth", "zip", "pickle", "params.json", "tokenizer.model", "files"} <= set(kinds), kinds
     assert all(files != base for files, _ in runs[:20])
 
 
@@ -55,3 +55,35 @@ def test_fuzz_cases_load_or_are_refused(base, tmp_path):
     assert outcomes["loaded"] > CASES // 10 and outcomes["refused"] > CASES // 2, outcomes
     assert mutations["pickle", "refused"] > 20 and mutations["pth", "loaded"] > 5, mutations
     assert elapsed < 60, f"{CASES} cases took {elapsed:.1f} s"
+
+
+# Every hostile mutation of tests/fuzz_hostile.py, by a phrase of its description, and what it must
+# end in: well-formed FRAMEs and a grown file may load; everything else is refused.
+HOSTILE = {
+    "is a FIFO": {"refused"}, "-> /dev/": {"refused"}, "sparse file": {"refused"}, "digits": {"refused"},
+    "cut to": {"refused", "loaded"}, "grows by": {"refused", "loaded"},  # a cut inside the central directory's
+    "FRAME whole": {"loaded"}, "FRAME per opcode": {"loaded"}, "FRAME too long": {"refused"},  # tail may load
+    "FRAME too short": {"refused"}, "FRAME nested": {"refused"}, "behind a FRAME": {"refused"},
+    "colliding int keys": {"refused"}, "tensor name": {"refused"},
+}
+
+
+def test_every_hostile_mutation_loads_or_is_refused_as_it_should(base, tmp_path):
+    """Each hostile kind, drawn from its own seeds until all appeared, through the fuzzer's contract."""
+    entries = fuzzing.zip_entries(base[fuzzing.PTH])
+    pkl_name = fuzzing.pickle_name(entries)
+    outcomes: dict[str, set] = collections.defaultdict(set)
+    for k in range(120):
+        rng = random.Random(f"hostile:{k}")
+        if k % 2:
+            files, what = fuzz_hostile.mutate_files(base, rng)
+        else:
+            pkl, what = fuzz_hostile.mutate_pickle(dict(entries)[pkl_name], rng)
+            files = {**base, fuzzing.PTH: fuzzing.pack_zip([(n, pkl if n == pkl_name else d) for n, d in entries])}
+        with fuzzing.time_limit(CASE_SECONDS):
+            result = fuzzing.check_case(files, [what], tmp_path / "case")  # raises FuzzFailure on a bug
+        kind = next((phrase for phrase in HOSTILE if phrase in what), what)
+        outcomes[kind].add(result.outcome)
+    assert set(outcomes) == set(HOSTILE), set(outcomes) ^ set(HOSTILE)
+    wrong = {kind: seen for kind, seen in outcomes.items() if not seen <= HOSTILE[kind]}
+    assert not wrong, wrong

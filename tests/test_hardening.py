@@ -82,6 +82,10 @@ def big_ints(values):
     return MARK + b"".join(long1(v) for v in values) + TUPLE
 
 
+def frame(body):  # protocol 4's FRAME around opcodes
+    return b"\x95" + struct.pack("<Q", len(body)) + body
+
+
 def nested_bomb(levels=10, fanout=1000):
     """[[...] * 1000] 10 deep, by reference: 10 lists in the pickle, 1000**10 paths through it."""
     out = EMPTY_LIST + b"q\x00" + b"0"  # memo 0 = [], popped
@@ -134,6 +138,13 @@ STRUCTURAL = {
     "string longer than the pickle": (P2 + b"X" + struct.pack("<I", 2**31) + b"ab" + STOP, "corrupt pickle"),
     "bytes8 of 2**62": (b"\x80\x04\x8e" + struct.pack("<Q", 2**62) + STOP, "corrupt pickle"),
     "storage of 2**31 elements": (state_dict(("w", tensor(pid(numel=2**31 - 1)))), "needs 4294967294 bytes"),
+    # issue 13: structures behind FRAMEs, keys whose hashes collide (more in test_hostile_structures.py)
+    "1M-deep dict key behind a FRAME": (b"\x80\x04" + frame(EMPTY_DICT + EMPTY_TUPLE + TUPLE1 * 1_000_000 + i(1)
+                                                          + SETITEM) + STOP, "nested more than 100 deep"),
+    "BUILD behind a FRAME": (b"\x80\x04" + frame(EMPTY_DICT + EMPTY_DICT + b"b") + STOP, "refusing pickle opcode BUILD"),
+    "memo index behind a FRAME": (b"\x80\x04" + frame(EMPTY_LIST + b"r\xff\xff\xff\xff") + STOP, "memo index 4294967295"),
+    "30k int keys hashing to 0": (P2 + EMPTY_DICT + MARK + b"".join(long1(k * (2**61 - 1)) + b"N" for k in range(1, 30_001))
+                                  + b"u" + STOP, "a dict key that is not a string"),
 }
 
 
@@ -165,7 +176,8 @@ def test_reference_bomb_costs_what_its_pickle_costs(tmp_path):
 def test_memory_attacks_under_an_address_space_limit(tmp_path):
     """In a child limited to 1 GiB of address space: the memo, nesting and bomb attacks are refused
     without a MemoryError, a signal (C-stack overflow) or a traceback; nothing is allocated big."""
-    names = ["LONG_BINPUT 2**32-1", "PUT 10**14", "1M-deep dict key", "100k nested lists", "BINPERSID deep tuple"]
+    names = ["LONG_BINPUT 2**32-1", "PUT 10**14", "1M-deep dict key", "100k nested lists", "BINPERSID deep tuple",
+             "1M-deep dict key behind a FRAME", "30k int keys hashing to 0"]
     files = [write_pth(tmp_path / f"{k}.pth", STRUCTURAL[n][0]) for k, n in enumerate(names)]
     files.append(write_pth(tmp_path / "bomb.pth", state_dict(("w", tensor()), ("b", nested_bomb()))))
     script = (
@@ -183,7 +195,7 @@ def test_memory_attacks_under_an_address_space_limit(tmp_path):
                           timeout=120, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     outcomes = [json.loads(line) for line in proc.stdout.splitlines()]
-    assert [o[0] for o in outcomes] == ["refused"] * 5 + ["loaded"], outcomes
+    assert [o[0] for o in outcomes] == ["refused"] * len(names) + ["loaded"], outcomes
     for (_, msg), path in zip(outcomes, files):
         assert str(path) in msg and "MemoryError" not in msg and "Recursion" not in msg, msg
 

@@ -36,8 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llama_nb.errors import CheckpointError
+from llama_nb.errors import CheckpointError, shown
 from llama_nb.formats import format_of_checkpoint_dtype
+from llama_nb.io.files import open_regular_file
 from llama_nb.io.params import ModelArgs
 from llama_nb.io.pth import Checkpoint, load_pth
 
@@ -91,10 +92,12 @@ def load_model_files(folder: str | Path, *, require_tokenizer: bool = True) -> M
     check_folder(folder)
     args = ModelArgs.from_file(folder / PARAMS_NAME)
     tokenizer_path: Path | None = folder / TOKENIZER_NAME
-    if not tokenizer_path.is_file():
+    if not tokenizer_path.exists():
         if require_tokenizer:
             raise CheckpointError(f"{tokenizer_path}: no such file; {_EXPECTS}")
         tokenizer_path = None
+    else:  # a FIFO or /dev/zero there is refused now, not when the tokenizer is read
+        open_regular_file(tokenizer_path, TOKENIZER_NAME).close()
     checkpoint = load_pth(folder / CHECKPOINT_NAME)
     check_tensors(checkpoint, args, source=folder / PARAMS_NAME)
     return ModelFiles(folder=folder, args=args, checkpoint=checkpoint, tokenizer_path=tokenizer_path)
@@ -172,14 +175,14 @@ def check_folder(folder: Path) -> None:
         if folder.suffix == ".pth":
             raise CheckpointError(f"{folder}: a file; pass the folder that holds it ({folder.parent}); {_EXPECTS}")
         raise CheckpointError(f"{folder}: a file, not a folder; {_EXPECTS}")
-    shards = sorted(p.name for p in folder.glob("consolidated.*.pth") if _SHARD.fullmatch(p.name))
+    shards = sorted(p.name for p in folder.glob("consolidated.*.pth") if _SHARD.fullmatch(p.name))  # digits only: no escaping needed
     if len(shards) > 1:
         raise CheckpointError(
             f"{folder}: a checkpoint sharded into {len(shards)} files ({', '.join(shards[:3])}"
             f"{', ...' if len(shards) > 3 else ''}) for model parallelism (70B/405B); llama_nb reads "
             f"single-file checkpoints only (Llama 3.x 1B/3B/8B)"
         )
-    if (folder / CHECKPOINT_NAME).is_file():
+    if (folder / CHECKPOINT_NAME).exists():  # not is_file(): a FIFO there is refused by load_pth, naming it
         return
     if (folder / "config.json").is_file() and (
         any(folder.glob("*.safetensors")) or (folder / "model.safetensors.index.json").is_file()
@@ -188,23 +191,25 @@ def check_folder(folder: Path) -> None:
         if (folder / "original" / CHECKPOINT_NAME).is_file():
             hint = f"; Meta's files are in its original/ subfolder: use --model {folder / 'original'}"
         raise CheckpointError(f"{folder}: a Hugging Face transformers folder (config.json + safetensors){hint}; {_EXPECTS}")
-    ggufs = sorted(p.name for p in folder.glob("*.gguf"))
+    ggufs = sorted(shown(p.name, quote=False) for p in folder.glob("*.gguf"))  # names in a folder: escaped too
     if ggufs:
         raise CheckpointError(f"{folder}: holds GGUF files ({ggufs[0]}), llama.cpp's format; {_EXPECTS}")
-    others = sorted(p.name for p in folder.glob("*.pth"))
+    others = sorted(shown(p.name, quote=False) for p in folder.glob("*.pth"))
     if others:
         raise CheckpointError(f"{folder}: no {CHECKPOINT_NAME} (found {', '.join(others[:3])}); {_EXPECTS}")
     raise CheckpointError(f"{folder / CHECKPOINT_NAME}: no such file; {_EXPECTS}")
 
 
 def _first(names: list[str], n: int = 4) -> str:
+    """The first n names (from the file: escaped, so a name cannot forge a line) and how many more."""
     more = f", ... ({len(names) - n} more)" if len(names) > n else ""
-    return ", ".join(names[:n]) + more
+    return ", ".join(shown(name, quote=False) for name in names[:n]) + more
 
 
 def _layer_hint(checkpoint: Checkpoint, args: ModelArgs) -> str:
     """When the layer count disagrees with params.json, say so: it explains a long missing list."""
-    layers = {int(m.group(1)) for name in checkpoint.keys() if (m := re.match(r"layers\.(\d+)\.", name))}
+    # indices kept as text: int() of a 5000-digit index (a hostile name) is a ValueError
+    layers = {m.group(1) for name in checkpoint.keys() if (m := re.match(r"layers\.(\d+)\.", name))}
     if layers and len(layers) != args.n_layers:
         return f" (the file has {len(layers)} layers, params.json says n_layers={args.n_layers})"
     return ""

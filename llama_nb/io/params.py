@@ -22,6 +22,7 @@ Derived sizes, as Meta's model.py computes them:
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass
@@ -29,6 +30,13 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from llama_nb.errors import CheckpointError
+from llama_nb.io.files import read_regular_file
+
+MAX_PARAMS_BYTES = 1 << 20  # Meta's params.json is ~250 bytes
+MAX_INT_DIGITS = 20  # 2**64 has 20 digits
+# Ranges outside which the forward pass computes garbage without a word (see from_dict).
+ROPE_THETA_RANGE = (1.0, 1e12)  # Meta: 500000 (Llama 3), 10000 (Llama 2)
+NORM_EPS_RANGE = (1e-12, 1.0)  # Meta: 1e-5; in float32, 1e-12 still keeps 0 / sqrt(0 + eps) finite
 
 _MISSING = object()
 
@@ -115,33 +123,49 @@ class ModelArgs:
                 f"RoPE needs an even head_dim (dim, n_heads)"
             )
         try:  # int(1e308 * h) is inf: OverflowError, not a size
-            args.hidden_dim
+            hidden_dim = args.hidden_dim
         except OverflowError:
             raise CheckpointError(
                 f"{source}: ffn_dim_multiplier={args.ffn_dim_multiplier} makes the FFN hidden size "
                 f"infinite (dim={args.dim}, multiple_of={args.multiple_of})"
             ) from None
+        if hidden_dim < 1:  # ffn_dim_multiplier=1e-30: int(1e-30 * h) = 0, an FFN of width 0
+            raise CheckpointError(
+                f"{source}: ffn_dim_multiplier={args.ffn_dim_multiplier} makes the FFN hidden size 0 "
+                f"(dim={args.dim}, multiple_of={args.multiple_of})"
+            )
+        _check_range(source, "rope_theta", args.rope_theta, ROPE_THETA_RANGE,
+                     "below 1 the RoPE frequencies 1 / theta^(2i/head_dim) exceed 1, and tiny ones divide by zero")
+        _check_range(source, "norm_eps", args.norm_eps, NORM_EPS_RANGE,
+                     "RMSNorm divides by sqrt(mean(x^2) + norm_eps) in float32")
         return args
 
     @classmethod
     def from_file(cls, path: str | Path) -> "ModelArgs":
         """Read and validate params.json; every failure is a one-line CheckpointError naming it."""
         path = Path(path)
+        raw = read_regular_file(path, MAX_PARAMS_BYTES, "params.json",
+                                missing="no such file (Meta's model folders include params.json)")
         try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise CheckpointError(f"{path}: no such file (Meta's model folders include params.json)") from None
+            text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise CheckpointError(f"{path}: not UTF-8 text (byte {exc.start}); expected Meta's params.json") from None
-        except OSError as exc:
-            raise CheckpointError(f"{path}: cannot read: {exc.strerror or exc}") from None
         try:
-            data = json.loads(text)
+            data = json.loads(text, parse_int=functools.partial(_json_int, path))
         except json.JSONDecodeError as exc:
             raise CheckpointError(f"{path}: not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
         except RecursionError:
             raise CheckpointError(f"{path}: not valid JSON: nested too deeply") from None
         return cls.from_dict(data, source=str(path))
+
+
+def _json_int(path: Path, digits: str) -> int:
+    """An integer of params.json, refused past MAX_INT_DIGITS digits: no size is that large, and
+    int() of a string of more than 4300 digits is a ValueError (Python's int-to-str limit)."""
+    if len(digits.lstrip("-")) > MAX_INT_DIGITS:
+        raise CheckpointError(f"{path}: an integer of {len(digits)} digits; params.json holds sizes of at most "
+                              f"{MAX_INT_DIGITS} digits")
+    return int(digits)
 
 
 _FIELDS = (
@@ -176,6 +200,12 @@ def _check_type(source: str, key: str, value: Any, kind: str) -> Any:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0:
         return float(value)
     raise CheckpointError(f"{source}: key {key!r} must be a positive number, got {_show(value)}")
+
+
+def _check_range(source: str, key: str, value: float, bounds: tuple[float, float], why: str) -> None:
+    low, high = bounds
+    if not low <= value <= high:
+        raise CheckpointError(f"{source}: {key}={value:g} is outside [{low:g}, {high:g}] ({why})")
 
 
 def _show(value: Any) -> str:

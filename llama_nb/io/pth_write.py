@@ -290,7 +290,12 @@ def shape_nbytes(name: str) -> int:
 
 def shape_folder(name: str) -> Path:
     """Where the random model `name` is cached: $LLAMA_NB_CACHE/shapes/<name> (default ~/.cache/llama_nb)."""
-    cache = os.environ.get("LLAMA_NB_CACHE") or Path.home() / ".cache" / "llama_nb"
+    cache = os.environ.get("LLAMA_NB_CACHE")
+    if not cache:
+        try:
+            cache = Path.home() / ".cache" / "llama_nb"
+        except RuntimeError:  # no $HOME and no password entry
+            raise LlamaNbError("--shape: no home folder to cache shape models in; set LLAMA_NB_CACHE") from None
     return Path(cache).expanduser() / "shapes" / name
 
 
@@ -298,19 +303,24 @@ def ensure_shape_model(name: str, seed: int = 0, on_write=None) -> Path:
     """The folder of a random model of shape `name`, written once (seed 0) and reused afterwards.
 
     `on_write(folder, nbytes)` is called before a (possibly long) write. LlamaNbError for an unknown
-    name or when the disk has not room for it."""
+    name, when the disk has not room for it, or when the cache folder cannot be written (one line
+    naming the folder, e.g. a read-only home)."""
     if name not in SHAPES:
         raise LlamaNbError(f"--shape {name!r}: unknown; known shapes: {', '.join(SHAPES)}")
     folder = shape_folder(name)
     if (folder / CHECKPOINT_NAME).is_file() and (folder / PARAMS_NAME).is_file():
         return folder
     nbytes = shape_nbytes(name)
-    folder.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(folder).free
-    if free < nbytes * 1.05:
-        raise LlamaNbError(f"--shape {name}: needs {nbytes / 1e9:.1f} GB in {folder}, only {free / 1e9:.1f} GB free "
-                           "(set LLAMA_NB_CACHE to a bigger disk)")
-    if on_write is not None:
-        on_write(folder, nbytes)
-    args, tied = SHAPES[name]
-    return write_random_model(folder, args, seed=seed, tied_output=tied)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(folder).free
+        if free < nbytes * 1.05:
+            raise LlamaNbError(f"--shape {name}: needs {nbytes / 1e9:.1f} GB in {folder}, only {free / 1e9:.1f} GB "
+                               "free (set LLAMA_NB_CACHE to a bigger disk)")
+        if on_write is not None:
+            on_write(folder, nbytes)
+        args, tied = SHAPES[name]
+        return write_random_model(folder, args, seed=seed, tied_output=tied)
+    except OSError as exc:  # read-only home, $LLAMA_NB_CACHE a file or not writable, disk full
+        raise LlamaNbError(f"--shape {name}: cannot write the shape model cache in {folder}: "
+                           f"{exc.strerror or exc} (set LLAMA_NB_CACHE to a writable folder)") from None

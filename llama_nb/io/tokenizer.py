@@ -31,13 +31,15 @@ import binascii
 import codecs
 import functools
 import heapq
+import re
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import AbstractSet, Literal
 
 import regex
 
-from llama_nb.errors import CheckpointError, LlamaNbError
+from llama_nb.errors import CheckpointError, LlamaNbError, shown
+from llama_nb.io.files import read_regular_file
 
 # Meta's llama_models/llama3/tokenizer.py, verbatim.
 PAT_STR = (
@@ -103,6 +105,12 @@ MAX_ENCODE_CHARS = 400_000
 MAX_NO_WHITESPACES_CHARS = 25_000
 
 
+MAX_MODEL_BYTES = 32 << 20  # Meta's tokenizer.model: 2.2 MB for 128,000 tokens
+MAX_BASE_TOKENS = 1 << 20  # 8x Llama 3's 128,000
+_MAX_RANK_DIGITS = 9
+_MAX_BLANK_LINES = 1000  # Meta's file has none; tolerated, but they count against the line bound
+_LINE = re.compile(rb"[^\r\n]*(?:\r\n?|\n)?")  # one line of bytes.splitlines() (with its end), lazily
+
 _CACHE_MAX_ENTRIES = 200_000  # piece -> ids; cleared when full (cheap, and hits recover fast)
 _CACHE_MAX_PIECE_CHARS = 64  # longer pieces rarely repeat; don't let them fill memory
 _HEAP_MIN_BYTES = 256  # below this, the O(n^2) list merge (C-speed min) beats a heap
@@ -117,24 +125,38 @@ def _runs_pattern() -> regex.Pattern:
     return regex.compile(f"[{space}]+|[^{space}]+")
 
 
-def load_ranks(path: Path) -> dict[bytes, int]:
-    """Read `base64 rank` lines; every problem is a CheckpointError naming file and line."""
+def load_ranks(path: Path, max_tokens: int | None = None) -> dict[bytes, int]:
+    """Read `base64 rank` lines; every problem is a CheckpointError naming file and line.
+
+    The file is read only if it is a regular file of at most MAX_MODEL_BYTES, and reading stops
+    at the first token past `max_tokens` (params.json's vocab_size less the 256 special tokens,
+    when the caller knows it) or MAX_BASE_TOKENS, and at the first line past that limit plus
+    _MAX_BLANK_LINES: a ten-million-line file is refused at the limit, not parsed first.
+    """
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: tokenizer file not found") from None
-    except OSError as exc:
-        raise CheckpointError(f"{path}: cannot read tokenizer file ({exc.strerror})") from None
+    data = read_regular_file(path, MAX_MODEL_BYTES, "a tokenizer.model", missing="tokenizer file not found")
+    limit = MAX_BASE_TOKENS if max_tokens is None else min(max_tokens, MAX_BASE_TOKENS)
+
+    max_lines = limit + _MAX_BLANK_LINES
+    if data.count(b"\n") + data.count(b"\r") < max_lines:  # at most that many lines: split at C speed
+        lines: Iterable[bytes] = data.splitlines()
+    else:  # maybe millions: find them one at a time, and stop at the limit (4x slower per line)
+        lines = (match.group() for match in _LINE.finditer(data))
 
     a2b = binascii.a2b_base64
     ranks: dict[bytes, int] = {}
     line_of_rank: dict[int, int] = {}
-    for line_no, line in enumerate(data.splitlines(), start=1):
+    for line_no, line in enumerate(lines, start=1):
+        if line_no > max_lines:  # blank lines count too: 10M of them are not free
+            raise CheckpointError(f"{path}:{line_no}: more than {max_lines} lines for at most {limit} tokens")
         fields = line.split()
         if not fields:
             continue  # blank lines carry nothing, Meta skips them too
         where = f"{path}:{line_no}"
+        if len(ranks) >= limit:
+            raise CheckpointError(f"{where}: more than {limit} tokens; " + (
+                f"params.json's vocab_size allows {max_tokens} besides the {NUM_RESERVED_SPECIAL_TOKENS} special ones"
+                if limit == max_tokens else "no Llama tokenizer is that large"))
         if len(fields) != 2:
             raise CheckpointError(f"{where}: expected 'base64token rank', got {len(fields)} fields: {_show(line)}")
         b64, rank_text = fields
@@ -146,11 +168,15 @@ def load_ranks(path: Path) -> dict[bytes, int]:
             raise CheckpointError(f"{where}: empty token")
         if not rank_text.isdigit():  # ASCII digits only: int() would also take '+1', '1_0', ' 1'
             raise CheckpointError(f"{where}: rank is not a non-negative integer: {_show(rank_text)}")
+        if len(rank_text) > _MAX_RANK_DIGITS:  # int() refuses more than 4300 digits; no rank has 10
+            raise CheckpointError(f"{where}: rank of {len(rank_text)} digits: {_show(rank_text)}")
         rank = int(rank_text)
+        if rank >= limit:  # ranks end up 0..n-1 with n <= limit; bounded here, they cannot collide in line_of_rank
+            raise CheckpointError(f"{where}: rank {rank} is beyond the {limit} tokens a tokenizer.model may hold here")
         if rank in line_of_rank:
             raise CheckpointError(f"{where}: duplicate rank {rank} (first on line {line_of_rank[rank]})")
         if token in ranks:
-            raise CheckpointError(f"{where}: duplicate token {token!r} (first with rank {ranks[token]})")
+            raise CheckpointError(f"{where}: duplicate token {shown(token)} (first with rank {ranks[token]})")
         line_of_rank[rank] = line_no
         ranks[token] = rank
     if not ranks:
@@ -167,9 +193,8 @@ def load_ranks(path: Path) -> dict[bytes, int]:
     return ranks
 
 
-def _show(raw: bytes, limit: int = 60) -> str:
-    text = raw.decode("utf-8", errors="replace")
-    return repr(text if len(text) <= limit else text[:limit] + "...")
+def _show(raw: bytes) -> str:
+    return shown(raw.rstrip(b"\r\n").decode("utf-8", errors="replace"))
 
 
 class Tokenizer:
@@ -178,9 +203,12 @@ class Tokenizer:
     pat_str = PAT_STR
     num_reserved_special_tokens = NUM_RESERVED_SPECIAL_TOKENS
 
-    def __init__(self, model_path: str | Path):
+    def __init__(self, model_path: str | Path, vocab_size: int | None = None):
+        """`vocab_size`: params.json's, when known; a file with more tokens than it allows
+        (vocab_size - 256 base tokens) is refused as soon as reading gets there."""
         self.model_path = Path(model_path)
-        self.mergeable_ranks = load_ranks(self.model_path)
+        max_tokens = None if vocab_size is None else max(0, vocab_size - NUM_RESERVED_SPECIAL_TOKENS)
+        self.mergeable_ranks = load_ranks(self.model_path, max_tokens)
         self.num_base_tokens = n = len(self.mergeable_ranks)
         self.special_tokens: dict[str, int] = {tok: n + i for i, tok in enumerate(SPECIAL_TOKENS)}
         self.n_words: int = n + len(SPECIAL_TOKENS)
