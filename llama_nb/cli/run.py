@@ -164,12 +164,13 @@ def _spinner(text: str, delay: float = 0.7):
 
 def stream(llm, prompt_ids: list[int], max_tokens: int, *, temperature: float = 0.0, top_k: int | None = None,
            top_p: float | None = None, seed: int | None = None, mode: str | None = None, quiet: bool = False,
-           verbose: bool = False, start_pos: int = 0, report=None) -> int:
+           verbose: bool = False, start_pos: int = 0, report=None, one_line: bool = False) -> int:
     """Generate and show it: mode "json", "plain" or "live" (None: live on a terminal, else plain).
 
     `prompt_ids` go at positions start_pos.. (earlier ones are in the KV cache: a chat turn).
     Returns the exit code: 0, or 130 after Ctrl-C (what was generated is still shown). The
-    report (generated ids, text, stats) is filled in `report` when one is given."""
+    report (generated ids, text, stats) is filled in `report` when one is given. The summary is
+    one line on a terminal (or with `one_line`), else one fact per line."""
     from llama_nb.cli._display import PlainStream, TerminalStream
     from llama_nb.cli._report import RunReport, status_line
     from llama_nb.model.generate import generate
@@ -224,7 +225,7 @@ def stream(llm, prompt_ids: list[int], max_tokens: int, *, temperature: float = 
     if view is not None:
         view.write(report.stats.tail_text)
         view.close()
-    _finish(llm, report, mode, quiet, verbose, view)
+    _finish(llm, report, mode, quiet, verbose, one_line or mode == "live")
     return 130 if interrupted else 0
 
 
@@ -234,7 +235,7 @@ def _columns() -> int:
     return shutil.get_terminal_size((80, 24)).columns
 
 
-def _finish(llm, report, mode: str, quiet: bool, verbose: bool, view) -> None:
+def _finish(llm, report, mode: str, quiet: bool, verbose: bool, one_line: bool) -> None:
     """After the text: the JSON object, or the summary (one line; the tables with --verbose)."""
     from llama_nb.cli._pipes import say
     from llama_nb.cli._report import layer_table, mean_layer_seconds, op_table, plain_summary, summary_line, summary_table
@@ -250,4 +251,4 @@ def _finish(llm, report, mode: str, quiet: bool, verbose: bool, view) -> None:
                 op_table(report.stats.op_seconds, llm.ops.op_calls, llm.ops.choice), summary_table(report)]:
             say(table)
     elif not quiet:
-        say(summary_line(report) if mode == "live" else plain_summary(report), style="dim")
+        say(summary_line(report) if one_line else plain_summary(report), style="dim")
