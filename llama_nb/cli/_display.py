@@ -68,6 +68,7 @@ class TerminalStream:
     def __init__(self, out: TextIO, columns: int, interval: float = 0.1):
         self.out, self.columns, self.interval = out, max(2, columns), interval
         self.col = 0  # cells used on the text's last row; == columns: pending wrap
+        self.broke_row = False  # the view ended a full row with CR LF: a newline next is that break
         self.status_shown = False
         self.status_text = ""
         self.last_draw = 0.0
@@ -101,6 +102,10 @@ class TerminalStream:
     def write(self, text: str) -> None:
         """Append generated text; the status line moves down with it."""
         text = self._visible(text)
+        if self.broke_row and text:
+            self.broke_row = False
+            if text.startswith("\n"):  # on a terminal a full row and a newline make one break
+                text = text[1:]
         if not text:
             return
         touches_next_row = "\n" in text or self.col + cell_len(text) >= self.columns
@@ -129,7 +134,7 @@ class TerminalStream:
         self.status_shown = True
         lead = ""
         if self.col >= self.columns:  # pending wrap: end the row for real before moving the cursor
-            lead, self.col = "\r\n", 0
+            lead, self.col, self.broke_row = "\r\n", 0, True
         return lead + _INDEX + _REVERSE_INDEX + _SAVE + _INDEX + _ERASE_ROW + self.status_text + _RESTORE
 
     def close(self) -> None:
@@ -141,7 +146,7 @@ class TerminalStream:
         if self.col:
             pieces.append("\r\n")
             self.col = 0
-        self.status_text = ""
+        self.status_text, self.broke_row = "", False
         self.out.write("".join(pieces))
         self.out.flush()
 
