@@ -120,9 +120,12 @@ def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the command, then exit with the code described above."""
     from typer._click.exceptions import UsageError  # typer's own copy of click
 
-    from llama_nb.cli._pipes import OutputError, guard_streams, say
+    from llama_nb.cli._pipes import GuardedStdout, OutputError, guard_streams, say, stdout_closed
 
     guard_streams()
+    if stdout_closed():  # say so before any work is done for nothing
+        say("error: stdout is closed: nothing could be printed", style="bold red")
+        sys.exit(1)
     debug = os.environ.get("LLAMA_NB_DEBUG") == "1"
     code = 0
     try:
@@ -152,6 +155,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.stdout.flush()
     except OutputError as exc:
         code = _output_failed(exc) if code == 0 else code
+    if isinstance(sys.stdout, GuardedStdout):
+        sys.stdout = sys.stdout.release()
     sys.exit(code)
 
 

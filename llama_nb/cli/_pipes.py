@@ -91,6 +91,11 @@ class GuardedStdout(io.TextIOBase):
     def writable(self) -> bool:
         return True
 
+    def release(self):
+        """The wrapped stream, for the interpreter's last flush at exit (after a failure it
+        writes to /dev/null, so that flush says nothing)."""
+        return self._inner
+
     @property
     def encoding(self) -> str:
         return self._inner.encoding
@@ -163,6 +168,11 @@ class _BestEffortStderr(io.TextIOBase):
     @property
     def errors(self):
         return "replace"
+
+
+def stdout_closed() -> bool:
+    """Whether stdout's descriptor was closed when the program started (`llama-nb ... >&-`)."""
+    return isinstance(sys.stdout, GuardedStdout) and isinstance(sys.stdout._inner, _ClosedStdout)
 
 
 def guard_streams() -> None:
