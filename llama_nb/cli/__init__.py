@@ -76,7 +76,8 @@ def _register_commands() -> None:
         target = getattr(importlib.import_module(f"llama_nb.cli.{module}"), attr)
         if isinstance(target, typer.Typer):
             for info in target.registered_commands:
-                info.cls = info.cls or Command
+                if info.cls in (None, TyperCommand):
+                    info.cls = Command
             app.add_typer(target, name=name, cls=Group)
         else:
             app.command(name, cls=Command)(target)

@@ -37,7 +37,7 @@ ImplOpt = Annotated[
     Optional[str],
     typer.Option(
         "--impl",
-        help="Kernel choice per op, e.g. 'matmul=reference,rope=numba' or 'reference' for all "
+        help="Kernel choice per op, e.g. 'matmul_bf16=reference,rope=numba' or 'reference' for all "
         "[default: $LLAMA_NB_IMPL, else each op's default]. See `llama-nb ops`.",
         show_default=False,
     ),
@@ -126,15 +126,6 @@ def _note(text: str, quiet: bool = False) -> None:
     from rich.console import Console
 
     Console(stderr=True, soft_wrap=True).print(f"note: {text}", style="yellow", markup=False, highlight=False)
-
-
-def _usage(value, check) -> object:
-    """Run a library check on an option's value; its LlamaNbError becomes a usage error (exit 2)."""
-    try:
-        check(value)
-    except LlamaNbError as exc:
-        raise typer.BadParameter(str(exc)) from None
-    return value
 
 
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the generated text: no notes, no summary.")]

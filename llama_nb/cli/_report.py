@@ -64,8 +64,7 @@ def layer_table(layer_seconds: np.ndarray) -> Table:
     n = len(layer_seconds)
     per_column = 16
     columns = max(1, -(-n // per_column))
-    table = Table(title="time per layer and decode pass, ms", title_justify="left", box=None, pad_edge=False,
-                  show_edge=False)
+    table = Table(box=None, pad_edge=False, show_edge=False)
     for _ in range(columns):
         table.add_column("layer", justify="right", style="dim")
         table.add_column("attn", justify="right")

@@ -19,7 +19,7 @@ import typer
 
 from llama_nb.cli._options import (CtxOpt, ImplOpt, JsonOpt, MmapOpt, ModelOpt, PrecisionOpt, QuietOpt,
                                    ThreadsOpt, VerboseOpt, resolve_model_dir)
-from llama_nb.errors import LlamaNbError
+from llama_nb.errors import LlamaNbError, UnknownImplError, UnknownOpError
 
 MaxTokensOpt = Annotated[int, typer.Option("--max-tokens", "-n", min=1, help="Most tokens to generate (capped to fit --ctx).")]
 TemperatureOpt = Annotated[float, typer.Option("--temperature", "--temp", help="0 is greedy; higher is more random.")]
@@ -115,7 +115,14 @@ def load_for_cli(model: Path | None, *, impl: str | None, ctx: int, threads: int
     try:
         with interruptible():
             with _spinner(f"loading {folder} ..."):
-                llm = llama_nb.load_model(folder, impl=impl, ctx=ctx, threads=threads, precision=precision, mmap=mmap)
+                try:
+                    llm = llama_nb.load_model(folder, impl=impl, ctx=ctx, threads=threads, precision=precision,
+                                              mmap=mmap)
+                except LlamaNbError as exc:
+                    # a message naming an option, or an op/impl name from --impl: a bad option value
+                    if str(exc).startswith("--") or isinstance(exc, (UnknownOpError, UnknownImplError)):
+                        raise typer.BadParameter(str(exc)) from None
+                    raise
             with _spinner("compiling the kernels (the first run only: later runs load them from the cache) ..."):
                 llm.compile()
     except KeyboardInterrupt:
@@ -247,8 +254,10 @@ def _finish(llm, report, mode: str, quiet: bool, verbose: bool, one_line: bool) 
         print(flush=True)  # the text ends with a newline
     if verbose:
         layers = mean_layer_seconds(report.stats)
-        for table in ([layer_table(layers)] if layers is not None else []) + [
-                op_table(report.stats.op_seconds, llm.ops.op_calls, llm.ops.choice), summary_table(report)]:
-            say(table)
+        if layers is not None:
+            say(f"time per layer, ms (mean of the {report.stats.decode_passes} decode passes)")
+            say(layer_table(layers))
+        say(op_table(report.stats.op_seconds, llm.ops.op_calls, llm.ops.choice))
+        say(summary_table(report))
     elif not quiet:
         say(summary_line(report) if one_line else plain_summary(report), style="dim")
