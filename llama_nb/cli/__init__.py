@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from typer.core import TyperCommand, TyperGroup
 
+from llama_nb.cli import _pipes  # noqa: F401  (rich, for the error lines, loads with the CLI)
 from llama_nb.errors import LlamaNbError
 
 if TYPE_CHECKING:

@@ -21,6 +21,8 @@ import os
 import signal
 import sys
 
+from rich.console import Console  # imported with the CLI (during start-up), not at the first message
+
 
 class OutputError(Exception):
     """stdout cannot be written: `reader_left` for EPIPE, else why in `reason`."""
@@ -197,8 +199,6 @@ def guard_streams() -> None:
 def say(message, style: str | None = None) -> None:
     """One message (text or a Rich renderable) on stderr, best effort: never raises."""
     try:
-        from rich.console import Console
-
         Console(stderr=True, highlight=False, soft_wrap=isinstance(message, str)).print(
             message, style=style, markup=False)
     except (OSError, ValueError, UnicodeError):

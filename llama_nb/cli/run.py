@@ -123,12 +123,29 @@ def load_for_cli(model: Path | None, *, impl: str | None, ctx: int, threads: int
                     if str(exc).startswith("--") or isinstance(exc, (UnknownOpError, UnknownImplError)):
                         raise typer.BadParameter(str(exc)) from None
                     raise
-            with _spinner("compiling the kernels (the first run only: later runs load them from the cache) ..."):
+            with _spinner("compiling the kernels (the first run only: later runs load them from the cache) ..."
+                          if not _kernels_cached() else "loading the compiled kernels from the cache ..."):
                 llm.compile()
     except KeyboardInterrupt:
         print("\ninterrupted while loading", file=sys.stderr)
         raise typer.Exit(130)
     return llm
+
+
+def _kernels_cached() -> bool:
+    """Whether Numba's on-disk cache holds compiled kernels of llama_nb's ops (index files,
+    *.nbi, beside the kernel modules or under $NUMBA_CACHE_DIR): if not, this run compiles."""
+    import os
+
+    import llama_nb.ops
+
+    where = os.environ.get("NUMBA_CACHE_DIR")
+    try:
+        if where:
+            return any(Path(where).rglob("*.nbi"))
+        return any((Path(llama_nb.ops.__file__).parent / "__pycache__").glob("*.nbi"))
+    except OSError:
+        return False
 
 
 def _spinner(text: str, delay: float = 0.7):
