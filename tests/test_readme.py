@@ -111,3 +111,12 @@ def test_readme_transcripts_are_what_the_commands_print():
                           capture_output=True, text=True, timeout=600, cwd=ROOT,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_the_impl_specs_shown_in_help_work_under_the_default_precision(tmp_path):
+    from llama_nb.cli._options import ImplOpt
+
+    specs = re.findall(r"'([^']+)'", ImplOpt.__metadata__[0].help)
+    assert specs, ImplOpt.__metadata__[0].help
+    for spec in specs:
+        assert_runs(f"llama-nb run hi -n 2 --impl '{spec}'", tmp_path)

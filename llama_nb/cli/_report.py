@@ -30,6 +30,15 @@ class RunReport:
     stats: GenerationStats = field(default_factory=GenerationStats)
     notes: list[str] = field(default_factory=list)
 
+    @classmethod
+    def for_model(cls, llm, prompt_ids: list[int]) -> "RunReport":
+        """An empty report for one generation of a loaded `Llama`."""
+        from llama_nb.model.load import set_threads
+
+        return cls(model=str(llm.folder), impl=llm.ops.describe(), impl_short=llm.ops.describe_short(),
+                   precision=llm.model.precision, threads=set_threads(None), load_seconds=llm.load_seconds,
+                   compile_seconds=llm.compile_seconds or 0.0, prompt_ids=list(prompt_ids))
+
     def timings(self) -> dict:
         s = self.stats
         return {

@@ -188,8 +188,7 @@ class Session:
             self._error(exc)
             return
         s = self.settings
-        report = RunReport(model="", impl="", impl_short="", precision="", threads=0, load_seconds=0.0,
-                           compile_seconds=0.0, prompt_ids=[])
+        report = RunReport.for_model(self.llm, new_ids)
         try:
             stream(self.llm, new_ids, s.max_tokens, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
                    seed=s.seed, quiet=self.quiet, verbose=self.verbose, start_pos=start_pos, report=report, one_line=True)

@@ -192,23 +192,17 @@ def stream(llm, prompt_ids: list[int], max_tokens: int, *, temperature: float = 
     """Generate and show it: mode "json", "plain" or "live" (None: live on a terminal, else plain).
 
     `prompt_ids` go at positions start_pos.. (earlier ones are in the KV cache: a chat turn).
-    Returns the exit code: 0, or 130 after Ctrl-C (what was generated is still shown). The
-    report (generated ids, text, stats) is filled in `report` when one is given. The summary is
-    one line on a terminal (or with `one_line`), else one fact per line."""
+    Returns the exit code: 0, or 130 after Ctrl-C (what was generated is still shown). What was
+    generated (ids, text, stats) goes into `report` (RunReport.for_model) when one is given. The
+    summary is one line on a terminal (or with `one_line`), else one fact per line."""
     from llama_nb.cli._display import PlainStream, TerminalStream
     from llama_nb.cli._report import RunReport, status_line
     from llama_nb.model.generate import generate
-    from llama_nb.model.load import set_threads
 
     out = sys.stdout
     if mode is None:
         mode = "live" if out.isatty() else "plain"
-    if report is None:
-        report = RunReport(model=str(llm.folder), impl="", impl_short="", precision="", threads=0,
-                           load_seconds=0.0, compile_seconds=0.0, prompt_ids=[])
-    report.model, report.impl, report.impl_short = str(llm.folder), llm.ops.describe(), llm.ops.describe_short()
-    report.precision, report.threads, report.load_seconds = llm.model.precision, set_threads(None), llm.load_seconds
-    report.compile_seconds, report.prompt_ids = llm.compile_seconds or 0.0, list(prompt_ids)
+    report = report if report is not None else RunReport.for_model(llm, prompt_ids)
     end = start_pos + len(prompt_ids)
     room = llm.ctx - end
     if room < 1:  # checked here, before any output, so the error is the only thing shown
