@@ -79,3 +79,12 @@ def test_rows_that_end_exactly_at_the_margin_lose_nothing(columns):
 def test_control_characters_cannot_move_the_cursor():
     assert printable("a\x1b[2Jb\rc\x07\x7f\x9b") == "a^[[2Jb^Mc^G^?^[["
     assert feed(["a\x1b[2J", "b\rc"], 20) == ["a^[[2Jb^Mc"]
+
+
+def test_the_terminal_width_wins_over_a_stale_columns_variable():
+    args = ["In the beginning", "--model", DEMO, "-n", "60", "--quiet"]
+    want = generated_text(args)
+    session = PtySession(["run", *args], columns=40, rows=10, env={"COLUMNS": "200"})
+    output = session.wait()
+    assert session.code == 0
+    assert screen_rows(output, 40, 10) == wrap(want, 40)

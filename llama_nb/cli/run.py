@@ -234,10 +234,9 @@ def stream(llm, prompt_ids: list[int], max_tokens: int, *, temperature: float = 
                                         report.stats.decode_tokens_per_second))
     except KeyboardInterrupt:
         interrupted = True
-        report.stats.stop_reason = "interrupted"
     finally:
         events.close()  # runs generate()'s cleanup: stop reason, held-back bytes, op timings
-    if interrupted:
+    if interrupted:  # also when the Ctrl-C came during the prefill, before the generator started
         report.stats.stop_reason = "interrupted"
     report.text += report.stats.tail_text
     if view is not None:
@@ -248,9 +247,14 @@ def stream(llm, prompt_ids: list[int], max_tokens: int, *, temperature: float = 
 
 
 def _columns() -> int:
+    """The width the terminal wraps at: asked of the terminal itself ($COLUMNS may be stale)."""
+    import os
     import shutil
 
-    return shutil.get_terminal_size((80, 24)).columns
+    try:
+        return os.get_terminal_size(sys.stdout.fileno()).columns
+    except (OSError, ValueError):
+        return shutil.get_terminal_size((80, 24)).columns
 
 
 def _finish(llm, report, mode: str, quiet: bool, verbose: bool, one_line: bool) -> None:
