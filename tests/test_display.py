@@ -82,9 +82,11 @@ def test_control_characters_cannot_move_the_cursor():
 
 
 def test_the_terminal_width_wins_over_a_stale_columns_variable():
+    # the spinners (loading, kernels) shown at once: they too must fit the real width and leave nothing
     args = ["In the beginning", "--model", DEMO, "-n", "60", "--quiet"]
     want = generated_text(args)
-    session = PtySession(["run", *args], columns=40, rows=10, env={"COLUMNS": "200"})
+    session = PtySession(["run", *args], columns=40, rows=10, env={"COLUMNS": "200", "LLAMA_NB_SPINNER_DELAY": "0"})
     output = session.wait()
     assert session.code == 0
     assert screen_rows(output, 40, 10) == wrap(want, 40)
+    assert "loading".encode() in output  # the spinner did show

@@ -148,16 +148,31 @@ def _kernels_cached() -> bool:
         return False
 
 
-def _spinner(text: str, delay: float = 0.7):
-    """A spinner on stderr that appears only if the block is still running after `delay` s."""
+SPINNER_DELAY = 0.7  # seconds; $LLAMA_NB_SPINNER_DELAY overrides (0: always, as tests/test_display.py does)
+
+
+def _spinner(text: str):
+    """A spinner on stderr that appears only if the block is still running after SPINNER_DELAY s."""
     import contextlib
+    import os
     import threading
 
     from rich.console import Console
 
+    from llama_nb.cli._display import clip
+
     err = Console(stderr=True)
     if not err.is_terminal:
         return contextlib.nullcontext()
+    try:  # the terminal's own width: Rich would believe a stale $COLUMNS, and a wrapped spinner stays behind
+        err = Console(stderr=True, width=os.get_terminal_size(sys.stderr.fileno()).columns)
+    except (OSError, ValueError):
+        pass
+    text = clip(text, err.width - 3)  # the spinner and a space go before it
+    try:
+        delay = float(os.environ.get("LLAMA_NB_SPINNER_DELAY", SPINNER_DELAY))
+    except ValueError:
+        delay = SPINNER_DELAY
 
     @contextlib.contextmanager
     def spinning():
