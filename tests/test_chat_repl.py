@@ -179,3 +179,37 @@ def test_bad_saved_conversations_are_one_line_errors(tmp_path):
 def test_common_prefix():
     assert common_prefix([1, 2, 3], [1, 2, 4]) == 2
     assert common_prefix([], [1]) == 0 and common_prefix([1, 2], [1, 2, 3]) == 2
+
+
+def chat_script(lines: list[str], *args) -> "object":
+    from typer.testing import CliRunner
+
+    from llama_nb.cli import app
+
+    return CliRunner().invoke(app, ["chat", "--model", str(DEMO), "-n", "6", *args], input="\n".join(lines) + "\n",
+                              catch_exceptions=False)
+
+
+def test_commands_multiline_and_errors_in_a_piped_session(tmp_path):
+    saved = tmp_path / "s.json"
+    result = chat_script(['"""', "first line", "second line", '"""', "/system Be brief", "/system", "/help",
+                          "/frobnicate", "/save", f"/save {tmp_path / 'no' / 'such' / 'dir.json'}", f"/save {saved}",
+                          "/clear", "/stats", "/load", f"/load {tmp_path / 'missing.json'}", f"/load {saved}", "/stats"])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "system prompt set" in out and "system prompt: Be brief" in out
+    assert "/set [NAME VALUE]" in out  # /help
+    assert "unknown command /frobnicate; /help lists them" in out
+    assert "/save needs a file name" in out and "cannot write the conversation" in out
+    assert "saved 2 messages" in out and "conversation cleared" in out and "loaded 2 messages" in out
+    assert "/load needs a file name" in out and "missing.json: cannot read it" in out
+    data = json.loads(saved.read_text())
+    assert data["messages"][0] == {"role": "user", "content": "first line\nsecond line"}
+    assert data["system"] == "Be brief"
+    assert re.search(r"context: \d+ of 4096 tokens used", out)
+
+
+def test_a_full_context_is_said_with_what_to_do():
+    result = chat_script(["Hello", "And the earth?", "/bye"], "--ctx", "40")
+    assert result.exit_code == 0, result.output
+    assert "/save FILE to keep" in result.output and "/clear to start over" in result.output

@@ -228,3 +228,13 @@ def test_help_shows_flags_without_a_type():
     for command in (["run"], ["chat"], ["menu"], ["bench", "model"], []):
         result = cli(*command, "--help")
         assert result.returncode == 0 and "<bool>" not in result.stdout, command
+
+
+def test_menu_end_of_input_at_a_sub_prompt_returns_to_the_menu_and_set_changes_sampling(folder):
+    result = invoke("menu", "--model", folder, "--max-tokens", 3, "--plain",
+                    input="/set temperature 0.5\n/set top_p 7\n7\n")  # then end of input at "Your prompt:"
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "temperature=0.5" in out and "top-p must be in (0, 1]" in out
+    assert out.count("Select from the predefined prompts") == 4  # after each /set, and after the prompt ended
+    assert out.rstrip().endswith("bye")
