@@ -202,3 +202,10 @@ def test_version():
 
     proc = llama_nb(["--version"])
     assert proc.returncode == 0 and proc.stdout == f"llama-nb {__version__}\n"
+
+
+def test_closed_stdin_is_the_end_of_input():
+    proc = subprocess.run([sys.executable, "-m", "llama_nb", "chat", "--model", DEMO], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT, preexec_fn=lambda: os.close(0))
+    assert proc.returncode == 0, proc.stderr
+    no_traceback(proc.stderr)

@@ -187,6 +187,8 @@ def guard_streams() -> None:
                 os.open(os.devnull, os.O_RDONLY if fd == 0 else os.O_WRONLY)
             except OSError:
                 pass
+    if sys.stdin is None:  # closed at start (`<&-`): reading finds the end of input at once
+        sys.stdin = open(os.devnull, encoding="utf-8")
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(AttributeError, ValueError, OSError, io.UnsupportedOperation):
             stream.reconfigure(errors="replace")
