@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -9,13 +10,16 @@ import typer
 
 from llama_nb.errors import LlamaNbError
 
-DEFAULT_MODEL_DIR = Path("models-original") / "Meta-Llama-3.1-8B-Instruct"
+MODEL_ENV = "LLAMA_NB_MODEL"
+LOCAL_MODELS = Path("models-original")  # relative to the current folder
+META_CHECKPOINTS = Path("~/.llama/checkpoints")  # where `llama model download` puts them
+PREFERRED = "Llama-3.1-8B-Instruct"  # among several folders, the one an 8B-Instruct user expects
 
 HOW_TO_GET_WEIGHTS = (
     "llama-nb needs Meta's original Llama 3.x files (consolidated.00.pth, params.json, "
     "tokenizer.model). Request access at https://llama.meta.com/llama-downloads/, download "
     "'meta-llama-3.1-8b-instruct' with Meta's download.sh (or `llama model download`), and move "
-    f"the folder Meta-Llama-3.1-8B-Instruct into ./models-original/, or pass --model DIR."
+    "the folder Meta-Llama-3.1-8B-Instruct into ./models-original/, or pass --model DIR."
 )
 
 ModelOpt = Annotated[
@@ -23,8 +27,9 @@ ModelOpt = Annotated[
     typer.Option(
         "--model",
         "-m",
-        help=f"Folder with Meta's consolidated.00.pth, params.json and tokenizer.model "
-        f"[default: {DEFAULT_MODEL_DIR} when present, else the built-in demo model].",
+        help="Folder with Meta's consolidated.00.pth, params.json and tokenizer.model [default: "
+        f"${MODEL_ENV}, else a Llama folder in ./{LOCAL_MODELS}/, else in {META_CHECKPOINTS}/, else the "
+        "built-in demo model].",
         show_default=False,
     ),
 ]
@@ -66,28 +71,68 @@ MmapOpt = Annotated[
 ]
 
 
-def resolve_model_dir(model: Path | None) -> Path:
-    """The model folder to use: --model when given, else the default folder when present, else
-    the built-in demo model (llama_nb/demo), announced in one line on stderr."""
-    if model is None:
-        if DEFAULT_MODEL_DIR.is_dir():
-            return DEFAULT_MODEL_DIR
-        from llama_nb.demo import demo_description, demo_model_dir
+def resolve_model_dir(model: Path | None, quiet: bool = False) -> Path:
+    """The model folder to use, the first of: --model; $LLAMA_NB_MODEL; a Llama folder in
+    ./models-original/; one in ~/.llama/checkpoints/ (`llama model download`); else the built-in
+    demo model (llama_nb/demo). Every choice but --model is said in one line on stderr."""
+    if model is not None:
+        return _checked(model, "--model")
+    env = os.environ.get(MODEL_ENV)
+    if env:
+        folder = _checked(Path(env), f"${MODEL_ENV}")
+        _note(f"using ${MODEL_ENV}={env}", quiet)
+        return folder
+    for where in (LOCAL_MODELS, META_CHECKPOINTS):
+        found = _find_llama_folder(where)
+        if found is not None:
+            _note(f"no --model: using {found.as_posix()}", quiet)
+            return found
+    from llama_nb.demo import demo_description, demo_model_dir
 
-        _note(f"no --model and no {DEFAULT_MODEL_DIR.as_posix()}: using the built-in demo model "
-              f"({demo_description()}); see README to get Meta's weights")
-        return demo_model_dir()
-    if not model.exists():
-        raise LlamaNbError(f"--model {model}: no such folder. {HOW_TO_GET_WEIGHTS}")
-    if not model.is_dir():
+    _note(f"no --model, no ${MODEL_ENV} and no Llama folder in ./{LOCAL_MODELS}/ or {META_CHECKPOINTS}/: using "
+          f"the built-in demo model ({demo_description()}); see README to get Meta's weights", quiet)
+    return demo_model_dir()
+
+
+def _checked(folder: Path, source: str) -> Path:
+    if not folder.exists():
+        raise LlamaNbError(f"{source} {folder}: no such folder. {HOW_TO_GET_WEIGHTS}")
+    if not folder.is_dir():
         from llama_nb.io.checkpoint import check_folder
 
-        check_folder(model)  # says what the file is (a GGUF, a .pth, ...) and what llama_nb expects
-    return model
+        check_folder(folder)  # says what the file is (a GGUF, a .pth, ...) and what llama_nb expects
+    return folder
 
 
-def _note(text: str) -> None:
-    """One yellow line on stderr (stdout stays clean for --json and pipes)."""
+def _find_llama_folder(where: Path) -> Path | None:
+    """A subfolder of `where` named like a Llama model and holding Meta's files: the 3.1
+    8B-Instruct when there, else the first by name. None when there is none (or no such folder)."""
+    try:
+        base = where.expanduser()
+        candidates = sorted(p for p in base.iterdir() if "llama" in p.name.lower() and p.is_dir()
+                            and (p / "params.json").is_file() and (p / "consolidated.00.pth").is_file())
+    except (OSError, RuntimeError):  # no such folder, no permission, no $HOME
+        return None
+    if not candidates:
+        return None
+    preferred = [p for p in candidates if PREFERRED.lower().replace("-", "") in p.name.lower().replace("-", "")]
+    return (preferred or candidates)[0]
+
+
+def _note(text: str, quiet: bool = False) -> None:
+    """One yellow line on stderr (stdout stays clean for --json and pipes); none with --quiet."""
+    if quiet:
+        return
     from rich.console import Console
 
     Console(stderr=True, soft_wrap=True).print(f"note: {text}", style="yellow", markup=False, highlight=False)
+
+
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the generated text: no notes, no summary.")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Also print the per-layer and per-op times and "
+                                          "the full summary.")]
+CtxOpt = Annotated[int, typer.Option("--ctx", min=1, help="Context length: prompt plus generated tokens (KV cache size).")]
+ThreadsOpt = Annotated[
+    Optional[int],
+    typer.Option("--threads", "-t", min=1, help="Numba threads [default: all cores].", show_default=False),
+]

@@ -8,10 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from rich.console import Group
-from rich.panel import Panel
 from rich.table import Table
-from rich.text import Text
 
 from llama_nb.model.generate import GenerationStats
 
@@ -32,6 +29,13 @@ class RunReport:
     text: str = ""
     stats: GenerationStats = field(default_factory=GenerationStats)
     notes: list[str] = field(default_factory=list)
+
+    @classmethod
+    def for_model(cls, llm, prompt_ids: list[int]) -> "RunReport":
+        """An empty report for one generation of a loaded `Llama`."""
+        return cls(model=str(llm.folder), impl=llm.ops.describe(), impl_short=llm.ops.describe_short(),
+                   precision=llm.model.precision, threads=llm.model.threads, load_seconds=llm.load_seconds,
+                   compile_seconds=llm.compile_seconds or 0.0, prompt_ids=list(prompt_ids))
 
     def timings(self) -> dict:
         s = self.stats
@@ -62,7 +66,8 @@ class RunReport:
 
 
 def layer_table(layer_seconds: np.ndarray) -> Table:
-    """Attention and feed-forward milliseconds per layer; long models fold into side-by-side columns."""
+    """Attention and feed-forward milliseconds per layer, mean of the decode passes; long models
+    fold into side-by-side columns."""
     n = len(layer_seconds)
     per_column = 16
     columns = max(1, -(-n // per_column))
@@ -85,20 +90,26 @@ def layer_table(layer_seconds: np.ndarray) -> Table:
     return table
 
 
-def progress_panel(n_prompt: int, n_generated: int, max_tokens: int, elapsed: float, last_token_seconds: float,
-                   decode_tps: float, layer_seconds: np.ndarray | None) -> Panel:
-    """The live panel under the streaming text: counts, speed, per-layer timings."""
-    head = Text.assemble(
-        ("tokens ", "dim"), (f"{n_generated}/{max_tokens}", "bold"), ("  prompt ", "dim"), (str(n_prompt), "bold"),
-        ("  elapsed ", "dim"), (f"{elapsed:.1f}s", "bold"),
-        ("  last token ", "dim"), (f"{last_token_seconds * 1e3:.1f} ms", "bold"),
-        ("  decode ", "dim"), (f"{decode_tps:.2f} tok/s" if decode_tps else "...", "bold green"),
-    )
-    parts: list = [head]
-    if layer_seconds is not None and len(layer_seconds):
-        parts.append(Text("per-layer time of the last token, ms", style="dim"))
-        parts.append(layer_table(layer_seconds))
-    return Panel(Group(*parts), title="llama-nb", title_align="left", border_style="blue")
+def status_line(n_generated: int, max_tokens: int, elapsed: float, decode_tps: float) -> str:
+    """The one line under the streaming text: tokens so far and decode speed."""
+    speed = f"{decode_tps:.1f} tok/s" if decode_tps else "... tok/s"
+    return f"[{n_generated}/{max_tokens} tokens  {speed}  {elapsed:.1f} s  Ctrl-C stops]"
+
+
+def summary_line(report: RunReport) -> str:
+    """The one line after the answer: what was done, how fast, and why it stopped."""
+    s = report.stats
+    reused = f" (+{s.start_pos} from the cache)" if s.start_pos else ""
+    return (f"{s.generated_tokens} tokens at {s.decode_tokens_per_second:.1f} tok/s, prompt {s.prompt_tokens} tokens"
+            f"{reused} at {s.prefill_tokens_per_second:.1f} tok/s; stopped by {describe_stop(s)}")
+
+
+def mean_layer_seconds(stats: GenerationStats) -> np.ndarray | None:
+    """float64[n_layers, 2]: attention and feed-forward seconds per layer, averaged over the decode
+    passes (one token's numbers jump; the mean does not)."""
+    if stats.layer_seconds is None or not stats.decode_passes:
+        return None
+    return stats.layer_seconds / stats.decode_passes
 
 
 def summary_table(report: RunReport) -> Table:

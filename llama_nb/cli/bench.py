@@ -16,7 +16,7 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from llama_nb.cli._options import ImplOpt, JsonOpt, MmapOpt, ModelOpt, PrecisionOpt, resolve_model_dir
+from llama_nb.cli._options import ImplOpt, JsonOpt, MmapOpt, ModelOpt, PrecisionOpt, ThreadsOpt, resolve_model_dir
 from llama_nb.errors import LlamaNbError
 from llama_nb.model.bench import ModelBench, TestResult, mean, run_model_bench, stddev
 
@@ -27,7 +27,7 @@ bench = typer.Typer(help="Benchmarks: per-op kernel timings, or whole forward pa
 def bench_ops(
     op: Annotated[Optional[List[str]], typer.Option("--op", help="Op to time (repeatable) [default: all].")] = None,
     impl: Annotated[Optional[List[str]], typer.Option("--impl", help="Implementation to time (repeatable) [default: all].")] = None,
-    threads: Annotated[Optional[int], typer.Option("--threads", help="Numba threads [default: all cores].")] = None,
+    threads: ThreadsOpt = None,
     repeat: Annotated[int, typer.Option("--repeat", min=1, help="Timed calls per case.")] = 5,
 ) -> None:
     """Time every op x implementation over the shared case table (tiny, odd and Llama shapes)."""
@@ -105,7 +105,7 @@ def bench_model(
     n_gen: Annotated[str, typer.Option("-n", "--n-gen", "--generate", help="Tokens of the decode tests (tgN), comma-separated; 0 skips.")] = "128",
     repetitions: Annotated[int, typer.Option("-r", "--repetitions", "--repeat", min=1, help="Timed runs per test; mean and standard deviation.")] = 5,
     impl: ImplOpt = None,
-    threads: Annotated[Optional[int], typer.Option("-t", "--threads", help="Numba threads [default: all cores].")] = None,
+    threads: ThreadsOpt = None,
     batch: Annotated[int, typer.Option("-b", "--batch", min=1, help="Most tokens per prefill pass (llama-bench's -ub).")] = 512,
     precision: PrecisionOpt = "bf16",
     mmap: MmapOpt = False,

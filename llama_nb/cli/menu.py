@@ -7,8 +7,11 @@
     8   [Chat mode] your own system prompt (optional) and prompt
     q   quit
 
-The model is loaded and compiled once; after each answer the menu comes back. Ctrl-C during an
-answer stops it and returns to the menu; Ctrl-C (or end of input) at the menu leaves cleanly.
+The model is loaded and compiled once; after each answer the menu comes back. Prompts are read
+with the same line editor as `chat` (readline: arrow keys, history). `/set NAME VALUE` at the
+menu's prompt changes temperature, top_k, top_p, seed or max_tokens for the next answers. Ctrl-C
+during an answer, and Ctrl-C or end of input at a sub-prompt, return to the menu; Ctrl-C or end of
+input at the menu leaves cleanly.
 """
 
 from __future__ import annotations
@@ -18,9 +21,9 @@ from typing import Annotated
 
 import typer
 
-from llama_nb.cli._options import ImplOpt, MmapOpt, ModelOpt, PrecisionOpt
+from llama_nb.cli._options import CtxOpt, ImplOpt, MmapOpt, ModelOpt, PrecisionOpt, QuietOpt, ThreadsOpt, VerboseOpt
+from llama_nb.cli.run import MaxTokensOpt, SeedOpt, TemperatureOpt
 from llama_nb.errors import LlamaNbError
-from llama_nb.cli.run import CtxOpt, MaxTokensOpt, ThreadsOpt, TemperatureOpt, SeedOpt
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,7 @@ def menu_text() -> str:
     lines.append(f"{MANUAL_TEXT:2d}. {'[Text completion]':17s} Other, manual input")
     lines.append(f"{MANUAL_CHAT:2d}. {'[Chat mode]':17s} Other, manual input")
     lines.append(f"{'q':>2s}. {'':17s} Quit")
+    lines.append("[dim]    /set NAME VALUE    sampling for the next answers, e.g. /set temperature 0.8[/]")
     return "\n".join(lines)
 
 
@@ -88,34 +92,54 @@ def menu(
     precision: PrecisionOpt = "bf16",
     mmap: MmapOpt = False,
     plain: Annotated[bool, typer.Option("--plain", help="Stream plain text instead of the live view.")] = False,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
-    """Interactive menu: the Go original's predefined prompts, your own prompts, model metadata."""
+    """Interactive menu: the Go original's predefined prompts, your own prompts, model metadata.
+
+    [dim]Example:[/]
+
+      printf '1\\nq\\n' | llama-nb menu -n 16
+    """
     from rich.console import Console
 
+    from llama_nb.cli._lineedit import ask as read_line
+    from llama_nb.cli.chat import Settings
     from llama_nb.cli.info import print_model_info
-    from llama_nb.cli.run import load_for_cli, stream
-    from llama_nb.model.generate import check_sampling
+    from llama_nb.cli.run import check_sampling_options, load_for_cli, stream
 
-    check_sampling(temperature, None, None)
+    check_sampling_options(temperature, None, None)
+    settings = Settings(temperature=temperature, seed=seed, max_tokens=max_tokens)
     console = Console()
     console.print("[bold]Welcome to llama-nb[/], the Numba re-imagining of Llama Nuts and Bolts!")
-    llm = load_for_cli(model, impl=impl, ctx=ctx, threads=threads, precision=precision, mmap=mmap)
+    llm = load_for_cli(model, impl=impl, ctx=ctx, threads=threads, precision=precision, mmap=mmap, quiet=quiet)
     console.print(f"Model [bold]{_escape(str(llm.folder))}[/] loaded in {llm.load_seconds:.2f} s, "
                   f"kernels ready in {llm.compile_seconds:.2f} s.\n")
     mode = "plain" if plain or not console.is_terminal else "live"
 
     def ask(question: str) -> str | None:
+        """A sub-prompt's answer; None (back to the menu) on Ctrl-C or end of input."""
         try:
-            return console.input(question)
-        except EOFError:
+            return read_line(question)
+        except KeyboardInterrupt:
+            console.print()
             return None
 
     try:
         while True:
             console.print(menu_text())
-            answer = ask(f"\n[bold]Your choice (0 to {MANUAL_CHAT}, q to quit):[/] ")
+            answer = read_line(f"\nYour choice (0 to {MANUAL_CHAT}, q to quit): ")
             if answer is None:
                 break
+            if answer.strip().startswith("/set"):
+                key, _, value = answer.strip()[len("/set"):].strip().partition(" ")
+                try:
+                    if key:
+                        settings.set(key, value.strip())
+                    console.print(f"\n{_escape(settings.describe())}\n")
+                except LlamaNbError as exc:
+                    console.print(f"\n[red]{_escape(str(exc))}[/]\n")
+                continue
             choice = parse_choice(answer)
             if choice == "quit":
                 break
@@ -131,13 +155,13 @@ def menu(
             else:
                 system = None
                 if choice == MANUAL_CHAT:
-                    system = ask("[bold]System prompt (optional, Enter to skip):[/] ")
+                    system = ask("System prompt (optional, Enter to skip): ")
                     if system is None:
-                        break
+                        continue
                     system = system.strip() or None
-                prompt = ask("[bold]Your prompt:[/] ")
+                prompt = ask("Your prompt: ")
                 if prompt is None:
-                    break
+                    continue
                 if not prompt.strip():
                     console.print("\n[red]The prompt is empty.[/]\n")
                     continue
@@ -145,7 +169,9 @@ def menu(
             ids = llm.encode_prompt(item.prompt, chat=item.chat, system=item.system)
             console.print(f"\n[dim]{'chat' if item.chat else 'text completion'}, {len(ids)} prompt tokens[/]")
             try:
-                code = stream(llm, ids, max_tokens, temperature=temperature, seed=seed, mode=mode, console=console)
+                code = stream(llm, ids, settings.max_tokens, temperature=settings.temperature, top_k=settings.top_k,
+                              top_p=settings.top_p, seed=settings.seed, mode=mode, quiet=quiet, verbose=verbose,
+                              one_line=True)
             except LlamaNbError as exc:  # e.g. a prompt longer than --ctx: say so, ask again
                 console.print(f"\n[red]{_escape(str(exc))}[/]\n")
                 continue

@@ -1,9 +1,10 @@
-"""`llama-nb run PROMPT`: stream a completion (or a chat answer) with live timings.
+"""`llama-nb run PROMPT`: stream a completion (or a chat answer).
 
-Three output modes: a live Rich view on a terminal (text streaming above a panel of counts, speed
-and per-layer timings, then a summary and per-op breakdown), plain streamed text when stdout is
-not a terminal (the summary goes to stderr), and `--json` (one JSON object, nothing else).
-Ctrl-C stops at once, prints what was generated and the timings, and exits 130.
+Three output modes: on a terminal the text streams with one status line under it (tokens, tok/s)
+and one summary line at the end (llama_nb/cli/_display.py); piped, the text streams plain to
+stdout and the summary goes to stderr; `--json` prints one JSON object and nothing else.
+`--verbose` adds the per-layer times (the mean of the decode passes) and the per-op breakdown;
+`--quiet` leaves only the text. Ctrl-C stops at once, keeps what was generated, exits 130.
 """
 
 from __future__ import annotations
@@ -16,21 +17,24 @@ from typing import Annotated, Optional
 
 import typer
 
-from llama_nb.cli._options import ImplOpt, JsonOpt, MmapOpt, ModelOpt, PrecisionOpt, resolve_model_dir
-from llama_nb.cli._pipes import silence
-from llama_nb.cli._report import progress_panel
+from llama_nb.cli._options import (CtxOpt, ImplOpt, JsonOpt, MmapOpt, ModelOpt, PrecisionOpt, QuietOpt,
+                                   ThreadsOpt, VerboseOpt, resolve_model_dir)
+from llama_nb.errors import LlamaNbError, UnknownImplError, UnknownOpError
 
-MaxTokensOpt = Annotated[int, typer.Option("--max-tokens", "-n", help="Most tokens to generate (capped to fit --ctx).")]
-TemperatureOpt = Annotated[float, typer.Option("--temperature", "-t", help="0 is greedy; higher is more random.")]
+MaxTokensOpt = Annotated[int, typer.Option("--max-tokens", "-n", min=1, help="Most tokens to generate (capped to fit --ctx).")]
+TemperatureOpt = Annotated[float, typer.Option("--temperature", "--temp", help="0 is greedy; higher is more random.")]
 TopKOpt = Annotated[Optional[int], typer.Option("--top-k", help="Sample only from the K most likely tokens.")]
 TopPOpt = Annotated[Optional[float], typer.Option("--top-p", help="Sample from the smallest set of tokens whose probability reaches P.")]
-SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Seed for sampling: the same seed gives the same text.")]
-CtxOpt = Annotated[int, typer.Option("--ctx", help="Context length: prompt plus generated tokens (KV cache size).")]
-ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="Numba threads [default: all cores].", show_default=False)]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Any integer; the same seed gives the same text (-1: a random seed).")]
+FileOpt = Annotated[Optional[Path], typer.Option("--file", "-f", help="Read the prompt from this file (UTF-8).",
+                                                  dir_okay=False, show_default=False)]
 
 
 def run(
-    prompt: Annotated[str, typer.Argument(help="The prompt: text to continue, or with --chat a user message.")],
+    prompt: Annotated[Optional[str], typer.Argument(
+        help="The prompt: text to continue, or with --chat a user message; '-' reads it from stdin.",
+        show_default=False)] = None,
+    file: FileOpt = None,
     model: ModelOpt = None,
     chat: Annotated[bool, typer.Option("--chat", help="Use Meta's chat template (an instruct model answers).")] = False,
     system: Annotated[Optional[str], typer.Option("--system", help="A system prompt (implies --chat).")] = None,
@@ -45,153 +49,245 @@ def run(
     precision: PrecisionOpt = "bf16",
     mmap: MmapOpt = False,
     json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
-    """Generate text from PROMPT, streaming tokens as they are produced."""
-    from llama_nb.model.generate import check_sampling
+    """Generate text from PROMPT, streaming tokens as they are produced.
 
-    check_sampling(temperature, top_k, top_p)  # before the slow load
-    if max_tokens < 1:
-        raise typer.BadParameter(f"must be >= 1, got {max_tokens}", param_hint="--max-tokens")
-    llm = load_for_cli(model, impl=impl, ctx=ctx, threads=threads, precision=precision, mmap=mmap)
-    prompt_ids = llm.encode_prompt(prompt, chat=chat, system=system)
+    [dim]Examples:[/]
+
+      llama-nb run "In the beginning God created" -n 24
+
+      llama-nb run "Hello" --chat --system "Be brief" --temperature 0.8 --seed 42 -n 16
+
+      echo "And Moses said" | llama-nb run - -n 16 --quiet
+    """
+    text = read_prompt(prompt, file)
+    check_sampling_options(temperature, top_k, top_p)  # before the slow load
+    llm = load_for_cli(model, impl=impl, ctx=ctx, threads=threads, precision=precision, mmap=mmap, quiet=quiet or json_out)
+    prompt_ids = llm.encode_prompt(text, chat=chat, system=system)
     code = stream(llm, prompt_ids, max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                  mode="json" if json_out else None)
+                  mode="json" if json_out else None, quiet=quiet, verbose=verbose)
     raise typer.Exit(code)
 
 
-def load_for_cli(model: Path | None, *, impl: str | None, ctx: int, threads: int | None, precision: str = "bf16",
-                 mmap: bool = False):
-    """Resolve the folder, load and compile; Ctrl-C here exits 130 without a traceback.
+def read_prompt(prompt: str | None, file: Path | None) -> str:
+    """The prompt from the argument, '-' (stdin) or --file: exactly one of them."""
+    if file is not None and prompt is not None:
+        raise typer.BadParameter("give the prompt as an argument or with --file, not both", param_hint="PROMPT")
+    if file is not None:
+        try:
+            return file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise LlamaNbError(f"--file {file}: cannot read it as UTF-8 text ({exc})") from None
+    if prompt is None:
+        raise typer.BadParameter("missing: give PROMPT, '-' to read it from stdin, or --file PATH", param_hint="PROMPT")
+    if prompt == "-":
+        if sys.stdin is None or sys.stdin.closed:
+            raise LlamaNbError("PROMPT is '-' but stdin is closed")
+        try:
+            return sys.stdin.read()
+        except UnicodeDecodeError as exc:
+            raise LlamaNbError(f"stdin: the prompt is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    return prompt
 
-    On a terminal a spinner on stderr says which of the two is going on: reading 16 GB of weights
-    takes seconds, and so does the first run's compile."""
-    import contextlib
 
-    from rich.console import Console
-
-    import llama_nb
-
-    folder = resolve_model_dir(model)
-    err = Console(stderr=True)
-
-    def status(text: str):
-        return err.status(text, spinner="dots") if err.is_terminal else contextlib.nullcontext()
+def check_sampling_options(temperature: float, top_k: int | None, top_p: float | None) -> None:
+    """The library's range checks on the sampling options, as usage errors (exit 2)."""
+    from llama_nb.model.generate import check_sampling
 
     try:
-        with status(f"loading {folder} ..."):
-            llm = llama_nb.load_model(folder, impl=impl, ctx=ctx, threads=threads, precision=precision, mmap=mmap)
-        with status("compiling the kernels (the first run only; later runs load them from a cache) ..."):
-            llm.compile()
+        check_sampling(temperature, top_k, top_p)
+    except LlamaNbError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+def load_for_cli(model: Path | None, *, impl: str | None, ctx: int, threads: int | None, precision: str = "bf16",
+                 mmap: bool = False, quiet: bool = False):
+    """Resolve the folder, load and compile. On a terminal a spinner on stderr says which of the
+    two is going on, and only when it takes long enough to see: reading 16 GB of weights takes
+    seconds, and so does compiling the kernels on the first run (later runs load them from the
+    cache in a fraction of a second, and no spinner shows)."""
+    import llama_nb
+    from llama_nb.cli._pipes import interruptible
+
+    folder = resolve_model_dir(model, quiet=quiet)
+    try:
+        with interruptible():
+            with _spinner(f"loading {folder} ..."):
+                try:
+                    llm = llama_nb.load_model(folder, impl=impl, ctx=ctx, threads=threads, precision=precision,
+                                              mmap=mmap)
+                except LlamaNbError as exc:
+                    # a message naming an option, or an op/impl name from --impl: a bad option value
+                    if str(exc).startswith("--") or isinstance(exc, (UnknownOpError, UnknownImplError)):
+                        raise typer.BadParameter(str(exc)) from None
+                    raise
+            with _spinner("compiling the kernels (the first run only: later runs load them from the cache) ..."
+                          if not _kernels_cached() else "loading the compiled kernels from the cache ..."):
+                llm.compile()
     except KeyboardInterrupt:
         print("\ninterrupted while loading", file=sys.stderr)
         raise typer.Exit(130)
     return llm
 
 
-def stream(llm, prompt_ids: list[int], max_tokens: int, *, temperature: float = 0.0, top_k: int | None = None,
-           top_p: float | None = None, seed: int | None = None, mode: str | None = None, console=None) -> int:
-    """Generate and show it: mode "json", "plain" or "live" (None: live on a terminal, else plain).
+def _kernels_cached() -> bool:
+    """Whether Numba's on-disk cache holds compiled kernels of llama_nb's ops (index files,
+    *.nbi, beside the kernel modules or under $NUMBA_CACHE_DIR): if not, this run compiles."""
+    import os
 
-    Returns the exit code: 0, or 130 after Ctrl-C (what was generated is still shown)."""
+    import llama_nb.ops
+
+    where = os.environ.get("NUMBA_CACHE_DIR")
+    try:
+        if where:
+            return any(Path(where).rglob("*.nbi"))
+        return any((Path(llama_nb.ops.__file__).parent / "__pycache__").glob("*.nbi"))
+    except OSError:
+        return False
+
+
+SPINNER_DELAY = 0.7  # seconds; $LLAMA_NB_SPINNER_DELAY overrides (0: always, as tests/test_display.py does)
+
+
+def _spinner(text: str):
+    """A spinner on stderr that appears only if the block is still running after SPINNER_DELAY s."""
+    import contextlib
+    import os
+    import threading
+
     from rich.console import Console
 
-    from llama_nb.cli._report import RunReport, op_table, plain_summary, summary_table
-    from llama_nb.model.load import set_threads
+    from llama_nb.cli._display import clip
 
-    console = console or Console()
+    err = Console(stderr=True)
+    if not err.is_terminal:
+        return contextlib.nullcontext()
+    try:  # the terminal's own width: Rich would believe a stale $COLUMNS, and a wrapped spinner stays behind
+        err = Console(stderr=True, width=os.get_terminal_size(sys.stderr.fileno()).columns)
+    except (OSError, ValueError):
+        pass
+    text = clip(text, err.width - 3)  # the spinner and a space go before it
+    try:
+        delay = float(os.environ.get("LLAMA_NB_SPINNER_DELAY", SPINNER_DELAY))
+    except ValueError:
+        delay = SPINNER_DELAY
+
+    @contextlib.contextmanager
+    def spinning():
+        status = err.status(text, spinner="dots")
+        lock = threading.Lock()
+        state = {"started": False, "done": False}
+
+        def start():
+            with lock:
+                if not state["done"]:
+                    status.start()
+                    state["started"] = True
+
+        timer = threading.Timer(delay, start)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        finally:
+            with lock:
+                state["done"] = True
+                timer.cancel()
+                if state["started"]:
+                    status.stop()
+
+    return spinning()
+
+
+def stream(llm, prompt_ids: list[int], max_tokens: int, *, temperature: float = 0.0, top_k: int | None = None,
+           top_p: float | None = None, seed: int | None = None, mode: str | None = None, quiet: bool = False,
+           verbose: bool = False, start_pos: int = 0, report=None, one_line: bool = False) -> int:
+    """Generate and show it: mode "json", "plain" or "live" (None: live on a terminal, else plain).
+
+    `prompt_ids` go at positions start_pos.. (earlier ones are in the KV cache: a chat turn).
+    Returns the exit code: 0, or 130 after Ctrl-C (what was generated is still shown). What was
+    generated (ids, text, stats) goes into `report` (RunReport.for_model) when one is given. The
+    summary is one line on a terminal (or with `one_line`), else one fact per line."""
+    from llama_nb.cli._display import PlainStream, TerminalStream
+    from llama_nb.cli._report import RunReport, status_line
+    from llama_nb.model.generate import generate
+
+    out = sys.stdout
     if mode is None:
-        mode = "live" if console.is_terminal else "plain"
-    report = RunReport(
-        model=str(llm.folder), impl=llm.ops.describe(), impl_short=llm.ops.describe_short(),
-        precision=llm.model.precision, threads=set_threads(None),
-        load_seconds=llm.load_seconds, compile_seconds=llm.compile_seconds or 0.0, prompt_ids=list(prompt_ids),
-    )
-    room = llm.ctx - len(prompt_ids)
+        mode = "live" if out.isatty() else "plain"
+    report = report if report is not None else RunReport.for_model(llm, prompt_ids)
+    end = start_pos + len(prompt_ids)
+    room = llm.ctx - end
     if room < 1:  # checked here, before any output, so the error is the only thing shown
-        from llama_nb.errors import LlamaNbError
-
         raise LlamaNbError(
-            f"the prompt has {len(prompt_ids)} tokens but --ctx is {llm.ctx}, which must also hold the "
-            f"generated tokens: shorten the prompt or raise --ctx (e.g. --ctx {len(prompt_ids) + max_tokens})"
+            f"the prompt has {end} tokens but --ctx is {llm.ctx}, which must also hold the "
+            f"generated tokens: shorten the prompt or raise --ctx (e.g. --ctx {end + max_tokens})"
         )
     if room < max_tokens:
-        report.notes.append(f"--max-tokens {max_tokens} capped to {room}: the prompt has {len(prompt_ids)} tokens and --ctx is {llm.ctx}")
+        report.notes.append(f"--max-tokens {max_tokens} capped to {room}: the prompt has {end} tokens and --ctx is {llm.ctx}")
         max_tokens = room
-    if mode != "json":
+    if mode != "json" and not quiet:
+        from llama_nb.cli._pipes import say
+
         for note in report.notes:
-            Console(stderr=True).print(f"note: {note}", style="yellow", markup=False)
-    events = llm.generate(prompt_ids, max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                          stats=report.stats)
-    show = {"json": _show_json, "plain": _show_plain, "live": _show_live}[mode]
+            say(f"note: {note}", style="yellow")
+    llm.compile()
+    events = generate(llm.model, llm.tokenizer, prompt_ids, max_tokens, temperature=temperature, top_k=top_k,
+                      top_p=top_p, seed=seed, stats=report.stats, start_pos=start_pos)
+    view = TerminalStream(out, _columns()) if mode == "live" else PlainStream(out) if mode == "plain" else None
+    started = time.perf_counter()
     interrupted = False
     try:
-        show(events, report, max_tokens, console)
+        for event in events:
+            report.generated_ids.append(event.token)
+            report.text += event.text
+            if view is not None:
+                view.write(event.text)
+                view.status(status_line(len(report.generated_ids), max_tokens, time.perf_counter() - started,
+                                        report.stats.decode_tokens_per_second))
     except KeyboardInterrupt:
         interrupted = True
+    finally:
         events.close()  # runs generate()'s cleanup: stop reason, held-back bytes, op timings
+    if interrupted:  # also when the Ctrl-C came during the prefill, before the generator started
         report.stats.stop_reason = "interrupted"
-    except BrokenPipeError:  # `llama-nb run ... | head -c 10`: the reader left; stop quietly
-        events.close()
-        silence(sys.stdout)
-        return 0
     report.text += report.stats.tail_text
-    if mode == "json":
-        try:
-            print(json.dumps(report.as_json(), ensure_ascii=False), flush=True)
-        except BrokenPipeError:
-            silence(sys.stdout)
-    elif mode == "plain":
-        try:
-            print(report.stats.tail_text, flush=True)
-        except BrokenPipeError:
-            silence(sys.stdout)
-        print(plain_summary(report), file=sys.stderr)
-    else:
-        console.print()
-        console.print(summary_table(report))
-        console.print(op_table(report.stats.op_seconds, llm.ops.op_calls, llm.ops.choice))
+    if view is not None:
+        view.write(report.stats.tail_text)
+        view.close()
+    _finish(llm, report, mode, quiet, verbose, one_line or mode == "live")
     return 130 if interrupted else 0
 
 
-def _collect(event, report) -> None:
-    report.generated_ids.append(event.token)
-    report.text += event.text
+def _columns() -> int:
+    """The width the terminal wraps at: asked of the terminal itself ($COLUMNS may be stale)."""
+    import os
+    import shutil
+
+    try:
+        return os.get_terminal_size(sys.stdout.fileno()).columns
+    except (OSError, ValueError):
+        return shutil.get_terminal_size((80, 24)).columns
 
 
-def _show_json(events, report, max_tokens, console) -> None:
-    for event in events:
-        _collect(event, report)
+def _finish(llm, report, mode: str, quiet: bool, verbose: bool, one_line: bool) -> None:
+    """After the text: the JSON object, or the summary (one line; the tables with --verbose)."""
+    from llama_nb.cli._pipes import say
+    from llama_nb.cli._report import layer_table, mean_layer_seconds, op_table, plain_summary, summary_line, summary_table
 
-
-def _show_plain(events, report, max_tokens, console) -> None:
-    for event in events:
-        _collect(event, report)
-        sys.stdout.write(event.text)
-        sys.stdout.flush()
-
-
-def _show_live(events, report, max_tokens, console) -> None:
-    """Text streams above a panel that is redrawn after every token (Rich Live)."""
-    from rich.console import Group
-    from rich.live import Live
-    from rich.text import Text
-
-    started = time.perf_counter()
-    text = Text()
-    layers, last = None, 0.0
-
-    def view():
-        panel = progress_panel(len(report.prompt_ids), len(report.generated_ids), max_tokens,
-                               time.perf_counter() - started, last, report.stats.decode_tokens_per_second, layers)
-        return Group(text, panel)
-
-    with Live(view(), console=console, refresh_per_second=8, vertical_overflow="visible") as live:
-        try:
-            for event in events:
-                _collect(event, report)
-                text.append(event.text)
-                layers, last = event.layer_seconds, event.seconds
-                live.update(view())
-        finally:  # also on Ctrl-C: the final frame shows everything generated so far
-            text.append(report.stats.tail_text)
-            live.update(view(), refresh=True)
+    if mode == "json":
+        print(json.dumps(report.as_json(), ensure_ascii=False), flush=True)
+        return
+    if mode == "plain":
+        print(flush=True)  # the text ends with a newline
+    if verbose:
+        layers = mean_layer_seconds(report.stats)
+        if layers is not None:
+            say(f"time per layer, ms (mean of the {report.stats.decode_passes} decode passes)")
+            say(layer_table(layers))
+        say(op_table(report.stats.op_seconds, llm.ops.op_calls, llm.ops.choice))
+        say(summary_table(report))
+    elif not quiet:
+        say(summary_line(report) if one_line else plain_summary(report), style="dim")

@@ -7,6 +7,12 @@
 `generate()` yields a `TokenEvent` per generated token (its id, the text it completes, its
 position, how long it took, the per-layer timings of its forward pass) and records totals in a
 `GenerationStats`. Nothing here prints.
+
+A conversation continues from the KV cache: `generate(..., start_pos=P)` places the new tokens
+at positions P.. and attends to the P positions an earlier call left in the cache, so each chat
+turn prefills only its own tokens. `stats.cache_end` says how many positions are filled when a
+call ends: the prompt and every generated token that went through a forward pass (the last
+generated or the stop token is sampled from the logits but not itself run).
 """
 
 from __future__ import annotations
@@ -58,6 +64,9 @@ class GenerationStats:
     stop_token: int | None = None
     tail_text: str = ""  # text held back at the end (an incomplete UTF-8 tail, as U+FFFD)
     op_seconds: dict[str, float] = field(default_factory=dict)
+    start_pos: int = 0  # where the prompt was placed: positions before it came from the cache
+    cache_end: int = 0  # positions 0..cache_end-1 of the KV cache hold this call's sequence
+    layer_seconds: np.ndarray | None = None  # float64[n_layers, 2]: summed over the decode passes
 
     @property
     def prefill_tokens_per_second(self) -> float:
@@ -67,6 +76,19 @@ class GenerationStats:
     def decode_tokens_per_second(self) -> float:
         # the first generated token comes out of the prefill pass; each later one from a decode pass
         return self.decode_passes / self.decode_seconds if self.decode_seconds else 0.0
+
+
+RANDOM_SEED = -1  # llama.cpp's habit: --seed -1 draws a fresh seed
+
+
+def seed_sequence(seed: int | None) -> np.random.SeedSequence:
+    """Any integer is a seed: None or -1 draw a fresh one; every other integer (negative or larger
+    than 64 bits too) is taken modulo 2**128, so the same seed gives the same text."""
+    if seed is None or seed == RANDOM_SEED:
+        return np.random.SeedSequence()
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise LlamaNbError(f"--seed must be an integer, got {seed!r}")
+    return np.random.SeedSequence(int(seed) % 2**128)
 
 
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
@@ -87,14 +109,20 @@ class Sampler:
     def __init__(self, ops, temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None, seed: int | None = None):
         check_sampling(temperature, top_k, top_p)
         self.ops, self.temperature, self.top_k, self.top_p = ops, temperature, top_k, top_p
-        self.rng = np.random.default_rng(seed)
+        self.rng = np.random.default_rng(seed_sequence(seed))
         if temperature > 0.0:  # compile softmax now, not inside the first token's timing
             ops.softmax(np.empty((1, 2), np.float32), np.zeros((1, 2), np.float32))
 
     def __call__(self, logits: np.ndarray) -> int:
         if self.temperature == 0.0:
             return self.ops.argmax(logits)
-        scaled = (logits / np.float32(self.temperature)).astype(np.float32).reshape(1, -1)
+        # (logits - max) / T in float64, floored: a tiny T (1e-40) or huge logits (1e38) would
+        # overflow float32 to inf and softmax to NaN; this way the top token gets exp(0) = 1.
+        top = float(np.max(logits))
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore", under="ignore"):
+            shifted = (logits.astype(np.float64) - top) / self.temperature
+        shifted = np.nan_to_num(shifted, nan=-1e30, neginf=-1e30, posinf=0.0)
+        scaled = np.maximum(shifted, -1e30).astype(np.float32).reshape(1, -1)
         probs = np.empty_like(scaled)
         self.ops.softmax(probs, scaled)
         probs = probs[0].astype(np.float64)
@@ -122,9 +150,12 @@ def generate(
     seed: int | None = None,
     stop_tokens: Sequence[int] | None = None,
     stats: GenerationStats | None = None,
+    start_pos: int = 0,
 ) -> Iterator[TokenEvent]:
     """Yield one TokenEvent per generated token; stop tokens end generation and are not yielded.
 
+    prompt_tokens  the new tokens, placed at positions start_pos..; positions 0..start_pos-1
+                   must already be in the model's KV cache (an earlier call's stats.cache_end)
     Stops on a stop token (default: the tokenizer's <|end_of_text|>, <|eom_id|>, <|eot_id|>),
     after `max_new_tokens`, or when the context is full (stats.stop_reason says which).
     """
@@ -133,26 +164,30 @@ def generate(
         raise LlamaNbError("the prompt is empty: give at least one token (a BOS token counts)")
     if max_new_tokens < 0:
         raise LlamaNbError(f"--max-tokens must be >= 0, got {max_new_tokens}")
-    if len(prompt) >= model.ctx:
+    if start_pos < 0:
+        raise LlamaNbError(f"start_pos must be >= 0, got {start_pos}")
+    if start_pos + len(prompt) >= model.ctx:
         raise LlamaNbError(
-            f"the prompt has {len(prompt)} tokens but the context holds {model.ctx}: "
+            f"the prompt has {start_pos + len(prompt)} tokens but the context holds {model.ctx}: "
             f"shorten the prompt or raise --ctx"
         )
     sampler = Sampler(model.ops, temperature, top_k, top_p, seed)
     stop = set(tokenizer.stop_tokens if stop_tokens is None else stop_tokens)
     stats = stats if stats is not None else GenerationStats()
-    stats.prompt_tokens = len(prompt)
+    stats.prompt_tokens, stats.start_pos, stats.cache_end = len(prompt), start_pos, start_pos
     decoder = StreamDecoder(tokenizer)
-    pos = len(prompt)  # position of the next token to generate
+    pos = start_pos + len(prompt)  # position of the next token to generate
     if max_new_tokens == 0:
         stats.stop_reason = "max_tokens"
         return
     model.ops.reset_timings()
 
     t0 = time.perf_counter()
-    logits = model.forward(prompt, 0)
+    logits = model.forward(prompt, start_pos)
     stats.prefill_seconds = time.perf_counter() - t0
+    stats.cache_end = pos
     layer_seconds = model.layer_seconds.copy()
+    stats.layer_seconds = np.zeros_like(layer_seconds)
     forward_seconds = stats.prefill_seconds
     try:
         for index in range(max_new_tokens):
@@ -175,9 +210,11 @@ def generate(
             t2 = time.perf_counter()
             logits = model.forward([token], pos - 1)
             forward_seconds = time.perf_counter() - t2
+            stats.cache_end = pos
             stats.decode_seconds += forward_seconds
             stats.decode_passes += 1
             layer_seconds = model.layer_seconds.copy()
+            stats.layer_seconds += layer_seconds
     except GeneratorExit:
         stats.stop_reason = stats.stop_reason or "interrupted"
         raise

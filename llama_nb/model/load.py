@@ -41,16 +41,6 @@ from llama_nb.model.transformer import RunState, Transformer, Weights, check_thr
 from llama_nb.ops.opset import OpSet
 
 
-def set_threads(threads: int | None) -> int:
-    """Process-wide: use `threads` Numba threads on the calling thread (None: leave as is); return
-    the number in use. load_model does not call this: each model keeps its own (Transformer)."""
-    import numba
-
-    if threads is not None:
-        numba.set_num_threads(check_threads(threads))
-    return numba.get_num_threads()
-
-
 MEM_ENV = "LLAMA_NB_MEM_AVAILABLE"  # bytes, or with a k/M/G suffix (powers of 1000): "8G"
 _SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
 
