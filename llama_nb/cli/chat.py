@@ -79,6 +79,8 @@ class Settings:
         return "  ".join(f"{k}={v}" for k, v in asdict(self).items())
 
 
+# The parameter list repeats the other generating commands' on purpose: Typer reads a command's
+# options from its signature. What they mean is declared once, in cli/_options.py.
 def chat(
     model: ModelOpt = None,
     system: Annotated[Optional[str], typer.Option("--system", help="The system prompt.")] = None,

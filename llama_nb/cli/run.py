@@ -30,6 +30,8 @@ FileOpt = Annotated[Optional[Path], typer.Option("--file", "-f", help="Read the 
                                                   dir_okay=False, show_default=False)]
 
 
+# The parameter list repeats the other generating commands' on purpose: Typer reads a command's
+# options from its signature. What they mean is declared once, in cli/_options.py.
 def run(
     prompt: Annotated[Optional[str], typer.Argument(
         help="The prompt: text to continue, or with --chat a user message; '-' reads it from stdin.",

@@ -219,10 +219,10 @@ def save_pth(path: str | Path, tensors: Mapping[str, np.ndarray] | Iterable[tupl
 
 def random_bf16(shape: tuple[int, ...], rng: np.random.Generator, std: float = 0.02, mean: float = 0.0,
                 chunk: int = 1 << 22) -> np.ndarray:
-    """uint16[shape] bf16 bits of N(mean, std^2), drawn in float32 chunks and narrowed by llama_nb's op."""
-    from llama_nb.ops.registry import get
+    """uint16[shape] bf16 bits of N(mean, std^2), drawn in float32 chunks and narrowed by llama_nb's
+    Numba kernel (the one module it needs, not the registry: writing needs no other op)."""
+    from llama_nb.ops.bf16 import f32_to_bf16_array as narrow
 
-    narrow = get("f32_to_bf16")
     out = np.empty(shape, np.uint16)
     flat = out.reshape(-1)
     buf = np.empty(min(chunk, max(flat.size, 1)), np.float32)

@@ -1,8 +1,9 @@
 """Token generation: prefill the prompt once, then decode one token at a time, streaming events.
 
-    prefill(prompt)          one batched forward pass over the prompt -> logits of its last token
-    sample(logits)           greedy (argmax) or temperature / top-k / top-p, seeded
-    decode_one(token, pos)   one forward pass of a single token -> logits
+    generate(model, tokenizer, prompt, n)   the prompt in one batched forward pass (its last
+                                            token's logits), then one pass per generated token
+    Sampler(ops, temperature, top_k, top_p, seed)   greedy (argmax) or temperature / top-k /
+                                            top-p, seeded; called on each pass's logits
 
 `generate()` yields a `TokenEvent` per generated token (its id, the text it completes, its
 position, how long it took, the per-layer timings of its forward pass) and records totals in a
@@ -110,8 +111,6 @@ class Sampler:
         check_sampling(temperature, top_k, top_p)
         self.ops, self.temperature, self.top_k, self.top_p = ops, temperature, top_k, top_p
         self.rng = np.random.default_rng(seed_sequence(seed))
-        if temperature > 0.0:  # compile softmax now, not inside the first token's timing
-            ops.softmax(np.empty((1, 2), np.float32), np.zeros((1, 2), np.float32))
 
     def __call__(self, logits: np.ndarray) -> int:
         if self.temperature == 0.0:

@@ -37,7 +37,7 @@ from llama_nb.io.checkpoint import ModelFiles, load_model_files
 from llama_nb.io.params import ModelArgs
 from llama_nb.io.tokenizer import Tokenizer
 from llama_nb.model.generate import GenerationStats, TokenEvent, generate
-from llama_nb.model.transformer import RunState, Transformer, Weights, check_threads
+from llama_nb.model.transformer import RunState, Transformer, Weights, check_ctx, check_threads
 from llama_nb.ops.opset import OpSet
 
 
@@ -242,8 +242,7 @@ def load_model(
     check_threads(threads)
     if weight_format is not None:
         get_format(weight_format)
-    if ctx < 1:
-        raise LlamaNbError(f"--ctx must be at least 1, got {ctx}")
+    check_ctx(ctx)
     files = load_model_files(Path(path))
     tokenizer = Tokenizer(files.tokenizer_path)
     if tokenizer.n_words > files.args.vocab_size:

@@ -193,9 +193,7 @@ class Transformer:
 
     def __init__(self, args: ModelArgs, weights: Weights, ops: OpSet, ctx: int = 4096, max_batch: int = 256,
                  threads: int | None = None):
-        if ctx < 1:
-            raise LlamaNbError(f"--ctx must be at least 1, got {ctx}")
-        self.args, self.weights, self.ops, self.ctx = args, weights, ops, ctx
+        self.args, self.weights, self.ops, self.ctx = args, weights, ops, check_ctx(ctx)
         self.threads = check_threads(threads)
         self.state = RunState(args, min(max_batch, ctx), ctx)
         self.rope_cos, self.rope_sin = rope_tables(args.head_dim, ctx, args.rope_theta, args.use_scaled_rope)
@@ -314,6 +312,12 @@ class Transformer:
             jit.warm_model(self.ops, self.weights.formats(), {"Dh": self.args.head_dim}, writeable, USED_OPS)
         self.ops.reset_timings()
         return time.perf_counter() - t0
+
+
+def check_ctx(ctx: int) -> int:
+    if ctx < 1:
+        raise LlamaNbError(f"--ctx must be at least 1, got {ctx}")
+    return ctx
 
 
 def check_threads(threads: int | None) -> int:
