@@ -122,7 +122,7 @@ def test_any_integer_is_a_seed_and_the_same_seed_gives_the_same_text():
 
 def test_tiny_and_huge_temperatures_and_logits_do_not_overflow():
     from llama_nb.model.generate import Sampler
-    from llama_nb.ops.registry import OpSet
+    from llama_nb.ops.opset import OpSet
 
     ops = OpSet.from_spec(None)
     logits = np.array([1e38, -1e38, 3e38, 0.0, -3e38], np.float32)

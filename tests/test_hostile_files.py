@@ -261,7 +261,7 @@ def test_ranges_that_would_compute_garbage(base, tmp_path, key, value, phrase):
 
 def test_the_rope_theta_bound_is_where_the_frequencies_break():
     """Below the bound the frequencies are not those of any trained model: 1e-300 divides by zero."""
-    from llama_nb.ops.rope import rope_frequencies
+    from llama_nb.ops.rope_tables import rope_frequencies
 
     with np.errstate(divide="ignore"):
         assert not np.isfinite(rope_frequencies(64, 1e-300, False)).all()

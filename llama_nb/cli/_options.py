@@ -66,7 +66,8 @@ MmapOpt = Annotated[
     typer.Option(
         "--mmap",
         help="Use the weights straight from the memory-mapped file instead of reading them into "
-        "memory: starts at once, but decode runs 5-8% slower without huge pages.",
+        "memory: starts at once, but decode runs 5-8% slower without huge pages, and if the file is "
+        "truncated or rewritten while the model runs, the process dies (SIGBUS, no message).",
     ),
 ]
 

@@ -244,7 +244,7 @@ def load_model(
         get_format(weight_format)
     check_ctx(ctx)
     files = load_model_files(Path(path))
-    tokenizer = Tokenizer(files.tokenizer_path)
+    tokenizer = Tokenizer(files.tokenizer_path, vocab_size=files.args.vocab_size)  # stops reading past it
     if tokenizer.n_words > files.args.vocab_size:
         raise CheckpointError(
             f"{files.tokenizer_path}: the tokenizer has {tokenizer.n_words} tokens but params.json "

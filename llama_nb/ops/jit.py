@@ -130,6 +130,19 @@ PARALLEL_MIN_BYTES = 4 << 20
 _threads = config.NUMBA_NUM_THREADS  # the Numba thread count of the pass running now (see threads())
 
 
+def _start_thread_pool() -> None:
+    # Kernels index per-thread scratch with numba.get_thread_id(), in their serial twins too. A
+    # serial twin loaded from the on-disk cache calls into the threading layer without starting it
+    # (a freshly compiled one starts it while compiling): if no parallel kernel ran before, that
+    # call segfaults (measured). get_num_threads() starts the layer once, here, for every kernel.
+    import numba
+
+    numba.get_num_threads()
+
+
+_start_thread_pool()
+
+
 class Twins:
     """One kernel source compiled twice: `parallel` (prange runs on Numba's threads) and `serial`
     (prange is a plain range); `pick(nbytes)` chooses by parallel_pays."""
@@ -152,14 +165,26 @@ class Twins:
 _TWINS: list[Twins] = []
 
 
+def _serial_copy(fn):
+    """`fn` under another qualified name: Numba's on-disk cache names its entries after the function
+    (qualname and line), not after the compile flags, so the serial twin of a parallel kernel must
+    not share the name, or each would load the other's machine code (measured: a segfault)."""
+    import types as pytypes
+
+    copy = pytypes.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_serial", fn.__defaults__, fn.__closure__)
+    copy.__qualname__ = fn.__qualname__ + "_serial"
+    copy.__doc__ = fn.__doc__
+    return copy
+
+
 def twins_dot(fn) -> Twins:
     """njit_parallel_dot and njit_serial_dot of the same function."""
-    return Twins(njit_parallel_dot(fn), njit_serial_dot(fn))
+    return Twins(njit_parallel_dot(fn), njit_serial_dot(_serial_copy(fn)))
 
 
 def twins(fn) -> Twins:
     """njit_parallel and njit_serial of the same function."""
-    return Twins(njit_parallel(fn), njit_serial(fn))
+    return Twins(njit_parallel(fn), njit_serial(_serial_copy(fn)))
 
 
 def parallel_pays(nbytes: int) -> bool:
