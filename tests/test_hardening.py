@@ -567,15 +567,27 @@ def test_split_characters_through_run(chain_model):
 
 
 def popen_run(folder, *args):
-    """`llama-nb run` with its stdout on a pipe; SIGINT restored in case the test runner ignores it."""
+    """`llama-nb run` with its stdout on a pipe; SIGINT restored in case the test runner ignores it.
+    Unbuffered (bufsize=0): communicate() reads the pipe's descriptor itself, so bytes a buffered
+    read(4) had already pulled in would be missing from what it returns."""
     return subprocess.Popen([sys.executable, "-m", "llama_nb", "run", *map(str, args), "--model", str(folder)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, bufsize=0,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def read_exactly(stream, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = stream.read(n - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
 
 
 def test_ctrl_c_during_generation(chain_model):
     proc = popen_run(chain_model, "A", "--max-tokens", 50_000, "--ctx", 50_010)
-    first = proc.stdout.read(4)  # "🦙": generation has started and streams
+    first = read_exactly(proc.stdout, 4)  # "🦙": generation has started and streams
     proc.send_signal(signal.SIGINT)
     sent = time.perf_counter()
     rest, err = proc.communicate(timeout=60)

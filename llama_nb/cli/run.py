@@ -238,21 +238,30 @@ def stream(llm, prompt_ids: list[int], max_tokens: int, *, temperature: float = 
     llm.compile()
     events = generate(llm.model, llm.tokenizer, prompt_ids, max_tokens, temperature=temperature, top_k=top_k,
                       top_p=top_p, seed=seed, stats=report.stats, start_pos=start_pos)
+    from llama_nb.cli._pipes import DeferredInterrupt
+
     view = TerminalStream(out, _columns()) if mode == "live" else PlainStream(out) if mode == "plain" else None
     started = time.perf_counter()
     interrupted = False
     try:
-        for event in events:
-            report.generated_ids.append(event.token)
-            report.text += event.text
-            if view is not None:
-                view.write(event.text)
-                view.status(status_line(len(report.generated_ids), max_tokens, time.perf_counter() - started,
-                                        report.stats.decode_tokens_per_second))
+        with DeferredInterrupt() as guard:
+            for event in events:
+                with guard.held():  # the token is recorded and shown whole, or not at all
+                    report.generated_ids.append(event.token)
+                    report.text += event.text
+                    if view is not None:
+                        view.write(event.text)
+                        view.status(status_line(len(report.generated_ids), max_tokens, time.perf_counter() - started,
+                                                report.stats.decode_tokens_per_second))
     except KeyboardInterrupt:
         interrupted = True
     finally:
         events.close()  # runs generate()'s cleanup: stop reason, held-back bytes, op timings
+    for token, text in zip(report.stats.tokens[len(report.generated_ids):], report.stats.texts[len(report.generated_ids):]):
+        report.generated_ids.append(token)  # what a Ctrl-C kept from being shown: shown now
+        report.text += text
+        if view is not None:
+            view.write(text)
     if interrupted:  # also when the Ctrl-C came during the prefill, before the generator started
         report.stats.stop_reason = "interrupted"
     report.text += report.stats.tail_text

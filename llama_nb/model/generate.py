@@ -68,6 +68,10 @@ class GenerationStats:
     start_pos: int = 0  # where the prompt was placed: positions before it came from the cache
     cache_end: int = 0  # positions 0..cache_end-1 of the KV cache hold this call's sequence
     layer_seconds: np.ndarray | None = None  # float64[n_layers, 2]: summed over the decode passes
+    # every generated token and its text, recorded before it is yielded: a consumer interrupted
+    # (Ctrl-C) between receiving an event and showing it catches up from here, and loses nothing
+    tokens: list[int] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
 
     @property
     def prefill_tokens_per_second(self) -> float:
@@ -198,7 +202,10 @@ def generate(
                 stats.stop_reason, stats.stop_token = "stop_token", token
                 break
             stats.generated_tokens += 1
-            yield TokenEvent(token, decoder.push(token), pos, index, forward_seconds + sample_seconds, layer_seconds)
+            event = TokenEvent(token, decoder.push(token), pos, index, forward_seconds + sample_seconds, layer_seconds)
+            stats.tokens.append(token)
+            stats.texts.append(event.text)
+            yield event
             pos += 1
             if index + 1 == max_new_tokens:
                 stats.stop_reason = "max_tokens"

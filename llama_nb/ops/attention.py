@@ -64,8 +64,9 @@ def _append(k_cache, v_cache, k, v, start_pos):
     """k_cache[g, start_pos + t, :] = k[t, g, :], and the same for v."""
     for t in range(k.shape[0]):
         for g in range(k.shape[1]):
-            k_cache[g, start_pos + t, :] = k[t, g]
-            v_cache[g, start_pos + t, :] = v[t, g]
+            for d in range(k.shape[2]):  # element by element: a slice copy may take a temporary
+                k_cache[g, start_pos + t, d] = k[t, g, d]
+                v_cache[g, start_pos + t, d] = v[t, g, d]
 
 
 @twins_dot
