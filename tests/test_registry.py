@@ -234,3 +234,27 @@ def test_broken_plugin_warns_with_its_name_and_nothing_else_breaks(tmp_path):
     assert "plugin 'llama_nb_half'" in proc.stdout and "may not replace built-in" in proc.stdout
     assert "argmax 1" in proc.stdout
     assert "half_first False" in proc.stdout  # all or nothing: its first registration was taken back
+
+
+def test_a_plugin_kernel_that_raises_is_one_line_naming_it(tmp_path):
+    # Registered, chosen by the user, and broken when called: the warm-up (which calls every chosen
+    # implementation before any token) reports it by name in one LlamaNbError, no traceback.
+    _make_distribution(tmp_path, "llama_nb_raises", "llama_nb_raises", """
+        from llama_nb.ops.registry import register
+
+        @register("silu", "broken")
+        def silu_broken(out, a, b):
+            raise ZeroDivisionError("oops")
+    """)
+    code = textwrap.dedent("""
+        import llama_nb
+        from llama_nb.errors import LlamaNbError
+        try:
+            llama_nb.load_model(impl="silu=broken").compile()
+        except LlamaNbError as exc:
+            print("ERROR", exc)
+    """)
+    proc = _run_python(tmp_path, code)
+    assert proc.returncode == 0, proc.stderr
+    assert "ERROR implementation 'broken' of silu (plugin llama_nb_raises" in proc.stdout
+    assert "ZeroDivisionError: oops" in proc.stdout and "Traceback" not in proc.stdout + proc.stderr
