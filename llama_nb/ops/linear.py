@@ -31,7 +31,7 @@ from numba import prange
 
 from llama_nb.formats import Weight
 from llama_nb.ops.bf16 import PLAIN_FORMATS, bf16_to_f32, f32_to_bf16
-from llama_nb.ops.jit import HAS_AVX512_BF16, njit_inline, njit_parallel, njit_serial
+from llama_nb.ops.jit import HAS_AVX512_BF16, njit_inline, twins
 from llama_nb.ops.matmul_tiles import matmul_bf16dot, matmul_fma
 from llama_nb.ops.matvec import X_IN_L1, matvec, matvec_4rows, matvec_bf16dot
 from llama_nb.ops.registry import register
@@ -51,26 +51,14 @@ def _bits_row(dst, src):
         dst[k] = f32_to_bf16(src[k])
 
 
-@njit_serial
-def _bits_serial(dst, x):
-    for t in range(x.shape[0]):
-        _bits_row(dst[t], x[t])
-
-
-@njit_parallel
-def _bits_parallel(dst, x):
+@twins
+def _bits_rows(dst, x):
     for t in prange(x.shape[0]):
         _bits_row(dst[t], x[t])
 
 
-@njit_serial
-def _round_serial(dst, x):
-    for t in range(x.shape[0]):
-        _round_row(dst[t], x[t])
-
-
-@njit_parallel
-def _round_parallel(dst, x):
+@twins
+def _round_rows(dst, x):
     for t in prange(x.shape[0]):
         _round_row(dst[t], x[t])
 
@@ -83,14 +71,14 @@ def _in_scratch(x: np.ndarray, xq: np.ndarray, dtype) -> np.ndarray:
 def bf16_bits(x: np.ndarray, xq: np.ndarray) -> np.ndarray:
     """uint16[T, K] in xq: the bf16 bits of each x, rounded to nearest (ties to even); for vdpbf16ps."""
     dst = _in_scratch(x, xq, np.uint16)
-    (_bits_serial if x.shape[0] == 1 else _bits_parallel)(dst, x)
+    (_bits_rows.serial if x.shape[0] == 1 else _bits_rows.parallel)(dst, x)
     return dst
 
 
 def rounded_to_bf16(x: np.ndarray, xq: np.ndarray) -> np.ndarray:
     """float32[T, K] in xq: each x rounded to the nearest bf16 (ties to even)."""
     dst = _in_scratch(x, xq, np.float32)
-    (_round_serial if x.shape[0] == 1 else _round_parallel)(dst, x)
+    (_round_rows.serial if x.shape[0] == 1 else _round_rows.parallel)(dst, x)
     return dst
 
 
