@@ -249,7 +249,8 @@ class Transformer:
             with np.errstate(invalid="ignore", over="ignore"):  # inf - inf in the sum: that is the point
                 total = logits.sum()
             if not np.isfinite(total):  # cheap: NaN and inf propagate through the sum
-                raise NonFiniteError(self._where_non_finite(chunk, start_pos + lo))
+                with np.errstate(invalid="ignore", over="ignore"):
+                    raise NonFiniteError(self._where_non_finite(chunk, start_pos + lo))
         return logits
 
     def _chunk_ids(self, tokens, lo: int, hi: int) -> np.ndarray:
