@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from llama_nb.ops.jit import njit_parallel, njit_serial, njit_serial_dot
+from llama_nb.ops.jit import njit_serial, njit_serial_dot, twins
 from llama_nb.ops.argmax import float_of_key, max_key
 from llama_nb.ops.fastexp import exp_nonpositive
 from llama_nb.ops.registry import register
@@ -66,13 +66,7 @@ def _softmax_row(out, x):
     _scale(out, np.float32(1.0 / sum64(out)))
 
 
-@njit_serial
-def _softmax_serial(out, x):
-    for r in range(x.shape[0]):
-        _softmax_row(out[r], x[r])
-
-
-@njit_parallel
+@twins
 def _softmax_rows(out, x):
     for r in prange(x.shape[0]):
         _softmax_row(out[r], x[r])
@@ -84,7 +78,5 @@ def softmax(out: np.ndarray, x: np.ndarray) -> None:
     n_rows, n_cols = x.shape
     if n_cols == 0 or n_rows == 0:
         return
-    if n_rows == 1 or n_rows * n_cols < _PARALLEL_FROM:
-        _softmax_serial(out, x)
-    else:
-        _softmax_rows(out, x)
+    serial = n_rows == 1 or n_rows * n_cols < _PARALLEL_FROM
+    (_softmax_rows.serial if serial else _softmax_rows.parallel)(out, x)
