@@ -44,6 +44,10 @@ import numpy as np
 from numba import njit
 from numba.core import config
 
+from llama_nb.errors import LlamaNbError
+from llama_nb.formats import get_format
+from llama_nb.ops import registry
+
 # ------------------------------------------------------------------------------ the decorators
 
 
@@ -235,19 +239,12 @@ def warm(ops, formats: Iterable[str], model_dims: Mapping[str, int], used_ops: I
          weights_writeable: bool = True, prefill: bool | None = None) -> None:
     """Call every implementation `ops` chose for `used_ops` and these weight formats, on its warm-up
     cases (prefill=True: only those with T > 1; False: only the others; None: all)."""
-    from llama_nb.errors import LlamaNbError
-    from llama_nb.ops import registry
-
     formats, used_ops = set(formats), set(used_ops)
     for (op, fmt, act), name in sorted(ops.slots.items(), key=lambda kv: tuple(p or "" for p in kv[0])):
         if op not in used_ops or (fmt is not None and fmt not in formats):
             continue
         impl, spec = registry.get_impl(op, name, format=fmt, act=act), registry.ops[op]
-        fmt_obj = None
-        if fmt is not None:
-            from llama_nb.formats import get_format
-
-            fmt_obj = get_format(fmt)
+        fmt_obj = get_format(fmt) if fmt is not None else None
         for dims in warm_cases(impl, spec, model_dims):
             if prefill is not None and (dims.get("T", 1) > 1) != prefill:
                 continue
