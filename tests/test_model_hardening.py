@@ -86,11 +86,14 @@ def test_no_writable_kernel_cache_still_runs():
         llm = llama_nb.load_model(demo_model_dir(), ctx=64)
         ids = llm.tokenizer.encode("And", bos=True, eos=False)
         print(len(list(llm.generate(ids, 3))), jit.CACHE, "|", jit.CACHE_NOTE)
+        from llama_nb.cli.run import _note_uncached
+        _note_uncached(quiet=False)  # what `llama-nb run` says after compiling
     """)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     generated, cache, note = proc.stdout.strip().replace(" | ", " ", 1).split(" ", 2)
     assert generated == "3" and cache == "False" and "NUMBA_CACHE_DIR" in note
+    assert "note: kernels are compiled on every run: no writable cache folder" in proc.stderr
 
 
 def test_the_compile_helper_dies_with_its_parent(tmp_path):

@@ -128,26 +128,28 @@ def load_for_cli(model: Path | None, *, impl: str | None, ctx: int, threads: int
             with _spinner("compiling the kernels (the first run only: later runs load them from the cache) ..."
                           if not _kernels_cached() else "loading the compiled kernels from the cache ..."):
                 llm.compile()
+            _note_uncached(quiet)
     except KeyboardInterrupt:
         print("\ninterrupted while loading", file=sys.stderr)
         raise typer.Exit(130)
     return llm
 
 
+def _note_uncached(quiet: bool) -> None:
+    """One line when Numba found no writable folder to cache the kernels in (every run compiles)."""
+    from llama_nb.cli._pipes import say
+    from llama_nb.ops import jit
+
+    if jit.CACHE_NOTE and not quiet:
+        say(f"note: kernels are compiled on every run: {jit.CACHE_NOTE}", style="yellow")
+
+
 def _kernels_cached() -> bool:
-    """Whether Numba's on-disk cache holds compiled kernels of llama_nb's ops (index files,
-    *.nbi, beside the kernel modules or under $NUMBA_CACHE_DIR): if not, this run compiles."""
-    import os
+    """Whether this run loads the kernels from Numba's on-disk cache (the compile policy's own
+    answer, llama_nb/ops/jit.py), rather than compiling them."""
+    from llama_nb.ops import jit
 
-    import llama_nb.ops
-
-    where = os.environ.get("NUMBA_CACHE_DIR")
-    try:
-        if where:
-            return any(Path(where).rglob("*.nbi"))
-        return any((Path(llama_nb.ops.__file__).parent / "__pycache__").glob("*.nbi"))
-    except OSError:
-        return False
+    return jit.CACHE and not jit.cache_is_cold()
 
 
 SPINNER_DELAY = 0.7  # seconds; $LLAMA_NB_SPINNER_DELAY overrides (0: always, as tests/test_display.py does)

@@ -54,7 +54,7 @@ from llama_nb.ops import registry
 def _cache_works() -> tuple[bool, str]:
     """Whether Numba can find a writable cache folder for kernels in this package."""
     if os.environ.get("LLAMA_NB_JIT_CACHE", "1") == "0":
-        return False, "LLAMA_NB_JIT_CACHE=0"
+        return False, ""  # asked for: nothing to explain
     from numba.core.caching import FunctionCache
 
     try:
