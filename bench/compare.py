@@ -130,7 +130,7 @@ def write_gguf(folder: Path, path: Path) -> None:
         else:  # bf16 bits, untouched; the mapped view is only read while the file is written
             w.add_tensor(_gguf_name(name), t, raw_dtype=gguf.GGMLQuantizationType.BF16)
     if a.use_scaled_rope:
-        factors = rope_frequencies(a.head_dim, a.rope_theta, False) / rope_frequencies(a.head_dim, a.rope_theta, True)
+        factors = rope_frequencies(a.head_dim, a.rope_theta, None) / rope_frequencies(a.head_dim, a.rope_theta, a.rope_scaling)
         w.add_tensor("rope_freqs.weight", factors.astype(np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()

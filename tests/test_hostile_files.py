@@ -264,5 +264,5 @@ def test_the_rope_theta_bound_is_where_the_frequencies_break():
     from llama_nb.ops.rope_tables import rope_frequencies
 
     with np.errstate(divide="ignore"):
-        assert not np.isfinite(rope_frequencies(64, 1e-300, False)).all()
-    assert np.isfinite(rope_frequencies(64, 1.0, False)).all() and np.isfinite(rope_frequencies(64, 1e12, False)).all()
+        assert not np.isfinite(rope_frequencies(64, 1e-300, None)).all()
+    assert np.isfinite(rope_frequencies(64, 1.0, None)).all() and np.isfinite(rope_frequencies(64, 1e12, None)).all()

@@ -11,7 +11,7 @@ import pytest
 from llama_models.llama3.args import ModelArgs as MetaArgs
 
 from llama_nb.errors import CheckpointError
-from llama_nb.io.params import ModelArgs
+from llama_nb.io.params import ModelArgs, RopeScaling
 
 # Verbatim from Meta's downloads (key order included).
 LLAMA31_8B = {"dim": 4096, "n_layers": 32, "n_heads": 32, "n_kv_heads": 8, "vocab_size": 128256,
@@ -46,7 +46,8 @@ def test_defaults_are_metas(tmp_path):
     ours = ModelArgs.from_dict(REQUIRED)
     meta = MetaArgs(**REQUIRED)
     for f in dataclasses.fields(ModelArgs):
-        assert getattr(ours, f.name) == getattr(meta, f.name), f.name
+        if f.name != "rope_scaling":  # Meta's args have no such field: its model.py hard-codes the constants
+            assert getattr(ours, f.name) == getattr(meta, f.name), f.name
 
 
 def test_unknown_keys_are_ignored_and_nulls_allowed_where_meta_allows(tmp_path):
@@ -153,3 +154,45 @@ def test_missing_and_unreadable_files(tmp_path):
 def test_from_dict_source_names_the_origin():
     with pytest.raises(CheckpointError, match=r"^my/params\.json: key 'dim'"):
         ModelArgs.from_dict(dict(REQUIRED, dim="x"), source="my/params.json")
+
+
+def test_rope_scaling_follows_the_shape_when_the_file_is_silent(tmp_path):
+    """Meta's params.json says only use_scaled_rope; 3.2 1B/3B were trained with factor 32 (their
+    Hugging Face config.json), every other Llama 3.1+ with Meta's model.py constants (factor 8)."""
+    llama32_3b = dict(LLAMA32_1B, dim=3072, n_layers=28, n_heads=24)
+    for params, factor in [(LLAMA31_8B, 8.0), (LLAMA32_1B, 32.0), (llama32_3b, 32.0)]:
+        args = ModelArgs.from_file(write(tmp_path, params))
+        assert args.rope_scaling == RopeScaling(factor=factor), params
+        assert args.to_dict() == {k: params[k] for k in args.to_dict()}  # nothing inferred is written back
+        assert "rope_scaling" not in args.to_dict()
+    assert ModelArgs.from_dict(dict(LLAMA31_8B, use_scaled_rope=False)).rope_scaling is None
+    assert "3.2 1B" in ModelArgs.from_dict(LLAMA32_1B).rope_scaling.source
+
+
+def test_explicit_rope_scaling_wins_and_round_trips(tmp_path):
+    hf_style = {"rope_type": "llama3", "factor": 16.0, "low_freq_factor": 2.0, "high_freq_factor": 8.0,
+                "original_max_position_embeddings": 4096}
+    args = ModelArgs.from_file(write(tmp_path, dict(LLAMA32_1B, rope_scaling=hf_style)))
+    assert args.rope_scaling == RopeScaling(16.0, 2.0, 8.0, 4096)
+    assert args.to_dict()["rope_scaling"] == hf_style  # not the shape's default: written back
+    assert ModelArgs.from_dict(args.to_dict()) == args
+    # The shape's own default, spelled out, is not repeated.
+    same = ModelArgs.from_dict(dict(LLAMA32_1B, rope_scaling={"factor": 32}))
+    assert same == ModelArgs.from_dict(LLAMA32_1B) and "rope_scaling" not in same.to_dict()
+
+
+@pytest.mark.parametrize("scaling,word", [
+    ({"factor": 0.5}, "rope_scaling.factor"),
+    ({"factor": "8"}, "rope_scaling.factor"),
+    ({"low_freq_factor": 4.0, "high_freq_factor": 4.0}, "high_freq_factor"),
+    ({"original_max_position_embeddings": 0}, "original_max_position_embeddings"),
+    ({"rope_type": "yarn"}, "yarn"),
+    ([8], "rope_scaling"),
+])
+def test_bad_rope_scaling_is_one_line(tmp_path, scaling, word):
+    path = write(tmp_path, dict(LLAMA31_8B, rope_scaling=scaling))
+    with pytest.raises(CheckpointError) as info:
+        ModelArgs.from_file(path)
+    assert str(path) in str(info.value) and word in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(CheckpointError, match="use_scaled_rope is false"):
+        ModelArgs.from_dict(dict(LLAMA31_8B, use_scaled_rope=False, rope_scaling={"factor": 8}))

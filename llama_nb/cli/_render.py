@@ -72,9 +72,15 @@ def model_summary_table(desc: dict[str, Any], title: str = "hyperparameters") ->
     table.add_column("key", style="bold")
     table.add_column("value")
     for key, value in desc["params"].items():
-        table.add_row(key, _value(value))
+        if key != "rope_scaling":  # shown below, with where its numbers came from
+            table.add_row(key, _value(value))
     table.add_section()
     table.add_row("head_dim", f"{desc['head_dim']}  (dim / n_heads)")
+    scaling = desc.get("rope_scaling")
+    table.add_row("RoPE scaling", "none" if scaling is None else
+                  f"factor {scaling['factor']:g}, low/high freq factor {scaling['low_freq_factor']:g}/"
+                  f"{scaling['high_freq_factor']:g}, original context {scaling['original_max_position_embeddings']}"
+                  f"  ({scaling['source']})")
     table.add_row("FFN hidden size", f"{desc['ffn_hidden_dim']}  (from dim, multiple_of, ffn_dim_multiplier)")
     table.add_row("output", "tied to tok_embeddings" if desc["tied_output"] else "output.weight")
     table.add_section()

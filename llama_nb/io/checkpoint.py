@@ -156,6 +156,8 @@ def describe(model_files: ModelFiles) -> dict[str, Any]:
         "params": args.to_dict(),
         "head_dim": args.head_dim,
         "ffn_hidden_dim": args.hidden_dim,
+        "rope_scaling": None if args.rope_scaling is None
+        else dict(args.rope_scaling.to_dict(), source=args.rope_scaling.source),
         "tied_output": model_files.tied_output,
         "n_tensors": len(tensors),
         "n_elements": n_elements,

@@ -12,6 +12,13 @@ use_scaled_rope False). Meta's defaults for dim/n_layers/n_heads are the 8B's an
 -1 (unusable), so those four are required here: a params.json without them is not a Llama file.
 Unknown keys are ignored, as Meta's loader ignores them (real files carry a few, e.g. for vision).
 
+RoPE scaling (Llama 3.1 and later, "use_scaled_rope": true) has four constants that Meta's
+params.json does not carry: Meta's model.py hard-codes factor 8, low_freq_factor 1,
+high_freq_factor 4 and an original context of 8192, but Llama 3.2 1B and 3B were trained with
+factor 32 (their Hugging Face config.json says so). So `RopeScaling` is explicit where the file
+says it (a "rope_scaling" object, as Hugging Face writes it) and otherwise follows
+`default_rope_scaling`: 32 for the published 3.2 1B/3B shapes, Meta's 8 for every other.
+
 Derived sizes, as Meta's model.py computes them:
     head_dim   = dim // n_heads                          128 for 8B, 64 for 3.2 1B
     hidden_dim = FeedForward's SwiGLU width:
@@ -25,7 +32,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -39,6 +46,71 @@ ROPE_THETA_RANGE = (1.0, 1e12)  # Meta: 500000 (Llama 3), 10000 (Llama 2)
 NORM_EPS_RANGE = (1e-12, 1.0)  # Meta: 1e-5; in float32, 1e-12 still keeps 0 / sqrt(0 + eps) finite
 
 _MISSING = object()
+ROPE_FACTOR_RANGE = (1.0, 1024.0)  # Meta: 8 (3.1), 32 (3.2 1B/3B); below 1 it would shorten wavelengths
+
+# (dim, n_layers, n_heads, n_kv_heads) of Meta's Llama 3.2 1B and 3B, trained with RoPE factor 32
+# (Hugging Face's config.json of meta-llama/Llama-3.2-1B and -3B: "rope_scaling": {"factor": 32.0, ...}).
+LLAMA32_SMALL_SHAPES = {(2048, 16, 32, 8): "Llama 3.2 1B", (3072, 28, 24, 8): "Llama 3.2 3B"}
+
+
+@dataclass(frozen=True)
+class RopeScaling:
+    """Llama 3.1's RoPE frequency scaling: Meta's apply_scaling, Hugging Face's rope_type "llama3".
+
+    With wavelength w_i = 2 pi / freq_i, low = original_context / low_freq_factor and
+    high = original_context / high_freq_factor:
+        w_i < high          freq_i unchanged                    (the fast rotations)
+        w_i > low           freq_i / factor                     (the slow ones, stretched)
+        in between          (1 - s) freq_i / factor + s freq_i,
+                            s = (original_context / w_i - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    `source` says where the numbers came from (for `llama-nb info`); it is not part of equality.
+    """
+
+    factor: float = 8.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_context: int = 8192  # Hugging Face: original_max_position_embeddings
+    source: str = field(default="Meta's model.py constants", compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Hugging Face's spelling of the same numbers (what from_dict reads back)."""
+        return {"rope_type": "llama3", "factor": self.factor, "low_freq_factor": self.low_freq_factor,
+                "high_freq_factor": self.high_freq_factor,
+                "original_max_position_embeddings": self.original_context}
+
+    @classmethod
+    def from_dict(cls, d: Any, source: str) -> "RopeScaling":
+        """A "rope_scaling" object (params.json or Hugging Face's config.json), validated."""
+        if not isinstance(d, Mapping):
+            raise CheckpointError(f"{source}: 'rope_scaling' must be an object, got {_show(d)}")
+        kind = d.get("rope_type", d.get("type", "llama3"))
+        if kind != "llama3":
+            raise CheckpointError(f"{source}: rope_scaling type {_show(kind)} is not supported "
+                                  f"(Llama 3.x uses \"llama3\")")
+
+        def get(key: str, kind: str, default: Any) -> Any:
+            return _check_type(source, f"rope_scaling.{key}", d[key], kind) if key in d else default
+
+        scaling = cls(factor=get("factor", "positive", 8.0), low_freq_factor=get("low_freq_factor", "positive", 1.0),
+                      high_freq_factor=get("high_freq_factor", "positive", 4.0),
+                      original_context=get("original_max_position_embeddings", "size", 8192),
+                      source=source)
+        _check_range(source, "rope_scaling.factor", scaling.factor, ROPE_FACTOR_RANGE,
+                     "the slow RoPE frequencies are divided by it")
+        if not scaling.high_freq_factor > scaling.low_freq_factor:
+            raise CheckpointError(
+                f"{source}: rope_scaling.high_freq_factor={scaling.high_freq_factor:g} must exceed "
+                f"low_freq_factor={scaling.low_freq_factor:g} (the blend divides by their difference)")
+        return scaling
+
+
+def default_rope_scaling(dim: int, n_layers: int, n_heads: int, n_kv_heads: int) -> RopeScaling:
+    """The scaling of a model whose file says only "use_scaled_rope": factor 32 for the Llama 3.2
+    1B/3B shapes (as trained), Meta's constants (factor 8) for every other shape."""
+    name = LLAMA32_SMALL_SHAPES.get((dim, n_layers, n_heads, n_kv_heads))
+    if name is not None:
+        return RopeScaling(factor=32.0, source=f"{name} shape (factor 32 as trained; Meta's model.py says 8)")
+    return RopeScaling()
 
 
 @dataclass(frozen=True)
@@ -55,6 +127,15 @@ class ModelArgs:
     norm_eps: float = 1e-5
     rope_theta: float = 500000.0
     use_scaled_rope: bool = False
+    # Set when use_scaled_rope is (given, or default_rope_scaling's); None otherwise.
+    rope_scaling: RopeScaling | None = None
+
+    def __post_init__(self) -> None:
+        if self.use_scaled_rope and self.rope_scaling is None:
+            object.__setattr__(self, "rope_scaling", default_rope_scaling(
+                self.dim, self.n_layers, self.n_heads, self.n_kv_heads))
+        elif not self.use_scaled_rope and self.rope_scaling is not None:
+            raise ValueError("ModelArgs: rope_scaling given but use_scaled_rope is False")
 
     @property
     def head_dim(self) -> int:
@@ -74,8 +155,12 @@ class ModelArgs:
         return self.multiple_of * ((hidden + self.multiple_of - 1) // self.multiple_of)
 
     def to_dict(self) -> dict[str, Any]:
-        """The params.json keys, in Meta's order (for `info --json` and round trips)."""
-        return {name: getattr(self, name) for name in _FIELDS}
+        """The params.json keys, in Meta's order (for `info --json` and round trips), and
+        "rope_scaling" only where it is not what from_dict would infer from the rest."""
+        d = {name: getattr(self, name) for name in _FIELDS}
+        if self.rope_scaling is not None and self.rope_scaling != replace(self, rope_scaling=None).rope_scaling:
+            d["rope_scaling"] = self.rope_scaling.to_dict()
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], source: str = "params.json") -> "ModelArgs":
@@ -98,6 +183,12 @@ class ModelArgs:
         n_kv_heads = get("n_kv_heads", "size", None)
         # Meta writes "n_kv_heads": null nowhere, but args.py treats None as "same as n_heads".
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
+        use_scaled_rope = get("use_scaled_rope", "bool", False)
+        rope_scaling = None
+        if d.get("rope_scaling") is not None:
+            if not use_scaled_rope:
+                raise CheckpointError(f"{source}: 'rope_scaling' is given but use_scaled_rope is false")
+            rope_scaling = RopeScaling.from_dict(d["rope_scaling"], source)
         args = cls(
             dim=dim,
             n_layers=n_layers,
@@ -108,7 +199,8 @@ class ModelArgs:
             ffn_dim_multiplier=get("ffn_dim_multiplier", "positive", None),
             norm_eps=get("norm_eps", "positive", 1e-5),
             rope_theta=get("rope_theta", "positive", 500000.0),
-            use_scaled_rope=get("use_scaled_rope", "bool", False),
+            use_scaled_rope=use_scaled_rope,
+            rope_scaling=rope_scaling,
         )
         # The same invariants Meta's args.py asserts, plus even head_dim: RoPE rotates pairs.
         if args.n_heads % args.n_kv_heads != 0:

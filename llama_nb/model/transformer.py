@@ -214,7 +214,7 @@ class Transformer:
         self.args, self.weights, self.ops, self.ctx = args, weights, ops, check_ctx(ctx)
         self.threads = check_threads(threads)
         self.state = RunState(args, min(max_batch, ctx), ctx)
-        self.rope_cos, self.rope_sin = rope_tables(args.head_dim, ctx, args.rope_theta, args.use_scaled_rope)
+        self.rope_cos, self.rope_sin = rope_tables(args.head_dim, ctx, args.rope_theta, args.rope_scaling)
         # seconds spent in each layer's attention [:, 0] and feed-forward [:, 1] in the last pass
         self.layer_seconds = np.zeros((args.n_layers, 2))
         self._tokens = np.zeros(self.state.max_batch, np.int64)  # ids of the current chunk

@@ -97,15 +97,17 @@ def token_ids(rng, shape, dims: Mapping[str, int]):
 
 
 def rope_cos(rng, shape, dims):
+    from llama_nb.io.params import RopeScaling
     from llama_nb.ops.rope_tables import rope_tables
 
-    return rope_tables(2 * shape[1], shape[0], 500000.0, True)[0]
+    return rope_tables(2 * shape[1], shape[0], 500000.0, RopeScaling())[0]
 
 
 def rope_sin(rng, shape, dims):
+    from llama_nb.io.params import RopeScaling
     from llama_nb.ops.rope_tables import rope_tables
 
-    return rope_tables(2 * shape[1], shape[0], 500000.0, True)[1]
+    return rope_tables(2 * shape[1], shape[0], 500000.0, RopeScaling())[1]
 
 
 def coarse_with_ties(rng, shape, dims):
