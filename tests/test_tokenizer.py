@@ -390,3 +390,27 @@ def test_small_vocabulary_puts_specials_after_base(tmp_path):
     assert meta_small.special_tokens == small.special_tokens
     for text in random_texts(200, seed=SEED + 8):
         assert small.encode(text, bos=True, eos=True) == meta_small.encode(text, bos=True, eos=True)
+
+
+def test_from_ranks_is_the_same_tokenizer():
+    """Tokenizer.from_ranks (for GGUF and tokenizer.json vocabularies) builds what the file does."""
+    from llama_nb.demo import demo_model_dir
+    from llama_nb.errors import CheckpointError
+    from llama_nb.io.tokenizer import Tokenizer
+
+    tok = Tokenizer(demo_model_dir() / "tokenizer.model")
+    same = Tokenizer.from_ranks(tok.mergeable_ranks, tok.special_tokens, "elsewhere.json")
+    text = "Hello, world! <|eot_id|> 12345  \n\n tabs\there"
+    for allowed in (frozenset(), "all"):
+        assert same.encode(text, bos=True, eos=True, allowed_special=allowed) == \
+            tok.encode(text, bos=True, eos=True, allowed_special=allowed)
+    assert (same.n_words, same.eot_id, same.stop_tokens) == (tok.n_words, tok.eot_id, tok.stop_tokens)
+    bad_ranks = dict(tok.mergeable_ranks)
+    bad_ranks[b"\x00"] = 1  # a rank twice, rank 0 gone
+    with pytest.raises(CheckpointError, match="elsewhere.json: the BPE ranks"):
+        Tokenizer.from_ranks(bad_ranks, tok.special_tokens, "elsewhere.json")
+    no_eot = {k: v for k, v in tok.special_tokens.items() if k != "<|eot_id|>"}
+    with pytest.raises(CheckpointError, match="no special token <.eot_id.>"):
+        Tokenizer.from_ranks(tok.mergeable_ranks, no_eot, "elsewhere.json")
+    with pytest.raises(CheckpointError, match="overlap"):
+        Tokenizer.from_ranks(tok.mergeable_ranks, dict(tok.special_tokens, extra=5), "elsewhere.json")

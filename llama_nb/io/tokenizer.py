@@ -197,6 +197,11 @@ def _show(raw: bytes) -> str:
     return shown(raw.rstrip(b"\r\n").decode("utf-8", errors="replace"))
 
 
+# The special tokens Tokenizer gives names to (bos_id, eot_id, ...): a Llama 3 tokenizer has them all.
+REQUIRED_SPECIAL_TOKENS = ("<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>", "<|eom_id|>",
+                           "<|python_tag|>", "<|finetune_right_pad_id|>")
+
+
 class Tokenizer:
     """Meta's Llama 3 `Tokenizer` (same attributes, same ids), reading tokenizer.model itself."""
 
@@ -208,10 +213,42 @@ class Tokenizer:
         (vocab_size - 256 base tokens) is refused as soon as reading gets there."""
         self.model_path = Path(model_path)
         max_tokens = None if vocab_size is None else max(0, vocab_size - NUM_RESERVED_SPECIAL_TOKENS)
-        self.mergeable_ranks = load_ranks(self.model_path, max_tokens)
-        self.num_base_tokens = n = len(self.mergeable_ranks)
-        self.special_tokens: dict[str, int] = {tok: n + i for i, tok in enumerate(SPECIAL_TOKENS)}
-        self.n_words: int = n + len(SPECIAL_TOKENS)
+        ranks = load_ranks(self.model_path, max_tokens)
+        n = len(ranks)
+        self._build(ranks, {tok: n + i for i, tok in enumerate(SPECIAL_TOKENS)})
+
+    @classmethod
+    def from_ranks(cls, mergeable_ranks: dict[bytes, int], special_tokens: dict[str, int],
+                   source: str | Path) -> "Tokenizer":
+        """The same tokenizer from ranks and special tokens read from another file (a GGUF's
+        tokenizer.ggml.* metadata, a Hugging Face tokenizer.json); `source` names that file in errors.
+
+        mergeable_ranks: token bytes -> rank, ranks 0..n-1 once each, every single byte a token
+        (byte-level BPE). special_tokens: text -> id, ids unused by the ranks; Meta's named ones
+        (<|begin_of_text|>, <|eot_id|>, ...) must be among them.
+        """
+        if sorted(mergeable_ranks.values()) != list(range(len(mergeable_ranks))):
+            raise CheckpointError(f"{source}: the BPE ranks are not 0..{len(mergeable_ranks) - 1}, each once")
+        missing = [b for b in range(256) if bytes([b]) not in mergeable_ranks]
+        if missing:
+            raise CheckpointError(f"{source}: not a byte-level BPE vocabulary: no token for byte 0x{missing[0]:02x}")
+        ids = list(special_tokens.values())
+        if len(set(ids)) != len(ids) or min(ids, default=len(mergeable_ranks)) < len(mergeable_ranks):
+            raise CheckpointError(f"{source}: special token ids repeat or overlap the {len(mergeable_ranks)} BPE ranks")
+        absent = [name for name in REQUIRED_SPECIAL_TOKENS if name not in special_tokens]
+        if absent:
+            raise CheckpointError(f"{source}: no special token {absent[0]} (not a Llama 3 tokenizer)")
+        self = cls.__new__(cls)
+        self.model_path = Path(source)
+        self._build(dict(mergeable_ranks), dict(special_tokens))
+        return self
+
+    def _build(self, mergeable_ranks: dict[bytes, int], special_tokens: dict[str, int]) -> None:
+        """Everything encode/decode need, from the ranks and the special tokens."""
+        self.mergeable_ranks = mergeable_ranks
+        self.num_base_tokens = len(mergeable_ranks)
+        self.special_tokens: dict[str, int] = special_tokens
+        self.n_words: int = max(special_tokens.values(), default=self.num_base_tokens - 1) + 1
 
         self.bos_id: int = self.special_tokens["<|begin_of_text|>"]
         self.eos_id: int = self.special_tokens["<|end_of_text|>"]
