@@ -57,10 +57,10 @@ def tokenize(
     allow_special: AllowSpecialOpt = False,
 ) -> None:
     """Show the token ids of TEXT and the piece of text each one stands for."""
-    from llama_nb.io.tokenizer import Tokenizer
+    from llama_nb.io.checkpoint import load_tokenizer
 
     try:
-        tokenizer = Tokenizer(resolve_model_dir(model) / "tokenizer.model")
+        tokenizer = load_tokenizer(resolve_model_dir(model))
     except LlamaNbError as exc:
         if os.environ.get("LLAMA_NB_DEBUG") == "1":
             raise

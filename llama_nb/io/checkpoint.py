@@ -34,13 +34,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from llama_nb.errors import CheckpointError, shown
 from llama_nb.formats import format_of_checkpoint_dtype
 from llama_nb.io.files import open_regular_file
 from llama_nb.io.params import ModelArgs
 from llama_nb.io.pth import Checkpoint, load_pth
+from llama_nb.io.tokenizer import Tokenizer
 
 CHECKPOINT_NAME = "consolidated.00.pth"
 PARAMS_NAME = "params.json"
@@ -58,6 +59,22 @@ class ModelFiles:
     args: ModelArgs
     checkpoint: Checkpoint
     tokenizer_path: Path | None  # None only with load_model_files(..., require_tokenizer=False)
+    # How to build the tokenizer when it is not a tokenizer.model at tokenizer_path: a GGUF's or
+    # a Hugging Face folder's loader passes its own reader (tokenizer.ggml.* metadata, tokenizer.json).
+    read_tokenizer: Callable[[], Tokenizer] | None = None
+
+    def load_tokenizer(self) -> Tokenizer:
+        """The model's tokenizer, refused when it has more tokens than the model's vocab_size."""
+        if self.read_tokenizer is not None:
+            tokenizer = self.read_tokenizer()
+        elif self.tokenizer_path is None:
+            raise CheckpointError(f"{self.folder / TOKENIZER_NAME}: no such file; {_EXPECTS}")
+        else:
+            tokenizer = Tokenizer(self.tokenizer_path, vocab_size=self.args.vocab_size)  # stops reading past it
+        if tokenizer.n_words > self.args.vocab_size:
+            raise CheckpointError(f"{tokenizer.model_path}: the tokenizer has {tokenizer.n_words} tokens but "
+                                  f"the model's vocab_size is {self.args.vocab_size}")
+        return tokenizer
 
     @property
     def tied_output(self) -> bool:
@@ -101,6 +118,11 @@ def load_model_files(folder: str | Path, *, require_tokenizer: bool = True) -> M
     checkpoint = load_pth(folder / CHECKPOINT_NAME)
     check_tensors(checkpoint, args, source=folder / PARAMS_NAME)
     return ModelFiles(folder=folder, args=args, checkpoint=checkpoint, tokenizer_path=tokenizer_path)
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    """The tokenizer of a model, without reading its weights (`llama-nb tokenize`)."""
+    return Tokenizer(Path(path) / TOKENIZER_NAME)
 
 
 def check_tensors(checkpoint: Checkpoint, args: ModelArgs, source: str | Path = PARAMS_NAME) -> None:

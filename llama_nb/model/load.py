@@ -244,12 +244,7 @@ def load_model(
         get_format(weight_format)
     check_ctx(ctx)
     files = load_model_files(Path(path))
-    tokenizer = Tokenizer(files.tokenizer_path, vocab_size=files.args.vocab_size)  # stops reading past it
-    if tokenizer.n_words > files.args.vocab_size:
-        raise CheckpointError(
-            f"{files.tokenizer_path}: the tokenizer has {tokenizer.n_words} tokens but params.json "
-            f"says vocab_size {files.args.vocab_size}"
-        )
+    tokenizer = files.load_tokenizer()
     check_memory(memory_need(files.args, ctx, weight_bytes(files, weight_format), max_batch), ctx, str(path))
     model = build_transformer(files, ops, ctx=ctx, max_batch=max_batch, mmap=mmap, threads=threads,
                               weight_format=weight_format)
