@@ -4,11 +4,13 @@ process on one core, in one run, alternating.
     python bench/threads.py [--shape llama3.2-1b] [--demo] [-n 64] [-r 5]
 
 For each model (the built-in demo model and/or a random model of a real shape), one Transformer
-decodes n tokens at the default thread count (all cores) and at 1 thread, in turns (a model's
+decodes n tokens in turns at the default (no --threads: all cores less those another process
+keeps busy, ops/cores.py), at a fixed count of all cores (--threads N) and at 1 thread (a model's
 thread count applies per pass: llama_nb/model/transformer.py), first on the machine as it is, then
 with a busy-loop process pinned to the last core (what "another process holds a core" means).
-Prints tokens/s of each and the ratio default / 1 thread per condition; the README's claim is that
-the ratio never falls below 1 (ops/jit.py: PARALLEL_MIN_BYTES keeps small work serial).
+Prints tokens/s of each and the ratios to 1 thread per condition; the README's claim is that the
+default's ratio never falls below 1 (ops/jit.py: PARALLEL_MIN_BYTES keeps small work serial;
+ops/cores.py gives a busy core up).
 """
 
 from __future__ import annotations
@@ -66,17 +68,20 @@ def main(argv: list[str] | None = None) -> int:
     for name, folder in models:
         model = load_transformer(folder, ctx=args.n_gen + 1, max_batch=8)
         model.warmup()
+        runs = {"default": (default, True), f"{default} threads": (default, False), "1 thread": (1, False)}
         for busy in (False, True):
-            rates: dict[int, list[float]] = {default: [], 1: []}
+            rates: dict[str, list[float]] = {run: [] for run in runs}
             with competitor(busy):
                 for _ in range(args.rounds):
-                    for threads in (default, 1):
-                        model.threads = threads
-                        rates[threads].append(decode_rate(model, args.n_gen))
-            ratios = [a / b for a, b in zip(rates[default], rates[1])]
-            print(f"{name:<22} {'competing process on one core' if busy else 'machine as it is':<30} "
-                  f"{default} threads {statistics.mean(rates[default]):8.1f} tok/s   1 thread {statistics.mean(rates[1]):8.1f} "
-                  f"tok/s   ratio {statistics.mean(ratios):.2f} (min {min(ratios):.2f})", flush=True)
+                    for run, (threads, auto) in runs.items():
+                        model.threads, model.auto_threads = threads, auto
+                        rates[run].append(decode_rate(model, args.n_gen))
+            line = [f"{name:<18} {'competing process on one core' if busy else 'machine as it is':<30}"]
+            for run in runs:
+                ratios = [a / b for a, b in zip(rates[run], rates["1 thread"])]
+                line.append(f"{run} {statistics.mean(rates[run]):7.1f} tok/s" + (
+                    "" if run == "1 thread" else f" ({statistics.mean(ratios):.2f}x, min {min(ratios):.2f})"))
+            print("   ".join(line), flush=True)
     return 0
 
 

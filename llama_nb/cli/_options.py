@@ -135,5 +135,5 @@ VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Also print th
 CtxOpt = Annotated[int, typer.Option("--ctx", min=1, help="Context length: prompt plus generated tokens (KV cache size).")]
 ThreadsOpt = Annotated[
     Optional[int],
-    typer.Option("--threads", "-t", min=1, help="Numba threads [default: all cores].", show_default=False),
+    typer.Option("--threads", "-t", min=1, help="Numba threads [default: all cores, less any another process keeps busy].", show_default=False),
 ]

@@ -35,7 +35,7 @@ import numpy as np
 from llama_nb.errors import CheckpointError, ContextLimitError, LlamaNbError
 from llama_nb.formats import Weight, WeightFormat, as_weight, format_of_checkpoint_dtype, repack
 from llama_nb.io.params import ModelArgs
-from llama_nb.ops import jit, registry
+from llama_nb.ops import cores, jit, registry
 from llama_nb.ops.opset import OpSet
 from llama_nb.ops.rope_tables import rope_tables
 
@@ -205,14 +205,16 @@ class Transformer:
     ops        OpSet: the implementation chosen for every op and weight format, and the precision
     ctx        context length: KV cache size and the largest position + 1
     max_batch  the largest number of tokens in one batched pass (prefill chunk)
-    threads    Numba threads for this model's passes (None: all); set around each pass only, so
-               two models in one process keep their own
+    threads    Numba threads for this model's passes; set around each pass only, so two models in
+               one process keep their own. None (default): all cores, less those another process
+               keeps busy (ops/cores.py), asked before each pass
     """
 
     def __init__(self, args: ModelArgs, weights: Weights, ops: OpSet, ctx: int = 4096, max_batch: int = 256,
                  threads: int | None = None):
         self.args, self.weights, self.ops, self.ctx = args, weights, ops, check_ctx(ctx)
-        self.threads = check_threads(threads)
+        self.threads = check_threads(threads)  # the most a pass uses
+        self.auto_threads = threads is None
         self.state = RunState(args, min(max_batch, ctx), ctx)
         self.rope_cos, self.rope_sin = rope_tables(args.head_dim, ctx, args.rope_theta, args.rope_scaling)
         # seconds spent in each layer's attention [:, 0] and feed-forward [:, 1] in the last pass
@@ -241,7 +243,7 @@ class Transformer:
             raise LlamaNbError(f"token ids must be in [0, {self.args.vocab_size}), got {low}..{high}")
         self.layer_seconds[:] = 0.0
         step = self.state.max_batch
-        with jit.threads(self.threads):
+        with jit.threads(cores.auto_threads(self.threads) if self.auto_threads else self.threads):
             for lo in range(0, n, step):
                 chunk = self._chunk_ids(tokens, lo, min(lo + step, n))
                 self._forward_chunk(chunk, start_pos + lo)
