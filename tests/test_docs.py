@@ -54,3 +54,12 @@ def test_every_chapter_is_in_the_site_and_it_builds(tmp_path):
     result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(tmp_path / "site")],
                             capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("script", sorted((ROOT / "docs" / "figures").glob("*.py")), ids=lambda p: p.stem)
+def test_figure_scripts_run_and_their_figures_are_committed(script, tmp_path):
+    result = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True,
+                            timeout=300, env={"PYTHONPATH": str(ROOT), "HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    made = sorted(p.name for p in tmp_path.iterdir() if p.suffix in (".svg", ".png"))
+    assert made and all((script.parent / name).is_file() for name in made), made

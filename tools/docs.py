@@ -7,9 +7,10 @@ A chapter quotes code by naming it in a comment just above a fenced block:
     ...the source of that symbol, exactly...
     ```
 
-SYMBOL is a dotted path inside the module: a function, a class, a method (Class.method) or a
-module-level assignment (NAME = ...), taken with its decorators and without its docstring's
-neighbours. `python tools/docs.py --write` rewrites every quoted block from the source;
+SYMBOL is a dotted path inside the module: a function, a class, a method (Class.method), a
+module-level assignment (NAME = ...), or a top-level call statement whose innermost first
+argument is the string SYMBOL (an op's declaration, `defop(OpSpec("rmsnorm", ...))`, is quoted as
+`llama_nb/ops/specs.py rmsnorm`); taken with its decorators. `python tools/docs.py --write` rewrites every quoted block from the source;
 `python tools/docs.py` (what tests/test_docs.py runs) lists the blocks that differ and exits 1,
 so a quote can never drift from the code it shows.
 
@@ -62,7 +63,18 @@ def _child(node: ast.AST, name: str, where: str) -> ast.AST:
         targets = child.targets if isinstance(child, ast.Assign) else [child.target] if isinstance(child, ast.AnnAssign) else []
         if any(isinstance(t, ast.Name) and t.id == name for t in targets):
             return child
+        if isinstance(child, ast.Expr) and _first_string(child.value) == name:
+            return child
     raise LookupError(f"{where}: no {name!r} there (the quoted code was renamed or removed)")
+
+
+def _first_string(node: ast.AST) -> str | None:
+    """The string a call statement names first: "rmsnorm" in defop(OpSpec("rmsnorm", ...))."""
+    while isinstance(node, ast.Call) and node.args:
+        node = node.args[0]
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            return node.value
+    return None
 
 
 def chapters() -> list[Path]:
