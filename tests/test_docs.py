@@ -34,7 +34,8 @@ def test_a_changed_or_vanished_symbol_is_caught():
 @pytest.mark.parametrize("command", [b.body.strip() for c in CHAPTERS for b in docs.blocks(c)
                                      if b.lang == "sh" and b.run])
 def test_command_runs(command, tmp_path):
-    result = shell(command, tmp_path)
+    """In a folder of its own: what a command writes (a broken copy of the demo model) stays there."""
+    result = shell(command, tmp_path, cwd=tmp_path)
     assert result.returncode == 0, f"{command}\n{result.stdout}\n{result.stderr}"
 
 

@@ -29,13 +29,14 @@ NOT_RUN = {
 }
 
 
-def shell(command: str, tmp_path: Path) -> subprocess.CompletedProcess:
+def shell(command: str, tmp_path: Path, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     """A command line as a user types it: bash, `llama-nb` on PATH, this checkout's llama_nb,
-    a HOME of its own (no ~/.llama, no history), no $LLAMA_NB_MODEL: the demo model."""
+    a HOME of its own (no ~/.llama, no history), no $LLAMA_NB_MODEL: the demo model; run in `cwd`
+    (the checkout, where the README's commands expect to be)."""
     env = {k: v for k, v in os.environ.items() if k != "LLAMA_NB_MODEL"}
     env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}", PYTHONPATH=str(ROOT),
                HOME=str(tmp_path))
-    return subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=600, cwd=ROOT, env=env,
+    return subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=600, cwd=cwd, env=env,
                           stdin=subprocess.DEVNULL)
 
 
