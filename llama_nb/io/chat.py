@@ -8,21 +8,44 @@ Role and content are encoded as plain text (special-token text typed by a user s
 assistant message that stopped for a tool call (stop_reason "end_of_message") ends in <|eom_id|>
 instead of <|eot_id|>; every other message, and an assistant message without a stop_reason (the
 default), ends in <|eot_id|>. The tool role is written "ipython" in the header ("tool" is
-accepted as Meta's name for it). Text content only: no images, no tool-call encoding.
+accepted as Meta's name for it): a tool's result goes back to the model as an ipython message.
+An assistant message's tool calls follow its content, each encoded on its own in Meta's form
+(llama_nb/io/tool_calls.py), after a <|python_tag|> token when the first is code_interpreter's.
+
+`encode_chat` puts the Llama 3.1 system prompt in front (llama_nb/io/tools.py: "Cutting Knowledge
+Date", "Today Date", the tools), as Meta's LLama31Interface does, for the models trained with it
+(Llama 3.1 and later: `ChatFormat(tokenizer, llama31=True)`) or whenever tools or a date are given;
+`encode_dialog_prompt` encodes the messages exactly as given. Text content only: no images.
+
+For a server: build `Message`s (role, content, tool_calls of `ToolCall(name, arguments, call_id)`),
+`chat_format.encode_chat(messages, tools=..., date=...)` gives the prompt ids, and
+`parse_assistant(text, stop_reason)` (io/tool_calls.py) turns the generated text into a Message.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Union
+from typing import Any, Union
 
 from llama_nb.errors import LlamaNbError
 from llama_nb.io.tokenizer import Tokenizer
+from llama_nb.io.tool_calls import END_OF_MESSAGE, encode_tool_call, parse_assistant  # noqa: F401 (API)
+from llama_nb.io.tools import TOOL_FORMATS, Tool, ToolLike, as_date, as_tools, custom_tools_prompt, system_prompt
 
 ROLES = ("system", "user", "assistant", "ipython")
 _HEADER_NAME = {"system": "system", "user": "user", "assistant": "assistant", "ipython": "ipython", "tool": "ipython"}
-END_OF_MESSAGE = "end_of_message"
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A call the model made: the tool's name, its arguments (an object, or text as a model may
+    write it), and an id that ties the tool's result to it (not part of the prompt)."""
+
+    name: str
+    arguments: Union[dict, str]
+    call_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -30,27 +53,59 @@ class Message:
     role: str  # "system" | "user" | "assistant" | "ipython"
     content: str
     stop_reason: str | None = None  # assistant only: "end_of_message" ends it with <|eom_id|>
+    tool_calls: tuple[ToolCall, ...] = ()  # assistant only
 
 
-MessageLike = Union[Message, Mapping[str, str]]
+MessageLike = Union[Message, Mapping[str, Any]]
+_MESSAGE_KEYS = {"role", "content", "stop_reason", "tool_calls"}
 
 
 def as_message(message: MessageLike) -> Message:
-    """A Message from a Message or a {"role": ..., "content": ...[, "stop_reason": ...]} dict."""
+    """A Message from a Message or a {"role": ..., "content": ...[, "stop_reason": ...]
+    [, "tool_calls": [{"name": ..., "arguments": {...}[, "call_id": ...]}]]} dict."""
     if isinstance(message, Message):
         m = message
     elif isinstance(message, Mapping):
-        unknown = set(message) - {"role", "content", "stop_reason"}
+        unknown = set(message) - _MESSAGE_KEYS
         if unknown or "role" not in message or "content" not in message:
-            raise LlamaNbError(f"a message needs keys 'role' and 'content' (optional 'stop_reason'), got {sorted(message)}")
-        m = Message(message["role"], message["content"], message.get("stop_reason"))
+            raise LlamaNbError(f"a message needs keys 'role' and 'content' (optional 'stop_reason', 'tool_calls'), "
+                               f"got {sorted(message)}")
+        calls = message.get("tool_calls") or ()
+        if not isinstance(calls, (list, tuple)):
+            raise LlamaNbError(f"a message's 'tool_calls' must be a list, got {type(calls).__name__}")
+        m = Message(message["role"], message["content"], message.get("stop_reason"), tuple(as_tool_call(c) for c in calls))
     else:
         raise LlamaNbError(f"a message is a dict or Message, got {type(message).__name__}")
     if m.role not in _HEADER_NAME:
         raise LlamaNbError(f"unknown message role {m.role!r}; expected one of {', '.join(ROLES)}")
     if not isinstance(m.content, str):
         raise LlamaNbError(f"{m.role} message content must be text, got {type(m.content).__name__}")
+    if m.tool_calls and m.role != "assistant":
+        raise LlamaNbError(f"only an assistant message has tool calls, not a {m.role} message")
+    for call in m.tool_calls:
+        as_tool_call(call)
     return m
+
+
+def as_tool_call(call: ToolCall | Mapping[str, Any]) -> ToolCall:
+    """A ToolCall from a ToolCall or a {"name" (or "tool_name"), "arguments"[, "call_id"]} dict."""
+    if isinstance(call, Mapping):
+        call = ToolCall(call.get("name", call.get("tool_name")), call.get("arguments", {}), call.get("call_id"))
+    if not isinstance(call, ToolCall) or not isinstance(call.name, str) or not call.name:
+        raise LlamaNbError(f"a tool call needs a 'name' string and 'arguments', got {call!r}")
+    if not isinstance(call.arguments, (dict, str)):
+        raise LlamaNbError(f"tool call {call.name}: 'arguments' must be an object or text, got {type(call.arguments).__name__}")
+    return call
+
+
+def to_json(message: Message) -> dict:
+    """The dict as_message reads back (stop_reason and tool_calls only when set)."""
+    d: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.stop_reason:
+        d["stop_reason"] = message.stop_reason
+    if message.tool_calls:
+        d["tool_calls"] = [{"name": c.name, "arguments": c.arguments, "call_id": c.call_id} for c in message.tool_calls]
+    return d
 
 
 def dialog(user: str, system: str | None = None) -> list[Message]:
@@ -58,9 +113,31 @@ def dialog(user: str, system: str | None = None) -> list[Message]:
     return ([Message("system", system)] if system is not None else []) + [Message("user", user)]
 
 
+def llama31_dialog(messages: Iterable[MessageLike], *, tools: Iterable[ToolLike] = (),
+                   date: _dt.date | str | None = None, tool_format: str = "json") -> list[Message]:
+    """The messages behind Meta's 3.1 system prompt: a leading system message of `messages` becomes
+    its instruction; custom tools add a user message listing them (io/tools.py)."""
+    messages = [as_message(m) for m in messages]
+    tools = as_tools(tools)
+    instruction = None
+    if messages and messages[0].role == "system":
+        instruction = messages.pop(0).content
+    if any(m.role == "system" for m in messages):
+        raise LlamaNbError("a dialog has one system message, the first")
+    out = [Message("system", system_prompt(instruction, tools, as_date(date)))]
+    custom = [t for t in tools if isinstance(t, Tool)]
+    if custom:
+        out.append(Message("user", custom_tools_prompt(custom, tool_format)))
+    return out + messages
+
+
 class ChatFormat:
-    def __init__(self, tokenizer: Tokenizer):
+    """Dialogs as token ids for one tokenizer; `llama31`: the model was trained with the 3.1
+    system prompt (encode_chat adds it even without tools or date)."""
+
+    def __init__(self, tokenizer: Tokenizer, llama31: bool = False):
         self.tokenizer = tokenizer
+        self.llama31 = llama31
         self._special = tokenizer.special_tokens
 
     def _text(self, text: str) -> list[int]:
@@ -78,17 +155,49 @@ class ChatFormat:
             *self._text("\n\n"),
         ]
 
-    def encode_message(self, message: MessageLike) -> list[int]:
-        """Header, content, then <|eot_id|> (or <|eom_id|> for an assistant's end_of_message)."""
+    def encode_message(self, message: MessageLike, tool_format: str = "json") -> list[int]:
+        """Header, content, each tool call, then <|eot_id|> (or <|eom_id|> for an assistant's
+        end_of_message). Meta's encode_message: <|python_tag|> first when the first call is
+        code_interpreter's, and every piece encoded on its own."""
         m = as_message(message)
+        tokens = self.encode_header(m.role)
+        if m.role == "assistant" and m.tool_calls and m.tool_calls[0].name == "code_interpreter":
+            tokens.append(self._special["<|python_tag|>"])
+        tokens += self._text(m.content)
+        for call in m.tool_calls:
+            tokens += self._text(encode_tool_call(call.name, call.arguments, tool_format))
         eom = m.role == "assistant" and m.stop_reason == END_OF_MESSAGE
-        end = self._special["<|eom_id|>" if eom else "<|eot_id|>"]
-        return [*self.encode_header(m.role), *self._text(m.content), end]
+        tokens.append(self._special["<|eom_id|>" if eom else "<|eot_id|>"])
+        return tokens
 
-    def encode_dialog_prompt(self, messages: Iterable[MessageLike]) -> list[int]:
+    def encode_dialog_prompt(self, messages: Iterable[MessageLike], tool_format: str = "json") -> list[int]:
         """BOS, every message, then an open assistant header for the model to complete."""
+        if tool_format not in TOOL_FORMATS:
+            raise LlamaNbError(f"unknown tool format {tool_format!r}; expected one of {', '.join(TOOL_FORMATS)}")
         tokens = [self.tokenizer.bos_id]
         for message in messages:
-            tokens += self.encode_message(message)
+            tokens += self.encode_message(message, tool_format)
         tokens += self.encode_header("assistant")
         return tokens
+
+    def uses_llama31_prompt(self, tools: Iterable[ToolLike] = (), date: _dt.date | str | None = None) -> bool:
+        return self.llama31 or bool(tuple(tools)) or date is not None
+
+    def chat_messages(self, messages: Iterable[MessageLike], *, tools: Iterable[ToolLike] = (),
+                      date: _dt.date | str | None = None, tool_format: str = "json") -> list[Message]:
+        """The messages the model sees: behind the 3.1 system prompt (llama31_dialog) when this
+        model was trained with it or tools or a date are given, else as they are."""
+        tools = tuple(tools)
+        if self.uses_llama31_prompt(tools, date):
+            return llama31_dialog(messages, tools=tools, date=date, tool_format=tool_format)
+        return [as_message(m) for m in messages]
+
+    def encode_chat(self, messages: Iterable[MessageLike], *, tools: Iterable[ToolLike] = (),
+                    date: _dt.date | str | None = None, tool_format: str = "json") -> list[int]:
+        """The prompt ids of a chat: encode_dialog_prompt(chat_messages(...))."""
+        return self.encode_dialog_prompt(self.chat_messages(messages, tools=tools, date=date, tool_format=tool_format),
+                                         tool_format)
+
+    def parse_completion(self, token_ids: Iterable[int], stop_reason: str | None = None) -> Message:
+        """A generated assistant message from its ids (Meta's decode_assistant_message)."""
+        return parse_assistant(self.tokenizer.decode(list(token_ids)), stop_reason)
