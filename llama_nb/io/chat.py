@@ -31,7 +31,8 @@ from typing import Any, Union
 
 from llama_nb.errors import LlamaNbError
 from llama_nb.io.tokenizer import Tokenizer
-from llama_nb.io.tool_calls import END_OF_MESSAGE, encode_tool_call, parse_assistant  # noqa: F401 (API)
+from llama_nb.io.tool_calls import (END_OF_MESSAGE, END_OF_TURN, OUT_OF_TOKENS, encode_tool_call,  # noqa: F401
+                                    parse_assistant)  # (parse_assistant: part of this module's API)
 from llama_nb.io.tools import TOOL_FORMATS, Tool, ToolLike, as_date, as_tools, custom_tools_prompt, system_prompt
 
 ROLES = ("system", "user", "assistant", "ipython")
@@ -197,6 +198,12 @@ class ChatFormat:
         """The prompt ids of a chat: encode_dialog_prompt(chat_messages(...))."""
         return self.encode_dialog_prompt(self.chat_messages(messages, tools=tools, date=date, tool_format=tool_format),
                                          tool_format)
+
+    def stop_reason(self, stop_token: int | None) -> str:
+        """Meta's StopReason of a generation that ended on `stop_token` (`stats.stop_token`; None
+        or another token: it ran out of tokens, or was stopped)."""
+        t = self.tokenizer
+        return {t.eom_id: END_OF_MESSAGE, t.eot_id: END_OF_TURN}.get(stop_token, OUT_OF_TOKENS)
 
     def parse_completion(self, token_ids: Iterable[int], stop_reason: str | None = None) -> Message:
         """A generated assistant message from its ids (Meta's decode_assistant_message)."""
