@@ -25,88 +25,17 @@ For a server: build `Message`s (role, content, tool_calls of `ToolCall(name, arg
 from __future__ import annotations
 
 import datetime as _dt
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any, Union
+from collections.abc import Iterable
 
 from llama_nb.errors import LlamaNbError
+from llama_nb.io.messages import (_HEADER_NAME, ROLES, Message, MessageLike, ToolCall, as_message, as_tool_call,
+                                  to_json)
 from llama_nb.io.tokenizer import Tokenizer
-from llama_nb.io.tool_calls import (END_OF_MESSAGE, END_OF_TURN, OUT_OF_TOKENS, encode_tool_call,  # noqa: F401
-                                    parse_assistant)  # (parse_assistant: part of this module's API)
+from llama_nb.io.tool_calls import END_OF_MESSAGE, END_OF_TURN, OUT_OF_TOKENS, encode_tool_call, parse_assistant
 from llama_nb.io.tools import TOOL_FORMATS, Tool, ToolLike, as_date, as_tools, custom_tools_prompt, system_prompt
 
-ROLES = ("system", "user", "assistant", "ipython")
-_HEADER_NAME = {"system": "system", "user": "user", "assistant": "assistant", "ipython": "ipython", "tool": "ipython"}
-
-
-@dataclass(frozen=True)
-class ToolCall:
-    """A call the model made: the tool's name, its arguments (an object, or text as a model may
-    write it), and an id that ties the tool's result to it (not part of the prompt)."""
-
-    name: str
-    arguments: Union[dict, str]
-    call_id: str | None = None
-
-
-@dataclass(frozen=True)
-class Message:
-    role: str  # "system" | "user" | "assistant" | "ipython"
-    content: str
-    stop_reason: str | None = None  # assistant only: "end_of_message" ends it with <|eom_id|>
-    tool_calls: tuple[ToolCall, ...] = ()  # assistant only
-
-
-MessageLike = Union[Message, Mapping[str, Any]]
-_MESSAGE_KEYS = {"role", "content", "stop_reason", "tool_calls"}
-
-
-def as_message(message: MessageLike) -> Message:
-    """A Message from a Message or a {"role": ..., "content": ...[, "stop_reason": ...]
-    [, "tool_calls": [{"name": ..., "arguments": {...}[, "call_id": ...]}]]} dict."""
-    if isinstance(message, Message):
-        m = message
-    elif isinstance(message, Mapping):
-        unknown = set(message) - _MESSAGE_KEYS
-        if unknown or "role" not in message or "content" not in message:
-            raise LlamaNbError(f"a message needs keys 'role' and 'content' (optional 'stop_reason', 'tool_calls'), "
-                               f"got {sorted(message)}")
-        calls = message.get("tool_calls") or ()
-        if not isinstance(calls, (list, tuple)):
-            raise LlamaNbError(f"a message's 'tool_calls' must be a list, got {type(calls).__name__}")
-        m = Message(message["role"], message["content"], message.get("stop_reason"), tuple(as_tool_call(c) for c in calls))
-    else:
-        raise LlamaNbError(f"a message is a dict or Message, got {type(message).__name__}")
-    if m.role not in _HEADER_NAME:
-        raise LlamaNbError(f"unknown message role {m.role!r}; expected one of {', '.join(ROLES)}")
-    if not isinstance(m.content, str):
-        raise LlamaNbError(f"{m.role} message content must be text, got {type(m.content).__name__}")
-    if m.tool_calls and m.role != "assistant":
-        raise LlamaNbError(f"only an assistant message has tool calls, not a {m.role} message")
-    for call in m.tool_calls:
-        as_tool_call(call)
-    return m
-
-
-def as_tool_call(call: ToolCall | Mapping[str, Any]) -> ToolCall:
-    """A ToolCall from a ToolCall or a {"name" (or "tool_name"), "arguments"[, "call_id"]} dict."""
-    if isinstance(call, Mapping):
-        call = ToolCall(call.get("name", call.get("tool_name")), call.get("arguments", {}), call.get("call_id"))
-    if not isinstance(call, ToolCall) or not isinstance(call.name, str) or not call.name:
-        raise LlamaNbError(f"a tool call needs a 'name' string and 'arguments', got {call!r}")
-    if not isinstance(call.arguments, (dict, str)):
-        raise LlamaNbError(f"tool call {call.name}: 'arguments' must be an object or text, got {type(call.arguments).__name__}")
-    return call
-
-
-def to_json(message: Message) -> dict:
-    """The dict as_message reads back (stop_reason and tool_calls only when set)."""
-    d: dict[str, Any] = {"role": message.role, "content": message.content}
-    if message.stop_reason:
-        d["stop_reason"] = message.stop_reason
-    if message.tool_calls:
-        d["tool_calls"] = [{"name": c.name, "arguments": c.arguments, "call_id": c.call_id} for c in message.tool_calls]
-    return d
+__all__ = ["ChatFormat", "Message", "ToolCall", "ROLES", "as_message", "as_tool_call", "to_json", "dialog",
+           "llama31_dialog", "parse_assistant"]
 
 
 def dialog(user: str, system: str | None = None) -> list[Message]:

@@ -30,6 +30,7 @@ import uuid
 from typing import Any
 
 from llama_nb.errors import LlamaNbError
+from llama_nb.io.messages import Message, ToolCall
 from llama_nb.io.tools import BUILTIN_TOOLS, TOOL_FORMATS
 
 PYTHON_TAG, EOT, EOM = "<|python_tag|>", "<|eot_id|>", "<|eom_id|>"
@@ -82,12 +83,10 @@ def _python_value(value: Any) -> str:
     raise LlamaNbError(f"a python_list tool argument cannot be a {type(value).__name__}")
 
 
-def parse_assistant(text: str, stop_reason: str | None = None):
+def parse_assistant(text: str, stop_reason: str | None = None) -> Message:
     """A generated assistant message (its text, special tokens as text) as a Message with its
     tool calls (see the module docstring); `stop_reason` is how generation ended, overridden by a
     trailing <|eot_id|> or <|eom_id|> in the text."""
-    from llama_nb.io.chat import Message, ToolCall
-
     content = text.strip(" ")
     if content.startswith(ASSISTANT_HEADER):
         content = content[len(ASSISTANT_HEADER):]
