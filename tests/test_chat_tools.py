@@ -209,7 +209,8 @@ def test_tool_calls_encode_as_metas(chat, meta, tool_format):
                 # The call as written reads back as the call (a nested object does not: Meta's
                 # <function=...> pattern ends at the first "}").
                 start = len(chat.encode_dialog_prompt(dialog[:1]))  # it ends in the assistant header
-                written = chat.tokenizer.decode(ours[start: ours.index(chat.tokenizer.special_tokens["<|start_header_id|>"], start)])
+                end = ours.index(chat.tokenizer.special_tokens["<|start_header_id|>"], start)
+                written = chat.tokenizer.decode(ours[start:end])
                 back = parse_assistant(written)
                 assert [(c.name, c.arguments) for c in back.tool_calls] == [(call.name, call.arguments)], written
                 assert back.stop_reason == (stop if stop == "end_of_message" else "end_of_turn")
@@ -264,6 +265,10 @@ def test_tool_definitions_and_files(tmp_path):
         assert str(path) in str(info.value) and "\n" not in str(info.value)
     with pytest.raises(LlamaNbError, match="no such file"):
         read_tool_file(tmp_path / "missing.json")
+    for hostile in (Path("/dev/zero"), tmp_path):  # not a regular file: refused before reading
+        with pytest.raises(LlamaNbError) as info:
+            read_tool_file(hostile)
+        assert str(hostile) in str(info.value) and "\n" not in str(info.value)
     with pytest.raises(LlamaNbError, match="not a date"):
         as_date("December 2")
 

@@ -28,7 +28,7 @@ import datetime as _dt
 from collections.abc import Iterable
 
 from llama_nb.errors import LlamaNbError
-from llama_nb.io.messages import (_HEADER_NAME, ROLES, Message, MessageLike, ToolCall, as_message, as_tool_call,
+from llama_nb.io.messages import (HEADER_NAMES, ROLES, Message, MessageLike, ToolCall, as_message, as_tool_call,
                                   to_json)
 from llama_nb.io.tokenizer import Tokenizer
 from llama_nb.io.tool_calls import END_OF_MESSAGE, END_OF_TURN, OUT_OF_TOKENS, encode_tool_call, parse_assistant
@@ -75,7 +75,7 @@ class ChatFormat:
 
     def encode_header(self, role: str) -> list[int]:
         """<|start_header_id|>{role}<|end_header_id|>\\n\\n"""
-        name = _HEADER_NAME.get(role)
+        name = HEADER_NAMES.get(role)
         if name is None:
             raise LlamaNbError(f"unknown message role {role!r}; expected one of {', '.join(ROLES)}")
         return [

@@ -12,7 +12,7 @@ from typing import Any, Union
 from llama_nb.errors import LlamaNbError
 
 ROLES = ("system", "user", "assistant", "ipython")
-_HEADER_NAME = {"system": "system", "user": "user", "assistant": "assistant", "ipython": "ipython", "tool": "ipython"}
+HEADER_NAMES = {"system": "system", "user": "user", "assistant": "assistant", "ipython": "ipython", "tool": "ipython"}
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ def as_message(message: MessageLike) -> Message:
         m = Message(message["role"], message["content"], message.get("stop_reason"), tuple(as_tool_call(c) for c in calls))
     else:
         raise LlamaNbError(f"a message is a dict or Message, got {type(message).__name__}")
-    if m.role not in _HEADER_NAME:
+    if m.role not in HEADER_NAMES:
         raise LlamaNbError(f"unknown message role {m.role!r}; expected one of {', '.join(ROLES)}")
     if not isinstance(m.content, str):
         raise LlamaNbError(f"{m.role} message content must be text, got {type(m.content).__name__}")
@@ -71,7 +71,8 @@ def as_tool_call(call: ToolCall | Mapping[str, Any]) -> ToolCall:
     if not isinstance(call, ToolCall) or not isinstance(call.name, str) or not call.name:
         raise LlamaNbError(f"a tool call needs a 'name' string and 'arguments', got {call!r}")
     if not isinstance(call.arguments, (dict, str)):
-        raise LlamaNbError(f"tool call {call.name}: 'arguments' must be an object or text, got {type(call.arguments).__name__}")
+        raise LlamaNbError(f"tool call {call.name}: 'arguments' must be an object or text, "
+                           f"got {type(call.arguments).__name__}")
     return call
 
 

@@ -149,7 +149,8 @@ def read_tool_file(path: Path) -> tuple[str | Tool, ...]:
     try:
         data = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise LlamaNbError(f"{path}: not a JSON tool list ({str(exc).splitlines()[0] if str(exc) else 'nested too deeply'})") from None
+        why = str(exc).splitlines()[0] if str(exc) else "nested too deeply"  # RecursionError says nothing
+        raise LlamaNbError(f"{path}: not a JSON tool list ({why})") from None
     return as_tools(data if isinstance(data, list) else [data], str(path))
 
 
