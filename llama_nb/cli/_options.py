@@ -137,3 +137,42 @@ ThreadsOpt = Annotated[
     Optional[int],
     typer.Option("--threads", "-t", min=1, help="Numba threads [default: all cores, less any another process keeps busy].", show_default=False),
 ]
+
+
+# -- the Llama 3.1 system prompt and tools (llama_nb/io/tools.py), for `chat` and `run --chat` --
+ToolsOpt = Annotated[
+    Optional[str],
+    typer.Option("--tools", metavar="NAMES", show_default=False,
+                 help="Built-in tools to offer, comma-separated: brave_search, wolfram_alpha, photogen, "
+                 "code_interpreter (Meta's 3.1 system prompt: 'Environment: ipython', 'Tools: ...')."),
+]
+ToolFileOpt = Annotated[
+    Optional[Path],
+    typer.Option("--tool-file", dir_okay=False, show_default=False,
+                 help="A JSON list of tools: built-in names, or custom tools in Meta's ToolDefinition or "
+                 "OpenAI's function form (offered in a user message, as Meta's templates do)."),
+]
+DateOpt = Annotated[
+    Optional[str],
+    typer.Option("--date", metavar="YYYY-MM-DD", show_default=False,
+                 help="The system prompt's 'Today Date' [default: today; Llama 3.1+ models, or with tools].")
+]
+ToolFormatOpt = Annotated[
+    str,
+    typer.Option("--tool-format", metavar="json|function_tag",
+                 help="How custom tools are offered and their calls written: Meta's JSON definitions, or "
+                 "its <function=...> instructions."),
+]
+
+
+def chat_tools(tools: str | None, tool_file: Path | None, date: str | None, tool_format: str):
+    """(tools, date) of the chat options, checked: usage errors name the option."""
+    from llama_nb.io.tools import as_date, as_tools, parse_tool_names, read_tool_file
+
+    try:
+        if tool_format not in ("json", "function_tag"):
+            raise LlamaNbError(f"--tool-format: must be json or function_tag, got {tool_format!r}")
+        chosen = (parse_tool_names(tools) if tools else ()) + (read_tool_file(tool_file) if tool_file else ())
+        return as_tools(chosen, "--tools/--tool-file"), (as_date(date) if date is not None else None)
+    except LlamaNbError as exc:
+        raise typer.BadParameter(str(exc)) from None

@@ -6,6 +6,7 @@ Nothing here reads the clock or touches the model, so every view can be tested o
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from rich.table import Table
@@ -29,6 +30,7 @@ class RunReport:
     text: str = ""
     stats: GenerationStats = field(default_factory=GenerationStats)
     notes: list[str] = field(default_factory=list)
+    message: Any = None  # a chat answer as a Message (llama_nb/io/chat.py): its tool calls; in the JSON
 
     @classmethod
     def for_model(cls, llm, prompt_ids: list[int]) -> "RunReport":
@@ -51,6 +53,11 @@ class RunReport:
         }
 
     def as_json(self) -> dict:
+        chat = {}
+        if self.message is not None:  # a chat answer: its content and tool calls, as io/chat.py's to_json writes them
+            from llama_nb.io.chat import to_json
+
+            chat = {"message": to_json(self.message)}
         return {
             "model": self.model,
             "impl": self.impl,
@@ -62,6 +69,7 @@ class RunReport:
             "stop_reason": self.stats.stop_reason,
             "notes": self.notes,
             "timings": self.timings(),
+            **chat,
         }
 
 

@@ -11,7 +11,11 @@ line editing and history. A line of three double quotes starts and ends a multi-
     /clear                forget the conversation (the system prompt stays)
     /save FILE, /load FILE   the conversation as JSON (system, messages, settings)
     /stats                tokens used and left in the context, the last turn's speed
+    /tool TEXT            send TEXT as the result of the model's tool call (an ipython message)
     /bye                  leave (so does Ctrl-D); Ctrl-C stops an answer and keeps the session
+
+With --tools / --tool-file (and for Llama 3.1+ models always) the dialog opens with Meta's 3.1
+system prompt (--date sets its "Today Date"); an answer that calls a tool is shown as the call.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from llama_nb.cli._options import CtxOpt, ImplOpt, MmapOpt, ModelOpt, PrecisionOpt, QuietOpt, ThreadsOpt, VerboseOpt
+from llama_nb.cli._options import (CtxOpt, DateOpt, ImplOpt, MmapOpt, ModelOpt, PrecisionOpt, QuietOpt, ThreadsOpt,
+                                   ToolFileOpt, ToolFormatOpt, ToolsOpt, VerboseOpt, chat_tools)
 from llama_nb.cli.run import MaxTokensOpt, SeedOpt, TemperatureOpt, TopKOpt, TopPOpt, check_sampling_options
 from llama_nb.errors import LlamaNbError
 
@@ -36,6 +41,7 @@ HELP = """commands:
   /save FILE             write the conversation as JSON
   /load FILE             read a conversation saved with /save
   /stats                 tokens used and left in the context, last turn's numbers
+  /tool TEXT             send TEXT back as the result of the model's tool call
   /bye                   leave (Ctrl-D too)
   \"\"\"                    start or end a multi-line message
 Ctrl-C stops an answer and keeps the session."""
@@ -84,6 +90,10 @@ class Settings:
 def chat(
     model: ModelOpt = None,
     system: Annotated[Optional[str], typer.Option("--system", help="The system prompt.")] = None,
+    tools: ToolsOpt = None,
+    tool_file: ToolFileOpt = None,
+    date: DateOpt = None,
+    tool_format: ToolFormatOpt = "json",
     max_tokens: MaxTokensOpt = 512,
     temperature: TemperatureOpt = 0.0,
     top_k: TopKOpt = None,
@@ -106,14 +116,18 @@ def chat(
       llama-nb chat --system "You are a pirate" --temperature 0.7 --seed 1
 
       printf 'Hello\\n/stats\\n' | llama-nb chat -n 16
+
+      printf 'Search the news\\n/tool {"results": []}\\n' | llama-nb chat --tools brave_search --date 2026-12-02 -n 8
     """
     from llama_nb.cli.run import load_for_cli
     from llama_nb.model.conversation import Conversation
 
     check_sampling_options(temperature, top_k, top_p)
+    offered, day = chat_tools(tools, tool_file, date, tool_format)
     llm = load_for_cli(model, impl=impl, ctx=ctx, threads=threads, precision=precision, mmap=mmap, quiet=quiet)
     settings = Settings(temperature, top_k, top_p, seed, max_tokens)
-    conversation = Conversation(llm.chat_format, ctx=llm.ctx, system=system)
+    conversation = Conversation(llm.chat_format, ctx=llm.ctx, system=system, tools=offered, date=day,
+                                tool_format=tool_format)
     session = Session(llm, conversation, settings, quiet=quiet, verbose=verbose)
     if not quiet:
         _say(f"chatting with {llm.folder} (context {llm.ctx} tokens); /help for commands, /bye or Ctrl-D to leave")
@@ -155,8 +169,11 @@ class Session:
             if not text:
                 continue
             if text.startswith("/"):
-                if self.command(text) == "bye":
-                    return 0
+                try:
+                    if self.command(text) == "bye":
+                        return 0
+                except KeyboardInterrupt:  # during /tool's answer, as during any answer
+                    sys.stdout.write("\n")
                 continue
             try:
                 self.answer(line)
@@ -180,12 +197,14 @@ class Session:
                 return "\n".join(lines).strip("\n")
             lines.append(line)
 
-    def answer(self, message: str) -> None:
+    def answer(self, message: str, role: str = "user") -> None:
+        """Send a user message (or, role "ipython", a tool's result) and stream the answer."""
         from llama_nb.cli._report import RunReport
-        from llama_nb.cli.run import stream
+        from llama_nb.cli.run import show_tool_calls, stream
+        from llama_nb.io.chat import Message
 
         try:
-            new_ids, start_pos = self.conversation.turn(message)
+            new_ids, start_pos = self.conversation.send(Message(role, message))
         except LlamaNbError as exc:
             self._error(exc)
             return
@@ -198,7 +217,9 @@ class Session:
             self.conversation.undo_turn()
             self._error(exc)
             return
-        self.conversation.answered(report.text, report.generated_ids, report.stats.cache_end)
+        answer = self.conversation.answered(report.text, report.generated_ids, report.stats.cache_end,
+                                            report.stats.stop_token)
+        show_tool_calls(answer, self.quiet)
         self.last = report
         if report.stats.stop_reason == "context":
             self._error(LlamaNbError(
@@ -246,6 +267,10 @@ class Session:
                 print(f"loaded {len(self.conversation.messages)} messages from {path}", flush=True)
             elif name == "/stats":
                 print(self.stats(), flush=True)
+            elif name == "/tool":
+                if not arg:
+                    raise LlamaNbError("/tool needs the tool's result, e.g. /tool {\"temperature\": 21}")
+                self.answer(arg, role="ipython")
             else:
                 raise LlamaNbError(f"unknown command {name}; /help lists them")
         except LlamaNbError as exc:

@@ -17,8 +17,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from llama_nb.cli._options import (CtxOpt, ImplOpt, JsonOpt, MmapOpt, ModelOpt, PrecisionOpt, QuietOpt,
-                                   ThreadsOpt, VerboseOpt, resolve_model_dir)
+from llama_nb.cli._options import (CtxOpt, DateOpt, ImplOpt, JsonOpt, MmapOpt, ModelOpt, PrecisionOpt, QuietOpt,
+                                   ThreadsOpt, ToolFileOpt, ToolFormatOpt, ToolsOpt, VerboseOpt, chat_tools,
+                                   resolve_model_dir)
 from llama_nb.errors import LlamaNbError, UnknownImplError, UnknownOpError
 
 MaxTokensOpt = Annotated[int, typer.Option("--max-tokens", "-n", min=1, help="Most tokens to generate (capped to fit --ctx).")]
@@ -40,6 +41,10 @@ def run(
     model: ModelOpt = None,
     chat: Annotated[bool, typer.Option("--chat", help="Use Meta's chat template (an instruct model answers).")] = False,
     system: Annotated[Optional[str], typer.Option("--system", help="A system prompt (implies --chat).")] = None,
+    tools: ToolsOpt = None,
+    tool_file: ToolFileOpt = None,
+    date: DateOpt = None,
+    tool_format: ToolFormatOpt = "json",
     max_tokens: MaxTokensOpt = 256,
     temperature: TemperatureOpt = 0.0,
     top_k: TopKOpt = None,
@@ -63,13 +68,17 @@ def run(
       llama-nb run "Hello" --chat --system "Be brief" --temperature 0.8 --seed 42 -n 16
 
       echo "And Moses said" | llama-nb run - -n 16 --quiet
+
+      llama-nb run "What is new today?" --tools brave_search,code_interpreter --date 2026-12-02 -n 16 --json
     """
     text = read_prompt(prompt, file)
     check_sampling_options(temperature, top_k, top_p)  # before the slow load
+    offered, day = chat_tools(tools, tool_file, date, tool_format)
     llm = load_for_cli(model, impl=impl, ctx=ctx, threads=threads, precision=precision, mmap=mmap, quiet=quiet or json_out)
-    prompt_ids = llm.encode_prompt(text, chat=chat, system=system)
+    chat = chat or system is not None or bool(offered) or day is not None
+    prompt_ids = llm.encode_prompt(text, chat=chat, system=system, tools=offered, date=day, tool_format=tool_format)
     code = stream(llm, prompt_ids, max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                  mode="json" if json_out else None, quiet=quiet, verbose=verbose)
+                  mode="json" if json_out else None, quiet=quiet, verbose=verbose, chat=chat)
     raise typer.Exit(code)
 
 
@@ -207,13 +216,14 @@ def _spinner(text: str):
 
 def stream(llm, prompt_ids: list[int], max_tokens: int, *, temperature: float = 0.0, top_k: int | None = None,
            top_p: float | None = None, seed: int | None = None, mode: str | None = None, quiet: bool = False,
-           verbose: bool = False, start_pos: int = 0, report=None, one_line: bool = False) -> int:
+           verbose: bool = False, start_pos: int = 0, report=None, one_line: bool = False, chat: bool = False) -> int:
     """Generate and show it: mode "json", "plain" or "live" (None: live on a terminal, else plain).
 
     `prompt_ids` go at positions start_pos.. (earlier ones are in the KV cache: a chat turn).
     Returns the exit code: 0, or 130 after Ctrl-C (what was generated is still shown). What was
     generated (ids, text, stats) goes into `report` (RunReport.for_model) when one is given. The
-    summary is one line on a terminal (or with `one_line`), else one fact per line."""
+    summary is one line on a terminal (or with `one_line`), else one fact per line. With `chat`
+    the answer is also read as a message (tool calls: io/tool_calls.py) and shown so, or in the JSON."""
     from llama_nb.cli._display import PlainStream, TerminalStream
     from llama_nb.cli._report import RunReport, status_line
     from llama_nb.model.generate import generate
@@ -270,6 +280,10 @@ def stream(llm, prompt_ids: list[int], max_tokens: int, *, temperature: float = 
     if view is not None:
         view.write(report.stats.tail_text)
         view.close()
+    if chat:
+        report.message = answer_message(llm, report)
+        if mode != "json":
+            show_tool_calls(report.message, quiet)
     _finish(llm, report, mode, quiet, verbose, one_line or mode == "live")
     return 130 if interrupted else 0
 
@@ -304,3 +318,19 @@ def _finish(llm, report, mode: str, quiet: bool, verbose: bool, one_line: bool) 
         say(summary_table(report))
     elif not quiet:
         say(summary_line(report) if one_line else plain_summary(report), style="dim")
+
+
+def answer_message(llm, report):
+    """The generated chat answer as Meta's decoder reads it: content, tool calls, stop reason."""
+    from llama_nb.io.tool_calls import parse_assistant
+
+    return parse_assistant(report.text, llm.chat_format.stop_reason(report.stats.stop_token))
+
+
+def show_tool_calls(message, quiet: bool) -> None:
+    """One line per tool call of an answer (stderr), saying how to send the result back."""
+    from llama_nb.cli._pipes import say
+
+    for call in message.tool_calls if not quiet else ():
+        args = call.arguments if isinstance(call.arguments, str) else json.dumps(call.arguments, ensure_ascii=False)
+        say(f"tool call: {call.name} {args} (in chat: /tool RESULT sends its result back)", style="yellow")

@@ -17,7 +17,7 @@ params.json does not carry: Meta's model.py hard-codes factor 8, low_freq_factor
 high_freq_factor 4 and an original context of 8192, but Llama 3.2 1B and 3B were trained with
 factor 32 (their Hugging Face config.json says so). So `RopeScaling` is explicit where the file
 says it (a "rope_scaling" object, as Hugging Face writes it) and otherwise follows
-`default_rope_scaling`: 32 for the published 3.2 1B/3B shapes, Meta's 8 for every other.
+`default_rope_scaling`: 32 for the published 3.2 1B/3B widths, Meta's 8 for every other.
 
 Derived sizes, as Meta's model.py computes them:
     head_dim   = dim // n_heads                          128 for 8B, 64 for 3.2 1B
@@ -48,9 +48,12 @@ NORM_EPS_RANGE = (1e-12, 1.0)  # Meta: 1e-5; in float32, 1e-12 still keeps 0 / s
 _MISSING = object()
 ROPE_FACTOR_RANGE = (1.0, 1024.0)  # Meta: 8 (3.1), 32 (3.2 1B/3B); below 1 it would shorten wavelengths
 
-# (dim, n_layers, n_heads, n_kv_heads) of Meta's Llama 3.2 1B and 3B, trained with RoPE factor 32
-# (Hugging Face's config.json of meta-llama/Llama-3.2-1B and -3B: "rope_scaling": {"factor": 32.0, ...}).
-LLAMA32_SMALL_SHAPES = {(2048, 16, 32, 8): "Llama 3.2 1B", (3072, 28, 24, 8): "Llama 3.2 3B"}
+# (dim, n_heads, n_kv_heads) of Meta's Llama 3.2 1B and 3B, trained with RoPE factor 32 (Hugging
+# Face's config.json of meta-llama/Llama-3.2-1B and -3B: "rope_scaling": {"factor": 32.0, ...}). No other
+# Meta model has these widths (llama_models' sku_list). n_layers is left out on purpose: the models
+# derived from them keep the factor but not always the depth (Llama Guard 3 1B INT4 is the 1B pruned
+# to 12 layers), and a shallow model of the 1B's widths is how the tests check the factor.
+LLAMA32_SMALL_SHAPES = {(2048, 32, 8): "Llama 3.2 1B", (3072, 24, 8): "Llama 3.2 3B"}
 
 
 @dataclass(frozen=True)
@@ -104,10 +107,10 @@ class RopeScaling:
         return scaling
 
 
-def default_rope_scaling(dim: int, n_layers: int, n_heads: int, n_kv_heads: int) -> RopeScaling:
+def default_rope_scaling(dim: int, n_heads: int, n_kv_heads: int) -> RopeScaling:
     """The scaling of a model whose file says only "use_scaled_rope": factor 32 for the Llama 3.2
-    1B/3B shapes (as trained), Meta's constants (factor 8) for every other shape."""
-    name = LLAMA32_SMALL_SHAPES.get((dim, n_layers, n_heads, n_kv_heads))
+    1B/3B widths (as trained), Meta's constants (factor 8) for every other shape."""
+    name = LLAMA32_SMALL_SHAPES.get((dim, n_heads, n_kv_heads))
     if name is not None:
         return RopeScaling(factor=32.0, source=f"{name} shape (factor 32 as trained; Meta's model.py says 8)")
     return RopeScaling()
@@ -133,7 +136,7 @@ class ModelArgs:
     def __post_init__(self) -> None:
         if self.use_scaled_rope and self.rope_scaling is None:
             object.__setattr__(self, "rope_scaling", default_rope_scaling(
-                self.dim, self.n_layers, self.n_heads, self.n_kv_heads))
+                self.dim, self.n_heads, self.n_kv_heads))
         elif not self.use_scaled_rope and self.rope_scaling is not None:
             raise ValueError("ModelArgs: rope_scaling given but use_scaled_rope is False")
 

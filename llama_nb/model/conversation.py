@@ -17,17 +17,27 @@ Meta's encoding of the dialog.
     conversation = Conversation(llm.chat_format, ctx=llm.ctx, system="Be brief")
     new_ids, start_pos = conversation.turn("Hi")          # the user's message
     ... generate(model, tokenizer, new_ids, n, start_pos=start_pos, stats=stats) ...
-    conversation.answered(text, generated_ids, stats.cache_end)
+    conversation.answered(text, generated_ids, stats.cache_end, stats.stop_token)
+
+With `tools` (and `date`) the dialog opens with Meta's Llama 3.1 system prompt (io/tools.py; also
+without them for a model trained with it, `chat_format.llama31`). An answer is kept as Meta's
+decoder reads it (io/tool_calls.py): a tool call becomes a ToolCall, the message ends in <|eom_id|>
+when the model stopped there, and `conversation.tool_result(text)` sends the tool's output back as
+an ipython message (then generate as after a turn). The date is fixed when the conversation
+starts, so the cached prefix stays valid past midnight.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from llama_nb.errors import ContextLimitError, LlamaNbError
-from llama_nb.io.chat import ChatFormat, Message, as_message
+from llama_nb.io.chat import ChatFormat, Message, as_message, to_json
+from llama_nb.io.tool_calls import parse_assistant
+from llama_nb.io.tools import Tool, ToolLike, as_date, as_tools
 
 FORMAT = "llama-nb chat 1"  # the "format" key of a saved conversation
 
@@ -39,15 +49,25 @@ class Conversation:
     chat_format: ChatFormat
     ctx: int
     system: str | None = None
-    messages: list[Message] = field(default_factory=list)  # user and assistant turns, no system
+    messages: list[Message] = field(default_factory=list)  # user, assistant and ipython turns, no system
     cached: list[int] = field(default_factory=list)
+    tools: tuple[str | Tool, ...] | list[ToolLike] = ()  # built-in names and custom Tools (io/tools.py)
+    date: _dt.date | str | None = None  # the system prompt's "Today Date"; None: today, fixed at the start
+    tool_format: str = "json"  # how custom tools are offered and their calls written (io/tools.py)
+
+    def __post_init__(self) -> None:
+        self.tools = as_tools(self.tools)
+        if self.chat_format.uses_llama31_prompt(self.tools, self.date):
+            self.date = as_date(self.date)
 
     def dialog(self) -> list[Message]:
+        """The messages as given (the system prompt first), before the 3.1 system prompt."""
         return ([Message("system", self.system)] if self.system else []) + self.messages
 
     def encoded(self, extra: list[Message] | None = None) -> list[int]:
         """Meta's encoding of the dialog (and `extra` messages), ending in an open assistant header."""
-        return self.chat_format.encode_dialog_prompt(self.dialog() + (extra or []))
+        return self.chat_format.encode_chat(self.dialog() + (extra or []), tools=self.tools, date=self.date,
+                                            tool_format=self.tool_format)
 
     def tokens_used(self) -> int:
         """Tokens the dialog takes in the context now (with the open header of the next answer)."""
@@ -57,7 +77,17 @@ class Conversation:
         """Add the user's message; return (ids to run, their first position). Raises
         ContextLimitError, leaving the conversation unchanged, when the dialog would not leave
         room for one answer token."""
-        message = Message("user", user)
+        return self.send(Message("user", user))
+
+    def tool_result(self, content: str) -> tuple[list[int], int]:
+        """Send a tool's output back (an ipython message) for the model to go on; as turn()."""
+        return self.send(Message("ipython", content))
+
+    def send(self, message: Message) -> tuple[list[int], int]:
+        """Add a user or ipython message; return (ids to run, their first position), as turn()."""
+        message = as_message(message)
+        if message.role not in ("user", "ipython"):
+            raise LlamaNbError(f"a conversation sends user or ipython messages, not {message.role}")
         full = self.encoded([message])
         if len(full) >= self.ctx:
             raise ContextLimitError(
@@ -71,15 +101,21 @@ class Conversation:
         self._pending = full
         return full[start:], start
 
-    def answered(self, text: str, generated_ids: list[int], cache_end: int) -> None:
+    def answered(self, text: str, generated_ids: list[int], cache_end: int, stop_token: int | None = None) -> Message:
         """Record the answer (also a partial one, after Ctrl-C) and what the cache now holds:
-        the prompt and the generated ids that went through a forward pass (`stats.cache_end`)."""
+        the prompt and the generated ids that went through a forward pass (`stats.cache_end`).
+        `stop_token` (`stats.stop_token`): <|eom_id|> means the model waits for a tool's result.
+        Returns the answer as kept: with tools offered, its content and tool calls as Meta's
+        decoder reads them; without, the text as it came."""
         self.cached = (self._pending + list(generated_ids))[:cache_end]
-        self.messages.append(Message("assistant", text))
+        stop = self.chat_format.stop_reason(stop_token)
+        message = parse_assistant(text, stop) if self.tools else Message("assistant", text, stop)
+        self.messages.append(message)
+        return message
 
     def undo_turn(self) -> None:
-        """Drop the last user message when its answer never started (an error before decoding)."""
-        if self.messages and self.messages[-1].role == "user":
+        """Drop the last user (or ipython) message when its answer never started (an error before decoding)."""
+        if self.messages and self.messages[-1].role in ("user", "ipython"):
             self.messages.pop()
 
     def clear(self) -> None:
@@ -92,7 +128,7 @@ class Conversation:
         return {
             "format": FORMAT,
             "system": self.system,
-            "messages": [{"role": m.role, "content": m.content} for m in self.messages],
+            "messages": [to_json(m) for m in self.messages],
             "settings": settings or {},
             "context_ids": list(self.cached),  # what the model's KV cache holds, for checking
         }

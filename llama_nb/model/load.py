@@ -157,7 +157,7 @@ class Llama:
         self.model, self.tokenizer, self.folder = model, tokenizer, folder
         self.args = model.args
         self.ops = model.ops
-        self.chat_format = ChatFormat(tokenizer)
+        self.chat_format = ChatFormat(tokenizer, llama31=self.args.use_scaled_rope)  # 3.1+: Meta's 3.1 system prompt
         self.load_seconds = load_seconds
         self.compile_seconds: float | None = None
         self.dtypes = dict(dtypes or {})
@@ -199,12 +199,14 @@ class Llama:
             stop_tokens=stop_tokens, stats=stats,
         )
 
-    def encode_prompt(self, text: str, *, chat: bool = False, system: str | None = None) -> list[int]:
-        """Token ids for a text completion (BOS once) or, with chat/system, Meta's chat template."""
-        if chat or system is not None:
+    def encode_prompt(self, text: str, *, chat: bool = False, system: str | None = None, tools=(),
+                      date=None, tool_format: str = "json") -> list[int]:
+        """Token ids for a text completion (BOS once) or, with chat/system/tools/date, Meta's chat
+        template (with the Llama 3.1 system prompt for 3.1+ models, or tools or a date: io/chat.py)."""
+        if chat or system is not None or tools or date is not None:
             messages = ([{"role": "system", "content": system}] if system is not None else [])
             messages.append({"role": "user", "content": text})
-            return self.chat_format.encode_dialog_prompt(messages)
+            return self.chat_format.encode_chat(messages, tools=tools, date=date, tool_format=tool_format)
         return self.tokenizer.encode(text, bos=True, eos=False)
 
 
