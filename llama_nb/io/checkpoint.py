@@ -127,8 +127,8 @@ def load_model_files(folder: str | Path, *, require_tokenizer: bool = True) -> M
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
     """The tokenizer of a model, without reading its weights (`llama-nb tokenize`)."""
-    if not (Path(path) / CHECKPOINT_NAME).exists() and _is_hf_folder(Path(path)):
-        from llama_nb.io.hf import load_hf_tokenizer
+    if not (Path(path) / TOKENIZER_NAME).exists() and (Path(path) / "tokenizer.json").exists():
+        from llama_nb.io.hf import load_hf_tokenizer  # tokenizer.json (+ generation_config.json)
 
         return load_hf_tokenizer(Path(path))
     return Tokenizer(Path(path) / TOKENIZER_NAME)

@@ -45,8 +45,10 @@ from llama_nb.io.params import ModelArgs, _check_type
 CONFIG_NAME = "config.json"
 MAX_CONFIG_BYTES = 1 << 20  # ~1 KB
 ARCHITECTURE = "LlamaForCausalLM"
-# (multiple_of, ffn_dim_multiplier) of Meta's Llama 3.x params.json files: 8B, 70B/405B, 1B, 3B, default.
-META_FFN_PARAMS = ((1024, 1.3), (4096, 1.3), (256, 1.5), (256, 1.0), (256, None))
+# (multiple_of, ffn_dim_multiplier) of Meta's Llama 3.x params.json files: 1B, 3B, 70B, 8B, 405B, args.py's
+# default. The first that gives a shape's width is taken, and in this order each published shape
+# gets its own pair back (1B's 8192 also comes from (4096, 1.3); 70B's 28672 from (1024, 1.3)).
+META_FFN_PARAMS = ((256, 1.5), (256, 1.0), (4096, 1.3), (1024, 1.3), (4096, 1.2), (256, None))
 
 
 @dataclass(frozen=True)
