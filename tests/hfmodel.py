@@ -74,18 +74,8 @@ def write_tokenizer_json(tokenizer_model: Path, out: Path) -> None:
     converted.save(str(out))
 
 
-def write_pair(root: Path, shape: dict, *, seed: int = 0, max_shard_size: str | None = None) -> tuple[Path, Path]:
-    """(Meta folder, Hugging Face folder) holding the same random bf16 weights."""
-    from transformers import LlamaForCausalLM
-
-    meta, hf = root / "meta", root / "hf"
-    meta.mkdir(parents=True)
-    params = meta_params(shape)
-    sd = tiny_state_dict(params, tie_output=shape["tied"], seed=seed, weight_std=None)
-    torch.save(sd, meta / "consolidated.00.pth")
-    (meta / "params.json").write_text(json.dumps(params))
-    (meta / "tokenizer.model").write_bytes(fuzzing.tokenizer_model_text())
-
+def hf_state_dict(sd: dict, shape: dict) -> dict[str, torch.Tensor]:
+    """Meta's state dict under Hugging Face's names, q and k permuted (convert_llama_weights_to_hf.py)."""
     hf_sd = {"model.embed_tokens.weight": sd["tok_embeddings.weight"], "model.norm.weight": sd["norm.weight"]}
     if not shape["tied"]:
         hf_sd["lm_head.weight"] = sd["output.weight"]
@@ -100,6 +90,22 @@ def write_pair(root: Path, shape: dict, *, seed: int = 0, max_shard_size: str | 
         hf_sd[h + "mlp.up_proj.weight"] = sd[m + "feed_forward.w3.weight"]
         hf_sd[h + "input_layernorm.weight"] = sd[m + "attention_norm.weight"]
         hf_sd[h + "post_attention_layernorm.weight"] = sd[m + "ffn_norm.weight"]
+    return hf_sd
+
+
+def write_pair(root: Path, shape: dict, *, seed: int = 0, max_shard_size: str | None = None) -> tuple[Path, Path]:
+    """(Meta folder, Hugging Face folder) holding the same random bf16 weights."""
+    from transformers import LlamaForCausalLM
+
+    meta, hf = root / "meta", root / "hf"
+    meta.mkdir(parents=True)
+    params = meta_params(shape)
+    sd = tiny_state_dict(params, tie_output=shape["tied"], seed=seed, weight_std=None)
+    torch.save(sd, meta / "consolidated.00.pth")
+    (meta / "params.json").write_text(json.dumps(params))
+    (meta / "tokenizer.model").write_bytes(fuzzing.tokenizer_model_text())
+
+    hf_sd = hf_state_dict(sd, shape)
     model = LlamaForCausalLM(hf_config(shape)).to(torch.bfloat16)
     missing, unexpected = model.load_state_dict(hf_sd, strict=False)
     assert not unexpected and set(missing) <= ({"lm_head.weight"} if shape["tied"] else set()), (missing, unexpected)
@@ -115,3 +121,29 @@ def hf_oracle(folder: Path):
     from transformers import LlamaForCausalLM
 
     return LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+
+
+def write_small_hf_folder(folder: Path, shape: dict, *, seed: int = 0) -> Path:
+    """An HF folder without transformers' model classes (faster: the fuzzer's base): model.safetensors
+    by the safetensors package, config.json and generation_config.json with transformers 4's keys
+    (rope_theta + rope_scaling, torch_dtype: what meta-llama's repositories hold), tokenizer.json."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    params = meta_params(shape)
+    sd = tiny_state_dict(params, tie_output=shape["tied"], seed=seed, weight_std=None)
+    save_file({k: v.contiguous() for k, v in hf_state_dict(sd, shape).items()}, folder / "model.safetensors",
+              metadata={"format": "pt"})
+    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": shape["dim"],
+              "num_hidden_layers": shape["n_layers"], "num_attention_heads": shape["n_heads"],
+              "num_key_value_heads": shape["n_kv_heads"], "vocab_size": VOCAB,
+              "intermediate_size": ffn_hidden_dim(shape["dim"], 32, None), "rms_norm_eps": 1e-5,
+              "rope_theta": shape.get("rope_theta", 500000.0), "rope_scaling": ROPE.get(shape["rope"]),
+              "tie_word_embeddings": shape["tied"], "torch_dtype": "bfloat16", "hidden_act": "silu",
+              "max_position_embeddings": 131072, "bos_token_id": BOS, "eos_token_id": [EOS, EOM, EOT]}
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    (folder / "generation_config.json").write_text(json.dumps({"bos_token_id": BOS, "eos_token_id": [EOS, EOM, EOT]}))
+    (folder / "toy.model").write_bytes(fuzzing.tokenizer_model_text())
+    write_tokenizer_json(folder / "toy.model", folder / "tokenizer.json")
+    (folder / "toy.model").unlink()
+    return folder

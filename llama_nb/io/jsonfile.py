@@ -11,7 +11,8 @@ one CheckpointError line naming the file. What it guards against, beyond syntax 
                                  without a word, so two readers of the same file (ours and
                                  transformers, or safetensors' Rust parser) could see different
                                  models; refused here, naming the key
-    NaN, Infinity                not JSON (Python's json accepts them by default)
+NaN and Infinity (not JSON, but json.dumps writes them) parse as floats: the readers check that
+numbers are finite where it matters, and name the key.
 
 `read_json(path, limit, what)` reads a regular file of at most `limit` bytes first (io/files.py:
 no FIFO, no /dev/zero, no file that grows while read).
@@ -39,10 +40,6 @@ def _int(digits: str) -> int:
     return int(digits)
 
 
-def _constant(name: str) -> Any:
-    raise _Refused(f"{name} is not JSON")
-
-
 def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     obj = dict(pairs)
     if len(obj) != len(pairs):
@@ -59,7 +56,7 @@ def parse_json(raw: bytes, path: str | Path, what: str) -> Any:
     except UnicodeDecodeError as exc:
         raise CheckpointError(f"{path}: not UTF-8 text (byte {exc.start}); expected {what}") from None
     try:
-        return json.loads(text, parse_int=_int, parse_constant=_constant, object_pairs_hook=_object)
+        return json.loads(text, parse_int=_int, object_pairs_hook=_object)
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path}: not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
     except RecursionError:

@@ -234,7 +234,7 @@ class ModelArgs:
     def from_file(cls, path: str | Path) -> "ModelArgs":
         """Read and validate params.json; every failure is a one-line CheckpointError naming it."""
         path = Path(path)
-        data = read_json(path, MAX_PARAMS_BYTES, "Meta's params.json",
+        data = read_json(path, MAX_PARAMS_BYTES, "params.json",
                          missing="no such file (Meta's model folders include params.json)")
         return cls.from_dict(data, source=str(path))
 
