@@ -79,6 +79,11 @@ def read_hf_tokenizer(path: str | Path, generation_config: str | Path | None = N
     vocab = _field(model, "vocab", dict, path)
     specials = _special_tokens(_field(data, "added_tokens", list, path), path)
     ranks = _ranks(vocab, specials, path)
+    n_words = len(ranks) + len(specials)
+    beyond = [(text, i) for text, i in specials.items() if not 0 <= i < n_words]
+    if beyond:  # ids index a table of n_words entries: 2**40 must not become its size
+        raise CheckpointError(f"{path}: added token {shown(beyond[0][0])} has id {beyond[0][1]}; the "
+                              f"{len(ranks)} vocab tokens and {len(specials)} added ones have ids 0..{n_words - 1}")
     _check_merges(_field(model, "merges", list, path), ranks, path)
     tokenizer = Tokenizer.from_ranks(ranks, specials, path)
     if generation_config is not None and Path(generation_config).exists():
