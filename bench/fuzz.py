@@ -37,7 +37,7 @@ from tests import fuzzing  # noqa: E402
 def worker(base_dir: Path, seed: int, workdir: Path, fmt: str) -> None:
     """Read case numbers from stdin, answer one JSON line per case on stdout."""
     base = {name: (base_dir / name).read_bytes() for name in fuzzing.FORMATS[fmt][1]}
-    fuzzing.load_and_run(base_dir)  # compile the kernels now: that time is not any case's
+    fuzzing.warm_up(base_dir)  # compile the kernels now: that time is not any case's
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
         case = int(line)

@@ -121,6 +121,25 @@ def hf_base_files(folder: Path) -> dict[str, bytes]:
     return {name: (folder / name).read_bytes() for name in HF_FILES}
 
 
+def warm_up(folder: Path) -> str:
+    """load_and_run on a base folder before any case is timed. For the Hugging Face base also on
+    copies with every tensor stored as F16 and as F32: a case that changes one tensor's dtype loads
+    (the formats mix), and must not pay for compiling that format's kernels within its time limit."""
+    detail = load_and_run(folder)
+    if (folder / SAFETENSORS).exists():
+        import torch
+        from safetensors.torch import load_file, save_file
+
+        tensors = load_file(folder / SAFETENSORS)
+        for dtype in (torch.float16, torch.float32):
+            copy = folder.parent / f"{folder.name}_{str(dtype).split('.')[-1]}"
+            shutil.copytree(folder, copy, dirs_exist_ok=True)
+            save_file({k: v.to(dtype) for k, v in tensors.items()}, copy / SAFETENSORS)
+            load_and_run(copy)
+            shutil.rmtree(copy)
+    return detail
+
+
 # each base: its writer and its files (bench/fuzz.py --format)
 FORMATS = {"meta": (write_base_model, (PTH, PARAMS, TOKENIZER)), "hf": (write_hf_base_model, HF_FILES)}
 
