@@ -161,3 +161,24 @@ def test_info_and_tokenize_on_an_hf_folder(pairs):
     result = runner.invoke(app, ["tokenize", "the cat", "--model", str(hf)])
     assert result.exit_code == 0, result.output
     assert "tokens" in result.output
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_f16_and_f32_safetensors_load_through_the_weight_formats(pairs, tmp_path, dtype):
+    """The same folder with every tensor stored as F16 / F32: stored as is (no conversion to bf16),
+    and still within 1e-4 of transformers on that folder."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    _, hf = pairs["gqa_31"]
+    copy = tmp_path / dtype
+    shutil.copytree(hf, copy)
+    tensors = load_file(hf / "model.safetensors")
+    save_file({k: v.to(getattr(torch, dtype)) for k, v in tensors.items()}, copy / "model.safetensors",
+              metadata={"format": "pt"})
+    assert set(load_model_files(copy).checkpoint.dtypes.values()) == {dtype}
+    llm = llama_nb.load_model(copy, precision="float32", ctx=32)
+    ids = llm.tokenizer.encode(PROMPT, bos=True, eos=False)
+    want, _ = hf_greedy(hfmodel.hf_oracle(copy), ids, 0)
+    np.testing.assert_allclose(llm.forward(ids, 0), want, rtol=0, atol=1e-4)
