@@ -91,7 +91,7 @@ BROKEN = {
     "merge dropped": (lambda d: d["model"]["merges"].pop(10), "tiktoken's BPE would merge pairs"),
     "merge twice": (lambda d: d["model"]["merges"].append(d["model"]["merges"][-1]), "appears twice"),
     "merge unknown": (lambda d: d["model"]["merges"].append(["Ġ", "zzz"]), "joins tokens not all in the vocab"),
-    "vocab outside alphabet": (lambda d: d["model"]["vocab"].update({" x": 320}), "not in the byte-level alphabet"),
+    "vocab outside alphabet": (lambda d: d["model"]["vocab"].update({" x": 320}), "outside the byte-level alphabet"),
     "vocab id repeated": (lambda d: d["model"]["vocab"].update({"ĠĠĠĠĠĠĠĠĠĠ": 5}), "ranks are not 0..320"),
     "pattern": (lambda d: d["pre_tokenizer"]["pretokenizers"][0]["pattern"].update({"Regex": r"\s+"}),
                 "the pre_tokenizer is not Llama 3's"),
@@ -100,6 +100,7 @@ BROKEN = {
     "added not special": (lambda d: d["added_tokens"][5].update({"special": False}), "is not special"),
     "added missing": (lambda d: d["added_tokens"].pop(9), "no special token <|eot_id|>"),
     "added overlaps": (lambda d: d["added_tokens"][0].update({"id": 7}), "overlap the 320 BPE ranks"),
+    "added id huge": (lambda d: d["added_tokens"][3].update({"id": 2**40}), "beyond any Llama vocabulary"),
 }
 
 
