@@ -51,6 +51,7 @@ import random
 import shutil
 import signal
 import struct
+import tempfile
 import traceback
 import warnings
 import zipfile
@@ -131,12 +132,12 @@ def warm_up(folder: Path) -> str:
         from safetensors.torch import load_file, save_file
 
         tensors = load_file(folder / SAFETENSORS)
-        for dtype in (torch.float16, torch.float32):
-            copy = folder.parent / f"{folder.name}_{str(dtype).split('.')[-1]}"
-            shutil.copytree(folder, copy, dirs_exist_ok=True)
-            save_file({k: v.to(dtype) for k, v in tensors.items()}, copy / SAFETENSORS)
-            load_and_run(copy)
-            shutil.rmtree(copy)
+        with tempfile.TemporaryDirectory() as tmp:  # this process's own: workers share the base folder
+            for dtype in (torch.float16, torch.float32):
+                copy = Path(tmp) / str(dtype).split(".")[-1]
+                shutil.copytree(folder, copy)
+                save_file({k: v.to(dtype) for k, v in tensors.items()}, copy / SAFETENSORS)
+                load_and_run(copy)
     return detail
 
 
@@ -438,19 +439,24 @@ def mutate_safetensors(data: bytes, rng: random.Random) -> tuple[bytes, str]:
         return struct.pack("<Q", n) + data[8:], f"safetensors: header length set to {n}"
     name = rng.choice(names)
     if kind == "weights":
-        entry = header[name]
-        begin, end = entry["data_offsets"]
+        offsets = header[name].get("data_offsets") if isinstance(header[name], dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
+                and 0 <= offsets[0] < offsets[1] - 1 < len(body)):  # an entry a first mutation broke
+            return _flip(data, rng), "safetensors: bytes flipped anywhere"
+        begin, end = offsets
         raw = bytearray(body)
         special = rng.choice([0x7FC0, 0x7F80, 0xFF80, 0x7F7F, 0x0001, rng.randrange(65536)])
         for _ in range(rng.randint(1, 16)):
             i = rng.randrange(begin, end, 2)
             raw[i : i + 2] = struct.pack("<H", special)
         return _pack_header(header, bytes(raw)), f"safetensors: weights of {name} set to bf16 0x{special:04x}"
+    if not isinstance(header[name], dict):
+        return _flip(data, rng), "safetensors: bytes flipped anywhere"
     if kind == "entry":
         field = rng.choice(["dtype", "shape", "data_offsets"])
         value = {"dtype": lambda: rng.choice(["F16", "F32", "F64", "I8", "U8", "BOOL", "F8_E4M3", "bf16", 3, None]),
                  "shape": lambda: rng.choice([[], [0], [-1, 32], [32], [32, 32, 1], [2**40, 2**40], [True], "32",
-                                              header[name]["shape"][::-1]]),
+                                              list(header[name].get("shape") or [])[::-1]]),
                  "data_offsets": lambda: rng.choice([[0, 0], [0, 64], [1, 2**63], [-2, 0], [2, 1], [0],
                                                      [len(body) - 64, len(body)], [len(body), len(body) + 64]])}[field]()
         header[name][field] = value

@@ -225,6 +225,8 @@ FOLDER_CASES = {
     "bias": (_config(lambda c: c.update(attention_bias=True)), "config.json", "attention_bias is True"),
     "rope type": (_config(lambda c: c["rope_scaling"].update(rope_type="yarn")), "config.json",
                   'rope_scaling type "yarn" (string) is not supported'),
+    "2**31 layers": (_config(lambda c: c.update(num_hidden_layers=2**31)), "model.safetensors",
+                     "says num_hidden_layers=2147483648 but the file(s) hold only 12 tensors"),
     "no hidden_size": (_config(lambda c: c.pop("hidden_size")), "config.json", "missing required key 'hidden_size'"),
     "intermediate": (_config(lambda c: c.update(intermediate_size=100)), "model.safetensors",
                      "layers.0.feed_forward.w1.weight has shape [96, 32] but"),

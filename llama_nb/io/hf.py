@@ -210,6 +210,9 @@ def _meta_checkpoint(path: Path, shards: list[tuple[Checkpoint, set[str] | None]
             if meta in views:  # two HF names for one tensor cannot happen (the table is one-to-one)
                 raise CheckpointError(f"{shard.path}: tensor {shown(hf)} appears twice")
             views[meta], dtypes[meta], source[meta] = shard.tensors[hf], shard.dtypes[hf], shard
+    if args.n_layers > len(views):  # each layer is 9 tensors: listing 2**31 layers' names would hang
+        raise CheckpointError(f"{path}: {config_path.name} says num_hidden_layers={args.n_layers} but the file(s) "
+                              f"hold only {len(views)} tensors")
     expected = expected_shapes(args, tied_output=tied)
     missing = [hf_name(name) for name in expected if name not in views]
     if missing:
