@@ -89,7 +89,8 @@ def _swap_merges(d):
 BROKEN = {
     "merge order": (_swap_merges, "the merge order is not the id order"),
     "merge dropped": (lambda d: d["model"]["merges"].pop(10), "tiktoken's BPE would merge pairs"),
-    "merge twice": (lambda d: d["model"]["merges"].append(d["model"]["merges"][-1]), "appears twice"),
+    "merge twice": (lambda d: d["model"]["merges"].append(d["model"]["merges"][-1]),
+                    "merge 73 ['w', 'it'] appears twice (first as merge 72)"),
     "merge unknown": (lambda d: d["model"]["merges"].append(["Ġ", "zzz"]), "joins tokens not all in the vocab"),
     "vocab outside alphabet": (lambda d: d["model"]["vocab"].update({" x": 320}), "outside the byte-level alphabet"),
     "vocab id repeated": (lambda d: d["model"]["vocab"].update({"ĠĠĠĠĠĠĠĠĠĠ": 5}), "ranks are not 0..320"),

@@ -1,4 +1,4 @@
-"""Hostile safetensors files and Hugging Face folders (llama_nb.io.safetensors, llama_nb.io.hf): each refused in one line.
+"""Hostile safetensors files and Hugging Face folders (llama_nb.io.safetensors, .hf): each refused in one line.
 
 In the style of tests/test_hostile_files.py (whose `one_line_error` and `within` these reuse): every
 case is a CheckpointError naming the file, printable, within a deadline; nothing is read past a
@@ -93,7 +93,8 @@ CASES = {
     "digits": (lambda t: write(t, b'{"a": {"dtype": "F32", "shape": [' + b"9" * 5000 + b'], "data_offsets": [0, 0]}}'),
                "an integer of 5000 digits"),
     "not object": (lambda t: write(t, [1, 2]), "must be a JSON object"),
-    "dtype": (lambda t: write(t, {"a": dict(F32x4, dtype="F8_E4M3")}, bytes(16)), "is 'F8_E4M3'; llama_nb reads BF16, F16, F32"),
+    "dtype": (lambda t: write(t, {"a": dict(F32x4, dtype="F8_E4M3")}, bytes(16)),
+              "is 'F8_E4M3'; llama_nb reads BF16, F16, F32"),
     "dtype F64": (lambda t: write(t, {"a": dict(F32x4, dtype="F64")}, bytes(16)), "is 'F64'"),
     "shape negative": (lambda t: write(t, {"a": dict(F32x4, shape=[-2, -2])}, bytes(16)), "shape [-2, -2]"),
     "shape bool": (lambda t: write(t, {"a": dict(F32x4, shape=[True, 4])}, bytes(16)), "shape [True, 4]"),
@@ -182,7 +183,8 @@ def _also_in_other_shard(out, weight_map):
 INDEX_CASES = {
     "../ shard": (_move("norm", "../model-00001-of-00002.safetensors"), "model.safetensors.index.json",
                   "not a .safetensors file name in this folder"),
-    "/ shard": (_move("norm", "/etc/passwd.safetensors"), "model.safetensors.index.json", "not a .safetensors file name"),
+    "/ shard": (_move("norm", "/etc/passwd.safetensors"), "model.safetensors.index.json",
+                "not a .safetensors file name"),
     "wrong shard": (_move("model.norm", "model-00001-of-00002.safetensors"), "model-0000",
                     "which the index"),
     "two shards": (_also_in_other_shard, "model-00001-of-00002.safetensors", "which the index does not put there"),
@@ -236,8 +238,10 @@ FOLDER_CASES = {
     "unknown tensor": (_save_tensors(lambda t: t.update({"model.rotary_emb.inv_freq": torch.ones(4)})),
                        "model.safetensors", "'model.rotary_emb.inv_freq' is not part of a Llama 3.x model"),
     "missing tensor": (_save_tensors(lambda t: t.pop("model.layers.0.mlp.up_proj.weight")),
-                       "model.safetensors", "missing 1 tensor(s) that config.json implies: model.layers.0.mlp.up_proj.weight"),
-    "extra layer": (_save_tensors(lambda t: t.update({"model.layers.1.input_layernorm.weight": torch.ones(32).bfloat16()})),
+                       "model.safetensors",
+                       "missing 1 tensor(s) that config.json implies: model.layers.0.mlp.up_proj.weight"),
+    "extra layer": (_save_tensors(lambda t: t.update({"model.layers.1.input_layernorm.weight":
+                                                      torch.ones(32).bfloat16()})),
                     "model.safetensors", "unexpected tensor(s) for the model config.json describes: model.layers.1."),
     "no lm_head": (_save_tensors(lambda t: t.pop("lm_head.weight")), "model.safetensors", "lm_head.weight"),
     "no tokenizer": (lambda out: (out / "tokenizer.json").unlink(), "tokenizer.json", "no such file"),

@@ -1,4 +1,4 @@
-"""A Hugging Face Llama folder (what `huggingface-cli download meta-llama/Llama-3.1-8B-Instruct` writes), read as Meta's.
+"""A Hugging Face Llama folder (`huggingface-cli download meta-llama/Llama-3.1-8B-Instruct`), read as Meta's.
 
     Llama-3.1-8B-Instruct/
         config.json                         hyperparameters (llama_nb.io.hf_config)
@@ -231,7 +231,8 @@ def _meta_checkpoint(path: Path, shards: list[tuple[Checkpoint, set[str] | None]
             one = Checkpoint(source[name].path, {name: order[name]}, {name: dtypes[name]}, source[name].mmap)
             heads = args.n_heads if name.endswith("wq.weight") else args.n_kv_heads
             tensors[name] = unpermute(one.read_tensors()[name], heads)
-    per_shard = [Checkpoint(shard.path, {n: v for n, v in order.items() if source[n] is shard and not n.endswith(_PERMUTED)},
-                            dtypes, shard.mmap, shard.metadata) for shard, _ in shards]
+    viewed = [name for name in order if not name.endswith(_PERMUTED)]
+    per_shard = [Checkpoint(shard.path, {n: order[n] for n in viewed if source[n] is shard}, dtypes, shard.mmap,
+                            shard.metadata) for shard, _ in shards]
     return HFCheckpoint(path=path, tensors=tensors, dtypes=dtypes, mmap=shards[0][0].mmap,
                         metadata=dict(shards[0][0].metadata), shards=tuple(per_shard))

@@ -199,10 +199,13 @@ def _check_merges(merges: list, ranks: dict[str, int], path: Path) -> None:
                                   f"(tiktoken's) BPE needs")
         previous = rank
         seen.add((left, right))
-    if len(seen) != len(merges):
-        twice = next(k for k, m in enumerate(merges) if (tuple(m.split(" ") if type(m) is str else m) in seen
-                                                         and not seen.discard(tuple(m.split(" ") if type(m) is str else m))))
-        raise CheckpointError(f"{path}: merge {twice} {shown(merges[twice])} appears twice")
+    if len(seen) != len(merges):  # a repeat somewhere: find it (rare, so not tracked in the loop)
+        first: dict[tuple[str, ...], int] = {}
+        for k, merge in enumerate(merges):
+            pair = tuple(merge.split(" ") if type(merge) is str else merge)
+            if pair in first:
+                raise CheckpointError(f"{path}: merge {k} {shown(merge)} appears twice (first as merge {first[pair]})")
+            first[pair] = k
     splits = 0
     for t in ranks:
         for i in range(1, len(t)):
