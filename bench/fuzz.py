@@ -3,6 +3,7 @@
     python bench/fuzz.py --cases 20000 --seed 7          # 2 worker processes, 30 s per case
     python bench/fuzz.py --seed 7 --case 1234            # replay one case here, verbosely
     python bench/fuzz.py --seed 7 --case 1234 --keep /tmp/case1234   # and keep its folder
+    python bench/fuzz.py --format hf --cases 5000        # a Hugging Face folder (safetensors, config.json, ...)
 
 The mutations and the contract are tests/fuzzing.py's (tests/test_fuzz.py runs 300 of them in CI).
 Cases run in worker subprocesses fed one case at a time, so a case that kills its interpreter
@@ -33,10 +34,10 @@ sys.path.insert(0, str(ROOT))  # `tests` is a package at the repository root
 from tests import fuzzing  # noqa: E402
 
 
-def worker(base_dir: Path, seed: int, workdir: Path) -> None:
+def worker(base_dir: Path, seed: int, workdir: Path, fmt: str) -> None:
     """Read case numbers from stdin, answer one JSON line per case on stdout."""
-    base = {name: (base_dir / name).read_bytes() for name in (fuzzing.PTH, fuzzing.PARAMS, fuzzing.TOKENIZER)}
-    fuzzing.load_and_run(base_dir)  # compile the kernels now: that time is not any case's
+    base = {name: (base_dir / name).read_bytes() for name in fuzzing.FORMATS[fmt][1]}
+    fuzzing.warm_up(base_dir)  # compile the kernels now: that time is not any case's
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
         case = int(line)
@@ -52,9 +53,10 @@ def worker(base_dir: Path, seed: int, workdir: Path) -> None:
 class Slot:
     """One worker subprocess and the thread that reads its answers."""
 
-    def __init__(self, base_dir: Path, seed: int, workdir: Path):
+    def __init__(self, base_dir: Path, seed: int, workdir: Path, fmt: str):
         self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--worker", "--base", str(base_dir), "--seed", str(seed), "--workdir", str(workdir)],
+            [sys.executable, __file__, "--worker", "--base", str(base_dir), "--seed", str(seed), "--workdir", str(workdir),
+             "--format", fmt],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT,
         )
         self.answers: queue.Queue = queue.Queue()
@@ -97,19 +99,19 @@ class Slot:
             self.proc.wait(timeout=30)
 
 
-def fuzz(cases: range, seed: int, workers: int, timeout: float) -> collections.Counter:
+def fuzz(cases: range, seed: int, workers: int, timeout: float, fmt: str = "meta") -> collections.Counter:
     work = queue.Queue()
     for case in cases:
         work.put(case)
     results: list[dict] = []
     lock = threading.Lock()
     tmp = Path(tempfile.mkdtemp(prefix="llama_nb_fuzz_"))
-    base_dir = fuzzing.write_base_model(tmp / "base")
+    base_dir = fuzzing.FORMATS[fmt][0](tmp / "base")
     started = time.perf_counter()
 
     def run_slot(k: int) -> None:
         try:
-            slot = Slot(base_dir, seed, tmp / f"w{k}")
+            slot = Slot(base_dir, seed, tmp / f"w{k}", fmt)
         except RuntimeError as exc:
             print(f"worker {k}: {exc}", flush=True)
             return
@@ -128,7 +130,7 @@ def fuzz(cases: range, seed: int, workers: int, timeout: float) -> collections.C
                     print(f"{done}/{len(cases)} cases, {time.perf_counter() - started:.0f} s", flush=True)
             if not slot.alive():
                 try:
-                    slot = Slot(base_dir, seed, tmp / f"w{k}")
+                    slot = Slot(base_dir, seed, tmp / f"w{k}", fmt)
                 except RuntimeError as exc:
                     print(f"worker {k}: {exc}", flush=True)
                     return
@@ -157,9 +159,11 @@ def fuzz(cases: range, seed: int, workers: int, timeout: float) -> collections.C
     return counts
 
 
-def replay(seed: int, case: int, keep: Path | None) -> int:
+def replay(seed: int, case: int, keep: Path | None, fmt: str = "meta") -> int:
     tmp = Path(tempfile.mkdtemp(prefix="llama_nb_fuzz_"))
-    base = fuzzing.base_files(tmp / "base")
+    write, names = fuzzing.FORMATS[fmt]
+    write(tmp / "base")
+    base = {name: (tmp / "base" / name).read_bytes() for name in names}
     workdir = keep.parent if keep else tmp
     try:
         with fuzzing.time_limit(120):
@@ -187,16 +191,18 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds before a case counts as a hang")
     parser.add_argument("--case", type=int, help="replay this one case in this process")
     parser.add_argument("--keep", type=Path, help="with --case: write the mutated folder here")
+    parser.add_argument("--format", choices=sorted(fuzzing.FORMATS), default="meta",
+                        help="the base folder: Meta's (.pth) or Hugging Face's (safetensors)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--base", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args.base, args.seed, args.workdir)
+        worker(args.base, args.seed, args.workdir, args.format)
         return 0
     if args.case is not None:
-        return replay(args.seed, args.case, args.keep)
-    counts = fuzz(range(args.start, args.start + args.cases), args.seed, args.workers, args.timeout)
+        return replay(args.seed, args.case, args.keep, args.format)
+    counts = fuzz(range(args.start, args.start + args.cases), args.seed, args.workers, args.timeout, args.format)
     return 1 if counts["bug"] + counts["crash"] + counts["hang"] + counts["not run"] else 0
 
 

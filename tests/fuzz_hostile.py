@@ -11,7 +11,8 @@ File mutations:
     device      one file is a symlink to /dev/zero, /dev/urandom or /dev/null
     sparse      one file claims gigabytes (sparse: nothing is written)
     digits      an integer of thousands of digits in params.json or as a tokenizer rank
-    change      the .pth shrinks (cut at a random byte) or grows (bytes appended) after the
+                (Meta folders; in a Hugging Face folder this draw becomes a change)
+    change      the .pth (model.safetensors) shrinks (cut at a random byte) or grows (bytes appended) after the
                 folder was checked and before its tensors are read (Checkpoint.read_tensors)
 Pickle mutations (each re-packed into the zip by tests/fuzzing.py):
     frame       the pickle's opcodes regrouped into FRAMEs, well-formed or not (too long, across
@@ -77,10 +78,11 @@ def write(path: Path, data: bytes | Special) -> None:
             f.truncate(data.size)
 
 
-def mutate_files(files: dict, rng: random.Random) -> tuple[dict, str]:
-    """One file-level mutation of the folder (see the module docstring)."""
+def mutate_files(files: dict, rng: random.Random, weights: str = PTH) -> tuple[dict, str]:
+    """One file-level mutation of the folder (see the module docstring); `weights` is the file
+    that changes between checking and reading (a Hugging Face folder's model.safetensors)."""
     files = dict(files)
-    name = rng.choice([PTH, PARAMS, TOKENIZER])
+    name = rng.choice(sorted(n for n in files if n != CHANGE))
     kind = rng.choice(["fifo", "device", "sparse", "digits", "change", "change"])
     if kind == "fifo":
         files[name] = Special("fifo")
@@ -93,19 +95,19 @@ def mutate_files(files: dict, rng: random.Random) -> tuple[dict, str]:
         size = rng.choice([33 << 20, 2 << 30, 64 << 30])
         files[name] = Special("sparse", size=size)
         return files, f"files: {name} is a sparse file of {size} bytes"
-    if kind == "digits" and isinstance(files[PARAMS], bytes) and isinstance(files[TOKENIZER], bytes):
+    if kind == "digits" and isinstance(files.get(PARAMS), bytes) and isinstance(files.get(TOKENIZER), bytes):
         digits = b"9" * rng.choice([4301, 5000, 100_000])
         if rng.random() < 0.5:
             files[PARAMS] = files[PARAMS].replace(b'"dim": 32', b'"dim": ' + digits)
             return files, f"files: params.json dim has {len(digits)} digits"
         files[TOKENIZER] = files[TOKENIZER].replace(b" 300\n", b" " + digits + b"\n")
         return files, f"files: tokenizer rank 300 has {len(digits)} digits"
-    size = len(files[PTH]) if isinstance(files[PTH], bytes) else 1 << 16
+    size = len(files[weights]) if isinstance(files[weights], bytes) else 1 << 16
     if rng.random() < 0.6:
         files[CHANGE] = Change("truncate", size=rng.randrange(size))
-        return files, f"files: {PTH} cut to {files[CHANGE].size} bytes between checking and reading"
+        return files, f"files: {weights} cut to {files[CHANGE].size} bytes between checking and reading"
     files[CHANGE] = Change("append", data=bytes(rng.randrange(256) for _ in range(rng.choice([1, 100, 70_000]))))
-    return files, f"files: {PTH} grows by {len(files[CHANGE].data)} bytes between checking and reading"
+    return files, f"files: {weights} grows by {len(files[CHANGE].data)} bytes between checking and reading"
 
 
 # --- pickles -------------------------------------------------------------------------------------

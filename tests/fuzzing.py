@@ -24,6 +24,17 @@ The base folder is Meta's layout at toy size: consolidated.00.pth written by tor
                   a .pth that shrinks or grows between reads; FRAME tricks, colliding keys,
                   names with 5000-digit layer indices or escape codes in data.pkl
 
+A second base, a Hugging Face folder of the same toy model (tests/hfmodel.py: model.safetensors,
+config.json, tokenizer.json, generation_config.json; `hf_base_files`), gets its own mutations:
+
+    safetensors   bytes flipped anywhere / in the header, truncated, the header length changed,
+                  header entries edited (dtype, shape, data_offsets, __metadata__, a name given
+                  twice, an entry dropped or added), weights set to NaN/Inf
+    config.json   keys dropped, values changed to wrong types or extremes, JSON broken
+    tokenizer.json  merges dropped or swapped, vocab ids changed, added tokens dropped, bytes flipped
+    files         as for the Meta folder (FIFOs, devices, sparse giants; model.safetensors shrinks
+                  or grows between checking and reading)
+
 The contract each case checks: the folder either loads (load_model_files, Tokenizer, and then
 llama_nb.load_model + one forward pass + a few greedy tokens, whose ids must be valid even when
 the weights hold NaN) or is refused with a LlamaNbError whose message is one printable line. Any other
@@ -40,6 +51,7 @@ import random
 import shutil
 import signal
 import struct
+import tempfile
 import traceback
 import warnings
 import zipfile
@@ -52,6 +64,9 @@ import numpy as np
 from tests import fuzz_hostile
 
 PTH, PARAMS, TOKENIZER = "consolidated.00.pth", "params.json", "tokenizer.model"
+SAFETENSORS, CONFIG, TOKENIZER_JSON, GENERATION = "model.safetensors", "config.json", "tokenizer.json", \
+    "generation_config.json"
+HF_FILES = (SAFETENSORS, CONFIG, TOKENIZER_JSON, GENERATION)
 MARKER = "MARKER"  # created by a hostile payload if it ever runs
 CTX = 16
 BASE_PARAMS = dict(dim=32, n_layers=1, n_heads=4, n_kv_heads=2, vocab_size=256 + 64 + 256, multiple_of=32)
@@ -91,6 +106,43 @@ def write_base_model(folder: Path) -> Path:
 def base_files(folder: Path) -> dict[str, bytes]:
     write_base_model(folder)
     return {name: (folder / name).read_bytes() for name in (PTH, PARAMS, TOKENIZER)}
+
+
+def write_hf_base_model(folder: Path) -> Path:
+    """The same toy model as a Hugging Face folder (needs torch, safetensors, transformers: test-only)."""
+    from tests import hfmodel
+
+    shape = dict(dim=BASE_PARAMS["dim"], n_layers=BASE_PARAMS["n_layers"], n_heads=BASE_PARAMS["n_heads"],
+                 n_kv_heads=BASE_PARAMS["n_kv_heads"], rope="3.1", tied=False)
+    return hfmodel.write_small_hf_folder(folder, shape, seed=11)
+
+
+def hf_base_files(folder: Path) -> dict[str, bytes]:
+    write_hf_base_model(folder)
+    return {name: (folder / name).read_bytes() for name in HF_FILES}
+
+
+def warm_up(folder: Path) -> str:
+    """load_and_run on a base folder before any case is timed. For the Hugging Face base also on
+    copies with every tensor stored as F16 and as F32: a case that changes one tensor's dtype loads
+    (the formats mix), and must not pay for compiling that format's kernels within its time limit."""
+    detail = load_and_run(folder)
+    if (folder / SAFETENSORS).exists():
+        import torch
+        from safetensors.torch import load_file, save_file
+
+        tensors = load_file(folder / SAFETENSORS)
+        with tempfile.TemporaryDirectory() as tmp:  # this process's own: workers share the base folder
+            for dtype in (torch.float16, torch.float32):
+                copy = Path(tmp) / str(dtype).split(".")[-1]
+                shutil.copytree(folder, copy)
+                save_file({k: v.to(dtype) for k, v in tensors.items()}, copy / SAFETENSORS)
+                load_and_run(copy)
+    return detail
+
+
+# each base: its writer and its files (bench/fuzz.py --format)
+FORMATS = {"meta": (write_base_model, (PTH, PARAMS, TOKENIZER)), "hf": (write_hf_base_model, HF_FILES)}
 
 
 # --- zip and pickle surgery ------------------------------------------------------------------------
@@ -271,29 +323,32 @@ def mutate_pth(data: bytes, rng: random.Random, marker: Path) -> tuple[bytes, st
     return pack_zip([(n, new_pkl if n == pkl_name else d) for n, d in entries]), what
 
 
-def mutate_params(data: bytes, rng: random.Random) -> tuple[bytes, str]:
+def mutate_params(data: bytes, rng: random.Random, name: str = PARAMS,
+                  optional: tuple[str, ...] = ("ffn_dim_multiplier", "n_kv_heads", "use_scaled_rope")) -> tuple[bytes, str]:
+    """A JSON object of hyperparameters (params.json, config.json, generation_config.json) mutated;
+    `optional`: keys the file may lack, which a mutation may add."""
     kind = rng.choice(["value", "value", "drop", "break", "bytes", "top"])
     if kind == "break":
         cut = rng.randrange(len(data))
-        return data[:cut], f"params.json: truncated at {cut}"
+        return data[:cut], f"{name}: truncated at {cut}"
     if kind == "bytes":
-        return _flip(data, rng), "params.json: bytes flipped"
+        return _flip(data, rng), f"{name}: bytes flipped"
     if kind == "top":
         text = rng.choice(["[]", "null", "3", '"dim"', "[" * 100_000, '{"dim": ' * 50_000])
-        return text.encode(), f"params.json: {text[:12]}..."
+        return text.encode(), f"{name}: {text[:12]}..."
     try:
         params = json.loads(data)
         assert isinstance(params, dict)
     except Exception:  # noqa: BLE001 - a second mutation of an already broken file: bytes only
-        return _flip(data, rng), "params.json: bytes flipped"
-    key = rng.choice(sorted(params) + ["ffn_dim_multiplier", "n_kv_heads", "use_scaled_rope"])
+        return _flip(data, rng), f"{name}: bytes flipped"
+    key = rng.choice(sorted(params) + list(optional))
     if kind == "drop":
         params.pop(key, None)
-        return json.dumps(params).encode(), f"params.json: {key} dropped"
+        return json.dumps(params).encode(), f"{name}: {key} dropped"
     value = rng.choice([0, -1, 1, 2, 3, 7, 64, 2**31, 2**64, 10**400 // 10**390, 0.5, 1e-30, 1e30, 1e308, -2.5, True,
                         False, None, "4", [], {}, params.get(key, 1) * 2 if isinstance(params.get(key), int) else 2])
     params[key] = value
-    return json.dumps(params).encode(), f"params.json: {key} = {value!r}"
+    return json.dumps(params).encode(), f"{name}: {key} = {value!r}"
 
 
 def mutate_tokenizer(data: bytes, rng: random.Random) -> tuple[bytes, str]:
@@ -330,6 +385,8 @@ def _mutate_lines(data: bytes, rng: random.Random) -> tuple[bytes, str]:
 
 def mutate(files: dict[str, bytes], rng: random.Random, marker: Path) -> tuple[dict[str, bytes], list[str]]:
     """One or two mutations of the folder's files; returns the new files and what was done."""
+    if CONFIG in files:
+        return mutate_hf(files, rng)
     files = dict(files)
     done = []
     for _ in range(1 if rng.random() < 0.85 else 2):
@@ -342,6 +399,134 @@ def mutate(files: dict[str, bytes], rng: random.Random, marker: Path) -> tuple[d
             files[PARAMS], what = mutate_params(files[PARAMS], rng)
         else:
             files[TOKENIZER], what = mutate_tokenizer(files[TOKENIZER], rng)
+        done.append(what)
+    return files, done
+
+
+# --- mutations of a Hugging Face folder -------------------------------------------------------------
+
+
+def _header(data: bytes) -> tuple[dict, bytes]:
+    """A safetensors file's header (parsed) and its data section."""
+    (n,) = struct.unpack("<Q", data[:8])
+    return json.loads(data[8 : 8 + n]), data[8 + n :]
+
+
+def _pack_header(header: dict | bytes, body: bytes) -> bytes:
+    raw = header if isinstance(header, bytes) else json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    return struct.pack("<Q", len(raw)) + raw + body
+
+
+def mutate_safetensors(data: bytes, rng: random.Random) -> tuple[bytes, str]:
+    kind = rng.choice(["flip", "flip_header", "truncate", "length", "weights", "entry", "entry", "entry",
+                       "duplicate", "drop", "add", "metadata"])
+    try:
+        header, body = _header(data)
+        names = sorted(k for k in header if k != "__metadata__")
+        assert names
+    except Exception:  # noqa: BLE001 - a second mutation of an already broken file: bytes only
+        header, body, names, kind = {}, b"", [], rng.choice(["flip", "truncate"])
+    if kind == "flip":
+        return _flip(data, rng), "safetensors: bytes flipped anywhere"
+    if kind == "truncate":
+        cut = rng.randrange(len(data))
+        return data[:cut], f"safetensors: truncated at byte {cut} of {len(data)}"
+    if kind == "flip_header":
+        return _flip(data, rng, 0, min(len(data), 8 + len(json.dumps(header)))), "safetensors: header bytes flipped"
+    if kind == "length":
+        n = rng.choice([0, 1, 7, len(data), len(data) - 8, 2**31, 2**63, 2**64 - 1])
+        return struct.pack("<Q", n) + data[8:], f"safetensors: header length set to {n}"
+    name = rng.choice(names)
+    if kind == "weights":
+        offsets = header[name].get("data_offsets") if isinstance(header[name], dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
+                and 0 <= offsets[0] < offsets[1] - 1 < len(body)):  # an entry a first mutation broke
+            return _flip(data, rng), "safetensors: bytes flipped anywhere"
+        begin, end = offsets
+        raw = bytearray(body)
+        special = rng.choice([0x7FC0, 0x7F80, 0xFF80, 0x7F7F, 0x0001, rng.randrange(65536)])
+        for _ in range(rng.randint(1, 16)):
+            i = rng.randrange(begin, end, 2)
+            raw[i : i + 2] = struct.pack("<H", special)
+        return _pack_header(header, bytes(raw)), f"safetensors: weights of {name} set to bf16 0x{special:04x}"
+    if not isinstance(header[name], dict):
+        return _flip(data, rng), "safetensors: bytes flipped anywhere"
+    if kind == "entry":
+        field = rng.choice(["dtype", "shape", "data_offsets"])
+        value = {"dtype": lambda: rng.choice(["F16", "F32", "F64", "I8", "U8", "BOOL", "F8_E4M3", "bf16", 3, None]),
+                 "shape": lambda: rng.choice([[], [0], [-1, 32], [32], [32, 32, 1], [2**40, 2**40], [True], "32",
+                                              list(header[name].get("shape") or [])[::-1]]),
+                 "data_offsets": lambda: rng.choice([[0, 0], [0, 64], [1, 2**63], [-2, 0], [2, 1], [0],
+                                                     [len(body) - 64, len(body)], [len(body), len(body) + 64]])}[field]()
+        header[name][field] = value
+        return _pack_header(header, body), f"safetensors: {name}.{field} = {value!r}"
+    if kind == "duplicate":  # the same name twice in the JSON text: the second entry another tensor's
+        other = header[rng.choice(names)]
+        text = json.dumps(header)[:-1] + f", {json.dumps(name)}: {json.dumps(other)}}}"
+        return _pack_header(text.encode(), body), f"safetensors: {name} appears twice"
+    if kind == "drop":
+        del header[name]
+        return _pack_header(header, body), f"safetensors: entry {name} dropped"
+    if kind == "add":
+        new = rng.choice(["model.layers.1.mlp.up_proj.weight", "model.rotary_emb.inv_freq", name + "x", "lm_head.bias"])
+        header[new] = dict(header[name])
+        return _pack_header(header, body), f"safetensors: entry {new} added as a copy of {name}"
+    header["__metadata__"] = rng.choice([{"format": 3}, [], "pt", {"format": "pt", "x": None}])
+    return _pack_header(header, body), f"safetensors: __metadata__ = {header['__metadata__']!r}"
+
+
+def mutate_tokenizer_json(data: bytes, rng: random.Random) -> tuple[bytes, str]:
+    kind = rng.choice(["merge_drop", "merge_swap", "vocab_id", "added_drop", "added_id", "bytes", "truncate"])
+    try:
+        tok = json.loads(data)
+        merges, vocab, added = tok["model"]["merges"], tok["model"]["vocab"], tok["added_tokens"]
+        assert merges and vocab and added
+    except Exception:  # noqa: BLE001 - a second mutation of an already broken file: bytes only
+        kind = rng.choice(["bytes", "truncate"])
+    if kind == "bytes":
+        return _flip(data, rng), "tokenizer.json: bytes flipped"
+    if kind == "truncate":
+        cut = rng.randrange(len(data))
+        return data[:cut], f"tokenizer.json: truncated at {cut}"
+    if kind == "merge_drop":
+        k = rng.randrange(len(merges))
+        del merges[k]
+        what = f"merge {k} dropped"
+    elif kind == "merge_swap":
+        i, j = rng.randrange(len(merges)), rng.randrange(len(merges))
+        merges[i], merges[j] = merges[j], merges[i]
+        what = f"merges {i} and {j} swapped"
+    elif kind == "vocab_id":
+        token = rng.choice(sorted(vocab))
+        vocab[token] = rng.choice([0, 255, 319, 320, 575, 10**6, -1, "7", None])
+        what = f"vocab id of {token!r} = {vocab[token]!r}"
+    elif kind == "added_drop":
+        k = rng.randrange(len(added))
+        what = f"added token {added.pop(k)['content']} dropped"
+    else:
+        k = rng.randrange(len(added))
+        added[k]["id"] = rng.choice([0, 319, 575, 576, 2**40, "x"])
+        what = f"added token {added[k]['content']} id = {added[k]['id']!r}"
+    return json.dumps(tok).encode(), f"tokenizer.json: {what}"
+
+
+def mutate_hf(files: dict, rng: random.Random) -> tuple[dict, list[str]]:
+    """One or two mutations of a Hugging Face folder's files."""
+    files = dict(files)
+    done = []
+    for _ in range(1 if rng.random() < 0.85 else 2):
+        target = rng.choices([SAFETENSORS, CONFIG, TOKENIZER_JSON, GENERATION, "files"], weights=[55, 15, 12, 8, 10])[0]
+        if target == "files" or not isinstance(files[target], bytes):
+            files, what = fuzz_hostile.mutate_files(files, rng, weights=SAFETENSORS)
+        elif target == SAFETENSORS:
+            files[target], what = mutate_safetensors(files[target], rng)
+        elif target == TOKENIZER_JSON:
+            files[target], what = mutate_tokenizer_json(files[target], rng)
+        else:
+            optional = ("num_key_value_heads", "head_dim", "rope_parameters", "tie_word_embeddings", "attention_bias") \
+                if target == CONFIG else ("bos_token_id",)
+            files[target], what = mutate_params(files[target], rng, target, optional)
         done.append(what)
     return files, done
 
@@ -428,13 +613,12 @@ def load_and_run(folder: Path, change: fuzz_hostile.Change | None = None) -> str
     A `change` to the .pth is made after the folder was checked, before its tensors are read."""
     import llama_nb
     from llama_nb.io.checkpoint import load_model_files
-    from llama_nb.io.tokenizer import Tokenizer
 
     files = load_model_files(folder)
     if change is not None:
-        change.apply(folder / PTH)
+        change.apply(folder / (SAFETENSORS if (folder / CONFIG).exists() else PTH))
         files.checkpoint.read_tensors()  # a file cut short: a CheckpointError, never a SIGBUS
-    tokenizer = Tokenizer(files.tokenizer_path, vocab_size=files.args.vocab_size)
+    tokenizer = files.load_tokenizer()
     llm = llama_nb.load_model(folder, ctx=CTX)
     ids = tokenizer.encode("the cat", bos=True, eos=False)
     logits = llm.forward(ids, 0)

@@ -1,5 +1,8 @@
 """The mutation fuzzer (tests/fuzzing.py) in CI: a few hundred seeded cases, each loads or is refused.
 
+Two bases: Meta's folder (300 cases) and the same toy model as a Hugging Face folder (150 cases:
+safetensors headers, config.json, tokenizer.json, generation_config.json, special files).
+
 A case that loads also runs llama_nb.load_model, one forward pass and three greedy tokens, so
 flipped weights (NaN, Inf) must still give valid token ids. Any other exception, a multi-line
 message, a payload that ran, or a case over its time limit fails the test with the case number;
@@ -55,6 +58,33 @@ def test_fuzz_cases_load_or_are_refused(base, tmp_path):
     assert outcomes["loaded"] > CASES // 10 and outcomes["refused"] > CASES // 2, outcomes
     assert mutations["pickle", "refused"] > 20 and mutations["pth", "loaded"] > 5, mutations
     assert elapsed < 60, f"{CASES} cases took {elapsed:.1f} s"
+
+
+HF_CASES = 150
+
+
+@pytest.fixture(scope="module")
+def hf_base(tmp_path_factory, base):  # after `base`: the kernels are compiled
+    folder = tmp_path_factory.mktemp("fuzz_hf") / "base"
+    files = fuzzing.hf_base_files(folder)
+    assert fuzzing.warm_up(folder).endswith("logits finite")
+    return files
+
+
+def test_fuzz_hf_folder_cases_load_or_are_refused(hf_base, tmp_path):
+    """The Hugging Face folder's mutations (safetensors header, config.json, tokenizer.json, files)."""
+    outcomes = collections.Counter()
+    mutations = collections.Counter()
+    for case in range(HF_CASES):
+        with fuzzing.time_limit(CASE_SECONDS):
+            result = fuzzing.run_case(hf_base, SEED, case, tmp_path)  # raises FuzzFailure on a bug
+        outcomes[result.outcome] += 1
+        for what in result.mutations:
+            mutations[what.split(":")[0], result.outcome] += 1
+    assert outcomes["loaded"] > HF_CASES // 10 and outcomes["refused"] > HF_CASES // 2, outcomes
+    kinds = {kind for kind, _ in mutations}
+    assert {"safetensors", "config.json", "tokenizer.json", "files"} <= kinds, mutations
+    assert mutations["safetensors", "refused"] > 20 and mutations["safetensors", "loaded"] > 3, mutations
 
 
 # Every hostile mutation of tests/fuzz_hostile.py, by a phrase of its description, and what it must

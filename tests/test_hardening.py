@@ -332,7 +332,7 @@ CATEGORIES = {
                            fuzzing.TOKENIZER + ":2", "rank is not a non-negative integer", False),
     "Hugging Face folder": (lambda f: [(f / n).unlink() for n in (fuzzing.PTH, fuzzing.PARAMS)]
                             + [(f / "config.json").write_text("{}"), (f / "model.safetensors").write_bytes(b"{}")],
-                            "", "a Hugging Face transformers folder (config.json + safetensors)", True),
+                            "config.json", "not a Llama model; llama_nb reads LlamaForCausalLM", True),
     "GGUF folder": (lambda f: [(f / fuzzing.PTH).unlink(), (f / "llama-3.2-1b.Q4_K_M.gguf").write_bytes(b"GGUF")],
                     "", "holds GGUF files (llama-3.2-1b.Q4_K_M.gguf), llama.cpp's format", True),
 }

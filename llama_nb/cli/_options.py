@@ -19,7 +19,8 @@ HOW_TO_GET_WEIGHTS = (
     "llama-nb needs Meta's original Llama 3.x files (consolidated.00.pth, params.json, "
     "tokenizer.model). Request access at https://llama.meta.com/llama-downloads/, download "
     "'meta-llama-3.1-8b-instruct' with Meta's download.sh (or `llama model download`), and move "
-    "the folder Meta-Llama-3.1-8B-Instruct into ./models-original/, or pass --model DIR."
+    "the folder Meta-Llama-3.1-8B-Instruct into ./models-original/, or pass --model DIR. A Hugging Face "
+    "folder works too: `huggingface-cli download meta-llama/Llama-3.1-8B-Instruct --local-dir DIR`."
 )
 
 ModelOpt = Annotated[
@@ -27,7 +28,8 @@ ModelOpt = Annotated[
     typer.Option(
         "--model",
         "-m",
-        help="Folder with Meta's consolidated.00.pth, params.json and tokenizer.model [default: "
+        help="Folder with Meta's consolidated.00.pth, params.json and tokenizer.model, or a Hugging Face "
+        "folder (config.json, *.safetensors, tokenizer.json) [default: "
         f"${MODEL_ENV}, else a Llama folder in ./{LOCAL_MODELS}/, else in {META_CHECKPOINTS}/, else the "
         "built-in demo model].",
         show_default=False,

@@ -1,6 +1,6 @@
 """`llama-nb tokenize TEXT`: the token ids of a text and the piece each one stands for.
 
-Needs only DIR/tokenizer.model. The table shows each piece readably: spaces as ␣, newlines as ↵,
+Needs only DIR/tokenizer.model (or a Hugging Face folder's tokenizer.json). The table shows each piece readably: spaces as ␣, newlines as ↵,
 tabs as →, other control characters escaped, and a token that is not valid UTF-8 on its own (part
 of an emoji or CJK character) as the repr of its bytes, e.g. b'\\xf0\\x9f'. `--json` prints
 {"ids": [...], "pieces": [...]} where a piece is the token's exact text, or that bytes repr.

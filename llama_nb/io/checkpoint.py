@@ -25,8 +25,9 @@ tensors:
     output.weight                       bf16[vocab_size, dim]   optional: absent = tied to
                                                                 tok_embeddings (Llama 3.2 1B/3B)
 
-Folders in other formats (Hugging Face safetensors, GGUF, sharded 70B/405B) are recognised and
-refused with a message saying what they are and what llama_nb expects.
+A Hugging Face folder (config.json + safetensors + tokenizer.json) is read by llama_nb.io.hf into
+the same ModelFiles, under Meta's names. Folders in other formats (GGUF, sharded 70B/405B .pth) are
+recognised and refused with a message saying what they are and what llama_nb expects.
 """
 
 from __future__ import annotations
@@ -107,6 +108,10 @@ def load_model_files(folder: str | Path, *, require_tokenizer: bool = True) -> M
     """Find, read and cross-check a Meta model folder; a one-line CheckpointError on any problem."""
     folder = Path(folder)
     check_folder(folder)
+    if _is_hf_folder(folder):
+        from llama_nb.io.hf import load_hf_folder  # imports this module
+
+        return load_hf_folder(folder, require_tokenizer=require_tokenizer)
     args = ModelArgs.from_file(folder / PARAMS_NAME)
     tokenizer_path: Path | None = folder / TOKENIZER_NAME
     if not tokenizer_path.exists():
@@ -122,6 +127,10 @@ def load_model_files(folder: str | Path, *, require_tokenizer: bool = True) -> M
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
     """The tokenizer of a model, without reading its weights (`llama-nb tokenize`)."""
+    if not (Path(path) / TOKENIZER_NAME).exists() and (Path(path) / "tokenizer.json").exists():
+        from llama_nb.io.hf import load_hf_tokenizer  # tokenizer.json (+ generation_config.json)
+
+        return load_hf_tokenizer(Path(path))
     return Tokenizer(Path(path) / TOKENIZER_NAME)
 
 
@@ -208,13 +217,8 @@ def check_folder(folder: Path) -> None:
         )
     if (folder / CHECKPOINT_NAME).exists():  # not is_file(): a FIFO there is refused by load_pth, naming it
         return
-    if (folder / "config.json").is_file() and (
-        any(folder.glob("*.safetensors")) or (folder / "model.safetensors.index.json").is_file()
-    ):
-        hint = ""
-        if (folder / "original" / CHECKPOINT_NAME).is_file():
-            hint = f"; Meta's files are in its original/ subfolder: use --model {folder / 'original'}"
-        raise CheckpointError(f"{folder}: a Hugging Face transformers folder (config.json + safetensors){hint}; {_EXPECTS}")
+    if _is_hf_folder(folder):  # read by llama_nb.io.hf (which hints at original/ when it refuses one)
+        return
     ggufs = sorted(shown(p.name, quote=False) for p in folder.glob("*.gguf"))  # names in a folder: escaped too
     if ggufs:
         raise CheckpointError(f"{folder}: holds GGUF files ({ggufs[0]}), llama.cpp's format; {_EXPECTS}")
@@ -222,6 +226,13 @@ def check_folder(folder: Path) -> None:
     if others:
         raise CheckpointError(f"{folder}: no {CHECKPOINT_NAME} (found {', '.join(others[:3])}); {_EXPECTS}")
     raise CheckpointError(f"{folder / CHECKPOINT_NAME}: no such file; {_EXPECTS}")
+
+
+def _is_hf_folder(folder: Path) -> bool:
+    """config.json beside safetensors weights: a Hugging Face folder (llama_nb.io.hf reads it).
+    exists(), not is_file(): a FIFO there is refused by its reader, naming it."""
+    return (folder / "config.json").exists() and (
+        (folder / "model.safetensors.index.json").exists() or any(folder.glob("*.safetensors")))
 
 
 def _first(names: list[str], n: int = 4) -> str:

@@ -29,7 +29,6 @@ Derived sizes, as Meta's model.py computes them:
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 from dataclasses import dataclass, field, replace
@@ -37,10 +36,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from llama_nb.errors import CheckpointError
-from llama_nb.io.files import read_regular_file
+from llama_nb.io.jsonfile import read_json
 
 MAX_PARAMS_BYTES = 1 << 20  # Meta's params.json is ~250 bytes
-MAX_INT_DIGITS = 20  # 2**64 has 20 digits
 # Ranges outside which the forward pass computes garbage without a word (see from_dict).
 ROPE_THETA_RANGE = (1.0, 1e12)  # Meta: 500000 (Llama 3), 10000 (Llama 2)
 NORM_EPS_RANGE = (1e-12, 1.0)  # Meta: 1e-5; in float32, 1e-12 still keeps 0 / sqrt(0 + eps) finite
@@ -239,28 +237,9 @@ class ModelArgs:
     def from_file(cls, path: str | Path) -> "ModelArgs":
         """Read and validate params.json; every failure is a one-line CheckpointError naming it."""
         path = Path(path)
-        raw = read_regular_file(path, MAX_PARAMS_BYTES, "params.json",
-                                missing="no such file (Meta's model folders include params.json)")
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise CheckpointError(f"{path}: not UTF-8 text (byte {exc.start}); expected Meta's params.json") from None
-        try:
-            data = json.loads(text, parse_int=functools.partial(_json_int, path))
-        except json.JSONDecodeError as exc:
-            raise CheckpointError(f"{path}: not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
-        except RecursionError:
-            raise CheckpointError(f"{path}: not valid JSON: nested too deeply") from None
+        data = read_json(path, MAX_PARAMS_BYTES, "params.json",
+                         missing="no such file (Meta's model folders include params.json)")
         return cls.from_dict(data, source=str(path))
-
-
-def _json_int(path: Path, digits: str) -> int:
-    """An integer of params.json, refused past MAX_INT_DIGITS digits: no size is that large, and
-    int() of a string of more than 4300 digits is a ValueError (Python's int-to-str limit)."""
-    if len(digits.lstrip("-")) > MAX_INT_DIGITS:
-        raise CheckpointError(f"{path}: an integer of {len(digits)} digits; params.json holds sizes of at most "
-                              f"{MAX_INT_DIGITS} digits")
-    return int(digits)
 
 
 _FIELDS = (
