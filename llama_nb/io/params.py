@@ -110,7 +110,7 @@ def default_rope_scaling(dim: int, n_heads: int, n_kv_heads: int) -> RopeScaling
     1B/3B widths (as trained), Meta's constants (factor 8) for every other shape."""
     name = LLAMA32_SMALL_SHAPES.get((dim, n_heads, n_kv_heads))
     if name is not None:
-        return RopeScaling(factor=32.0, source=f"{name} shape (factor 32 as trained; Meta's model.py says 8)")
+        return RopeScaling(factor=32.0, source=f"{name} widths (factor 32 as trained; Meta's model.py says 8)")
     return RopeScaling()
 
 
