@@ -36,6 +36,7 @@ from llama_nb.io.chat import ChatFormat
 from llama_nb.io.checkpoint import ModelFiles, load_model_files
 from llama_nb.io.params import ModelArgs
 from llama_nb.io.tokenizer import Tokenizer
+from llama_nb.model.batch import BatchEvent, generate_batch
 from llama_nb.model.generate import GenerationStats, TokenEvent, generate
 from llama_nb.model.transformer import RunState, Transformer, Weights, check_ctx, check_slots, check_threads
 from llama_nb.ops.opset import OpSet
@@ -198,6 +199,11 @@ class Llama:
             temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
             stop_tokens=stop_tokens, stats=stats,
         )
+
+    def generate_batch(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, **sampling) -> Iterator[BatchEvent]:
+        """Stream BatchEvents for every prompt, `slots` of them decoded together (see model.batch)."""
+        self.compile()
+        return generate_batch(self.model, self.tokenizer, prompts, max_new_tokens, **sampling)
 
     def encode_prompt(self, text: str, *, chat: bool = False, system: str | None = None) -> list[int]:
         """Token ids for a text completion (BOS once) or, with chat/system, Meta's chat template."""
