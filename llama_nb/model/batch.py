@@ -222,15 +222,17 @@ class BatchGenerator:
         events.append(BatchEvent(seq.id, None, seq.stats.tail_text, seq.pos, seq.stats.generated_tokens, seconds, reason))
 
     def _admit(self) -> None:
-        """Waiting sequences into free slots, each into the one whose cache shares most of its prompt."""
-        while self.waiting:
-            free = [slot for slot, owner in enumerate(self.owner) if owner is None]
-            if not free:
-                return
-            seq = self.waiting.popleft()
-            shared = {slot: common_prefix(self.cached[slot], seq.prompt) for slot in free}
-            slot = max(free, key=lambda s: (shared[s], -self.last_used[s]))
-            reuse = min(shared[slot], len(seq.prompt) - 1)  # the last prompt token runs, for its logits
+        """Waiting sequences into free slots (first come, first served), each into the free slot whose
+        cache shares most of its prompt: those that share most choose first, so a conversation's
+        next turn finds its slot even when another request arrived before it."""
+        free = [slot for slot, owner in enumerate(self.owner) if owner is None]
+        admitted = [self.waiting.popleft() for _ in range(min(len(free), len(self.waiting)))]
+        shared = {(seq.id, slot): common_prefix(self.cached[slot], seq.prompt) for seq in admitted for slot in free}
+        admitted.sort(key=lambda seq: -max(shared[seq.id, slot] for slot in free))
+        for seq in admitted:
+            slot = max(free, key=lambda s: (shared[seq.id, s], -self.last_used[s]))
+            free.remove(slot)
+            reuse = min(shared[seq.id, slot], len(seq.prompt) - 1)  # the last prompt token runs, for its logits
             del self.cached[slot][reuse:]
             seq.slot, seq.fed, seq.pos = slot, reuse, reuse
             seq.stats.start_pos = seq.stats.cache_end = reuse
