@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import openai
 import pytest
 
 from llama_nb.demo import demo_model_dir
+from tests.test_readme import NOT_RUN, README, help_examples
 
 ROOT = Path(__file__).resolve().parent.parent
 CTX = 256
@@ -28,11 +30,11 @@ PROMPTS = ["Who made the heaven and the earth?", "And what of the sea?", "Blesse
 
 
 class Server:
-    """A `llama-nb serve --port 0` subprocess; .base is its http://127.0.0.1:PORT."""
+    """A `llama-nb serve` subprocess on a free port (the last --port wins); .base is its http://127.0.0.1:PORT."""
 
-    def __init__(self, *args: str):
-        self.proc = subprocess.Popen([sys.executable, "-m", "llama_nb", "serve", "--model", str(demo_model_dir()),
-                                      "--port", "0", "--ctx", str(CTX), *args], cwd=ROOT, text=True,
+    def __init__(self, *args: str, command: tuple[str, ...] = ("serve", "--ctx", str(CTX))):
+        self.proc = subprocess.Popen([sys.executable, "-m", "llama_nb", *command, *args, "--model", str(demo_model_dir()),
+                                      "--port", "0"], cwd=ROOT, text=True,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ))
         self.lines: list[str] = []
         deadline = time.monotonic() + 120
@@ -201,6 +203,43 @@ def test_unknown_fields_are_tolerated_and_broken_bodies_refused(server):
     assert chat(server.client(), "hi", max_tokens=2).usage.completion_tokens == 2
 
 
+def documented(prefix: str) -> list[str]:
+    """The README's command lines that start with `prefix` (test_readme.py leaves them to this file)."""
+    return [line.split("  #")[0].strip() for line in NOT_RUN if line.startswith(prefix)]
+
+
+def test_the_documented_serve_commands_start_and_stop():
+    commands = set(documented("llama-nb serve")) | {e for path, e in help_examples() if path == "llama-nb serve"}
+    assert len(commands) >= 2
+    for line in sorted(commands):
+        argv = shlex.split(line)[1:]
+        s = Server(command=tuple(argv))
+        try:
+            key = argv[argv.index("--api-key") + 1] if "--api-key" in argv else "none"
+            assert s.client(key).models.list().data[0].id == "demo", line
+            assert s.stop(signal.SIGINT) == 130, line
+        finally:
+            if s.proc.poll() is None:
+                s.proc.kill()
+
+
+def test_the_readme_curl_and_client_examples(server, capsys):
+    import json
+
+    host = server.base.removeprefix("http://")
+    for line in documented("curl"):
+        out = subprocess.run(["bash", "-c", line.replace("localhost:8080", host)], capture_output=True, text=True,
+                             timeout=60).stdout
+        if '"stream": true' in line:
+            assert out.rstrip().endswith("data: [DONE]") and '"text_completion"' in out, out
+        else:
+            assert json.loads(out)["usage"]["completion_tokens"] == 16, out
+    (block,) = re.findall(r"```py\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
+    exec(compile(block.replace("http://127.0.0.1:8080", server.base), "README.md", "exec"), {})
+    printed = capsys.readouterr().out
+    assert re.search(r"\n\d+ prompt tokens, 16 generated\n$", printed), printed
+
+
 def test_sigint_ends_in_flight_streams_and_exits_cleanly(server):
     body = {"model": "demo", "prompt": "And it came to pass", "max_tokens": CTX - 20, "stream": True, "temperature": 0}
     with httpx.Client(timeout=30) as http, http.stream("POST", server.base + "/v1/completions", json=body) as response:
@@ -234,3 +273,4 @@ def test_api_key_and_sigterm(tmp_path):
     finally:
         if s.proc.poll() is None:
             s.proc.kill()
+

@@ -51,7 +51,7 @@ def serve(
 
       llama-nb serve --port 8000 --parallel 2 --ctx 8192 --api-key secret
 
-      llama-nb serve --host 0.0.0.0 --api-key secret
+    Each runs until Ctrl-C (or SIGTERM). Then: curl -s localhost:8080/v1/models
     """
     from llama_nb.cli._pipes import say
     from llama_nb.cli.run import load_for_cli
