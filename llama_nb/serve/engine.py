@@ -148,7 +148,7 @@ class Engine:
         spec = job.spec
         try:
             job.seq = self.batch.submit(spec.prompt, spec.max_tokens, temperature=spec.temperature,
-                                        top_p=spec.top_p, seed=spec.seed)
+                                        top_p=spec.top_p, seed=spec.seed, stop_tokens=() if spec.ignore_eos else None)
         except LlamaNbError as exc:
             job.emit("error", str(exc))
             return

@@ -4,7 +4,7 @@
     POST /v1/completions        prompt: a string, a list of one string, or a list of token ids
     both: model, max_tokens (chat also max_completion_tokens), temperature [0, 2] (default 1, as
           OpenAI's), top_p (0, 1], seed (integer), stop (a string or up to 4), n (1 only),
-          stream, stream_options.include_usage
+          stream, stream_options.include_usage; and ignore_eos (llama.cpp's and vLLM's extension)
 Fields this server does not know (frequency_penalty, user, logit_bias, ...) are tolerated and
 ignored, as OpenAI-compatible servers do; a known field with a bad value is a 400 naming it. A
 prompt that does not fit the context with the tokens asked for is refused (400,
@@ -55,6 +55,7 @@ class JobSpec:
     stop: list[str] = field(default_factory=list)
     stream: bool = False
     include_usage: bool = False
+    ignore_eos: bool = False  # llama.cpp's and vLLM's extension: run through end-of-text tokens (benchmarks)
 
 
 def _number(body: dict, name: str, low: float, high: float, default: float | None, low_open: bool = False) -> float | None:
@@ -104,6 +105,9 @@ def _common(body: Any, kind: str, prompt: list[int], ctx: int, max_tokens_names:
     stops = [] if stop is None else [stop] if isinstance(stop, str) else stop
     if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops) or len(stops) > MAX_STOPS:
         raise invalid("stop", f"expected a non-empty string or a list of at most {MAX_STOPS}, got {stop!r}")
+    ignore_eos = body.get("ignore_eos", False)
+    if not isinstance(ignore_eos, bool):
+        raise invalid("ignore_eos", f"expected true or false, got {ignore_eos!r}")
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise invalid("model", f"expected a string, got {model!r}")
@@ -118,7 +122,8 @@ def _common(body: Any, kind: str, prompt: list[int], ctx: int, max_tokens_names:
     return JobSpec(kind, prompt, max_tokens,
                    temperature=_number(body, "temperature", 0.0, 2.0, 1.0),
                    top_p=_number(body, "top_p", 0.0, 1.0, None, low_open=True),
-                   seed=_integer(body, "seed"), stop=stops, stream=bool(stream), include_usage=include_usage)
+                   seed=_integer(body, "seed"), stop=stops, stream=bool(stream), include_usage=include_usage,
+                   ignore_eos=ignore_eos)
 
 
 def _content(message: dict, index: int) -> str:
