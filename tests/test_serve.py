@@ -198,6 +198,8 @@ def test_unknown_fields_are_tolerated_and_broken_bodies_refused(server):
     for body in (b"{not json", b"[1, 2]", b'{"prompt": {"a": 1}}'):
         r = httpx.post(server.base + "/v1/completions", content=body)
         assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+    r = httpx.post(server.base + "/v1/completions", content=b'{"prompt": "' + b"a" * (2 << 20) + b'"}')
+    assert r.status_code == 413 and "larger than" in r.json()["error"]["message"]
     r = httpx.get(server.base + "/v1/nothing")
     assert r.status_code == 404 and "error" in r.json()
     assert chat(server.client(), "hi", max_tokens=2).usage.completion_tokens == 2

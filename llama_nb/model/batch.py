@@ -103,7 +103,8 @@ class BatchGenerator:
 
     def __init__(self, model: Transformer, tokenizer: Tokenizer, prefill_chunk: int = DEFAULT_PREFILL_CHUNK):
         if model.max_batch <= model.slots:
-            raise LlamaNbError(f"max_batch ({model.max_batch}) must exceed the number of slots ({model.slots})")
+            raise LlamaNbError(f"{model.slots} slots (--parallel) need passes of more than {model.slots} tokens, but "
+                               f"this model's passes hold {model.max_batch} (max_batch, at most --ctx)")
         self.model, self.tokenizer = model, tokenizer
         self.prefill_chunk = max(1, min(prefill_chunk, model.max_batch - model.slots))
         self.cached: list[list[int]] = [[] for _ in range(model.slots)]  # the ids each slot's cache holds

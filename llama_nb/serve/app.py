@@ -53,9 +53,19 @@ def create_app(engine: Engine, model_id: str, api_key: str | None = None) -> Sta
             raise ApiError(401, "Incorrect API key provided: pass it as 'Authorization: Bearer <key>'",
                            code="invalid_api_key")
 
+    # A body larger than a full context could be is refused before it is read whole (or tokenized):
+    # 64 bytes per token of context is more than any Llama 3 token takes, JSON-escaped.
+    max_body = (1 << 20) + 64 * llm.ctx
+
     async def read_json(request: Request):
+        body = bytearray()
+        async for piece in request.stream():
+            body += piece
+            if len(body) > max_body:
+                raise ApiError(413, f"the request body is larger than {max_body} bytes, more than a context of "
+                               f"{llm.ctx} tokens can hold")
         try:
-            return json.loads(await request.body())
+            return json.loads(bytes(body))
         except (ValueError, UnicodeDecodeError):
             raise ApiError(400, "the request body is not valid JSON") from None
 
@@ -129,6 +139,9 @@ def create_app(engine: Engine, model_id: str, api_key: str | None = None) -> Sta
     async def on_api_error(request: Request, exc: ApiError) -> Response:
         return error_response(exc)
 
+    async def on_bug(request: Request, exc: Exception) -> Response:  # uvicorn logs the traceback: a bug of ours
+        return error_response(ApiError(500, f"internal error: {type(exc).__name__}: {exc}", kind="server_error"))
+
     async def on_http_error(request: Request, exc: HTTPException) -> Response:
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
         return error_response(ApiError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}", kind=kind))
@@ -139,7 +152,8 @@ def create_app(engine: Engine, model_id: str, api_key: str | None = None) -> Sta
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
     ]
-    return Starlette(routes=routes, exception_handlers={ApiError: on_api_error, HTTPException: on_http_error})
+    return Starlette(routes=routes, exception_handlers={ApiError: on_api_error, HTTPException: on_http_error,
+                                                    Exception: on_bug})
 
 
 class Shape:
