@@ -18,7 +18,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from llama_nb.cli._options import CtxOpt, ImplOpt, MmapOpt, ModelOpt, PrecisionOpt, QuietOpt, ThreadsOpt
+from llama_nb.cli._options import CtxOpt, ImplOpt, MmapOpt, ModelOpt, PrecisionOpt, ThreadsOpt
 from llama_nb.errors import LlamaNbError
 
 API_KEY_ENV = "LLAMA_NB_API_KEY"
@@ -41,7 +41,7 @@ def serve(
     threads: ThreadsOpt = None,
     precision: PrecisionOpt = "bf16",
     mmap: MmapOpt = False,
-    quiet: QuietOpt = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No notes on stderr, not even the address.")] = False,
 ) -> None:
     """Serve the model over OpenAI's HTTP API: /v1/chat/completions, /v1/completions, /v1/models, /health.
 
