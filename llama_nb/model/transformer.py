@@ -249,7 +249,7 @@ class Transformer:
         self._check_span(tokens, start_pos)
         self.layer_seconds[:] = 0.0
         step = self.state.max_batch
-        with jit.threads(self.threads):
+        with jit.threads(self._pass_threads()):
             for lo in range(0, n, step):
                 hi = min(lo + step, n)
                 chunk = self._chunk_ids(((tokens, lo, hi),))
@@ -286,12 +286,16 @@ class Transformer:
         for slot, tokens, start_pos in sequences:
             spans.append((slot, lo, lo + len(tokens), start_pos))
             lo += len(tokens)
-        with jit.threads(self.threads):
+        with jit.threads(self._pass_threads()):
             chunk = self._chunk_ids([(tokens, 0, len(tokens)) for _, tokens, _ in sequences])
             self._forward_chunk(chunk, spans)
             logits = self._logits(spans)
             self._check_finite(logits, chunk, spans)
         return logits
+
+    def _pass_threads(self) -> int:
+        """Numba threads for the pass about to run (forward and forward_batch ask the same)."""
+        return self.threads
 
     def _check_span(self, tokens, start_pos: int) -> None:
         n = len(tokens)
