@@ -1,4 +1,5 @@
-"""forward() allocates nothing after warm-up, for decode and for prefill, at both precisions.
+"""forward() allocates nothing after warm-up, for decode and for prefill, at both precisions; nor
+does forward_batch() (several sequences per pass, a prefill beside decode rows).
 
 Three measurements, in a fresh interpreter with Numba's allocation statistics on (NUMBA_NRT_STATS=1,
 read at import), on a 1-layer model of Llama 3.1 8B's width (dim 4096, so every array worth
@@ -35,8 +36,11 @@ PROBE = textwrap.dedent(r"""
     from llama_nb.model.bench import load_transformer
     import llama_nb.ops as ops_pkg, importlib, pkgutil
 
-    folder, precision, control = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+    folder, precision, control, batched = sys.argv[1], sys.argv[2], sys.argv[3] == "1", sys.argv[4] == "1"
     model = load_transformer(folder, ctx=128, max_batch=64, precision=precision)
+    if batched:  # three sequences per pass (forward_batch), each in its own KV cache slot
+        from llama_nb.model.transformer import Transformer
+        model = Transformer(model.args, model.weights, model.ops, ctx=128, max_batch=64, slots=3)
     model.warmup()
     if control:  # one deliberate allocation per product: the checks must see it
         linear = model.ops.linear
@@ -46,6 +50,8 @@ PROBE = textwrap.dedent(r"""
     events = np.zeros(16, np.int64)  # made before tracing starts: the bookkeeping keeps nothing
 
     def run(steps):
+        if batched:
+            return run_batched(steps)
         logits = model.forward(ids, 0)
         token, pos = int(model.ops.argmax(logits)), len(ids)
         for i in range(steps):
@@ -53,6 +59,17 @@ PROBE = textwrap.dedent(r"""
             logits = model.forward([token], pos)
             events[i] = rtsys.get_allocation_stats().alloc - before
             token, pos = int(model.ops.argmax(logits)), pos + 1
+
+    def run_batched(steps):  # a prompt prefilled beside two decoding sequences, then 3 rows per step
+        model.forward_batch([(0, ids[:20], 0), (1, ids[:12], 0)])
+        logits = model.forward_batch([(0, [5], 20), (1, [6], 12), (2, ids, 0)])
+        rows = [(slot, [int(model.ops.argmax(logits[r]))], start) for r, (slot, start) in enumerate(((0, 21), (1, 13), (2, 40)))]
+        for i in range(steps):
+            before = rtsys.get_allocation_stats().alloc
+            logits = model.forward_batch(rows)
+            events[i] = rtsys.get_allocation_stats().alloc - before
+            rows = [(slot, [int(model.ops.argmax(logits[r]))], start + len(tokens))
+                    for r, (slot, tokens, start) in enumerate(rows)]
 
     run(2)  # first calls: Python-level caches of each dispatcher
     tracemalloc.start()
@@ -80,17 +97,18 @@ def wide_model(tmp_path_factory):
                             ffn_dim_multiplier=0.3, multiple_of=256, vocab_size=2048, tokenizer=None, weight_std=None)
 
 
-def measure(folder, precision: str, control: bool = False) -> dict:
+def measure(folder, precision: str, control: bool = False, batched: bool = False) -> dict:
     env = dict(os.environ, NUMBA_NRT_STATS="1")
-    proc = subprocess.run([sys.executable, "-c", PROBE, str(folder), precision, "1" if control else "0"],
+    proc = subprocess.run([sys.executable, "-c", PROBE, str(folder), precision, "1" if control else "0",
+                           "1" if batched else "0"],
                           capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("precision", ["bf16", "float32"])
-def test_forward_allocates_nothing_after_warmup(wide_model, precision):
-    result = measure(wide_model, precision)
+@pytest.mark.parametrize("precision,batched", [("bf16", False), ("float32", False), ("bf16", True)])
+def test_forward_allocates_nothing_after_warmup(wide_model, precision, batched):
+    result = measure(wide_model, precision, batched=batched)
     assert result["allocating"] == [], f"kernels that allocate: {result['allocating']}"
     assert len(set(result["events"])) == 1, f"NRT events per decode step grow: {result['events']}"
     assert result["kept"] <= KEPT_SLACK, f"{result['kept']} bytes kept after a prefill and 16 decode steps"

@@ -30,6 +30,13 @@ NOT_RUN = {
     'llama-nb run "The capital of France is" --model models/Llama-3.1-8B-Instruct   # needs Meta\'s weights': "Meta's weights",
     "llama-nb info --model models/Llama-3.2-1B-Instruct   # needs Meta's weights": "Meta's weights",
 }
+# `llama-nb serve` runs until stopped, and curl needs it running: tests/test_serve.py starts every
+# documented serve command (README and --help), and runs the curl lines and the ```py client
+# block against a server it starts.
+SERVE_MARKS = ("# runs until stopped", "# needs the server")
+NOT_RUN.update({line: "tests/test_serve.py runs it" for block in re.findall(r"```sh\n(.*?)```", README.read_text(
+    encoding="utf-8"), flags=re.S) for line in block.splitlines() if line.rstrip().endswith(SERVE_MARKS) or
+    any(mark + ":" in line for mark in SERVE_MARKS)})
 
 
 def shell(command: str, tmp_path: Path, cwd: Path = ROOT) -> subprocess.CompletedProcess:
@@ -83,7 +90,7 @@ def test_help_has_examples_for_the_commands_people_start_with():
     assert {"llama-nb run", "llama-nb chat", "llama-nb menu"} <= paths
 
 
-@pytest.mark.parametrize("path, example", help_examples())
+@pytest.mark.parametrize("path, example", [(p, e) for p, e in help_examples() if p != "llama-nb serve"])  # test_serve.py
 def test_every_help_example_runs(path, example, tmp_path):
     assert_runs(example, tmp_path)
 
@@ -98,7 +105,7 @@ def test_the_readme_lines_not_run_are_the_ones_listed_and_marked():
     assert set(NOT_RUN) <= set(lines)  # every skip is still in the README, as written
     for line in NOT_RUN:
         assert line.startswith(("pip install", "python tools/train_demo.py")) or "# needs Meta's weights" in line \
-            or "# slow:" in line
+            or "# slow:" in line or any(mark in line for mark in SERVE_MARKS)
 
 
 def test_python_api_blocks_run(tmp_path, monkeypatch):

@@ -114,7 +114,7 @@ def check_sampling_options(temperature: float, top_k: int | None, top_p: float |
 
 
 def load_for_cli(model: Path | None, *, impl: str | None, ctx: int, threads: int | None, precision: str = "bf16",
-                 mmap: bool = False, quiet: bool = False):
+                 mmap: bool = False, quiet: bool = False, slots: int = 1):
     """Resolve the folder, load and compile. On a terminal a spinner on stderr says which of the
     two is going on, and only when it takes long enough to see: reading 16 GB of weights takes
     seconds, and so does compiling the kernels on the first run (later runs load them from the
@@ -128,7 +128,7 @@ def load_for_cli(model: Path | None, *, impl: str | None, ctx: int, threads: int
             with _spinner(f"loading {folder} ..."):
                 try:
                     llm = llama_nb.load_model(folder, impl=impl, ctx=ctx, threads=threads, precision=precision,
-                                              mmap=mmap)
+                                              mmap=mmap, slots=slots)
                 except LlamaNbError as exc:
                     # a message naming an option, or an op/impl name from --impl: a bad option value
                     if str(exc).startswith("--") or isinstance(exc, (UnknownOpError, UnknownImplError)):

@@ -12,7 +12,7 @@ memory the system says is available (MemAvailable in /proc/meminfo, or $LLAMA_NB
                memory by default; with --mmap the file's pages, which every decode step reads
                all of (if they do not fit in RAM they are re-read from disk each step)
     KV cache   n_layers * 2 * n_kv_heads * ctx * head_dim * 4 bytes  (float32; 1.07 GB for the 8B
-               at --ctx 4096, 34 GB at 131072)
+               at --ctx 4096, 34 GB at 131072), once per sequence slot (`slots`: `serve --parallel`)
     buffers    everything else RunState allocates (activations for one prefill chunk, the logits,
                the ops' scratch) and the RoPE tables: RunState.shapes says what, in one place
 
@@ -36,8 +36,9 @@ from llama_nb.io.chat import ChatFormat
 from llama_nb.io.checkpoint import ModelFiles, load_model_files
 from llama_nb.io.params import ModelArgs
 from llama_nb.io.tokenizer import Tokenizer
+from llama_nb.model.batch import BatchEvent, generate_batch
 from llama_nb.model.generate import GenerationStats, TokenEvent, generate
-from llama_nb.model.transformer import RunState, Transformer, Weights, check_ctx, check_threads
+from llama_nb.model.transformer import RunState, Transformer, Weights, check_ctx, check_slots, check_threads
 from llama_nb.ops.opset import OpSet
 
 
@@ -59,12 +60,12 @@ class MemoryNeed:
         return self.weights + self.kv_cache + self.buffers
 
 
-def memory_need(args: ModelArgs, ctx: int, weight_bytes: int, max_batch: int = 256) -> MemoryNeed:
-    """What Transformer(args, ctx=ctx, max_batch=max_batch) allocates (RunState.shapes, and the RoPE
-    tables cos/sin float32[ctx, Dh/2]), plus the weights."""
+def memory_need(args: ModelArgs, ctx: int, weight_bytes: int, max_batch: int = 256, slots: int = 1) -> MemoryNeed:
+    """What Transformer(args, ctx=ctx, max_batch=max_batch, slots=slots) allocates (RunState.shapes,
+    and the RoPE tables cos/sin float32[ctx, Dh/2]), plus the weights."""
 
     def allocated(n_ctx: int) -> tuple[int, int]:
-        shapes = RunState.shapes(args, max(1, min(max_batch, n_ctx)), n_ctx)
+        shapes = RunState.shapes(args, max(1, min(max_batch, n_ctx)), n_ctx, slots)
         size = {name: int(np.prod(shape)) * dtype.itemsize for name, (shape, dtype) in shapes.items()}
         cache = size.pop("cache_k") + size.pop("cache_v")
         return cache, sum(size.values()) + 2 * 4 * (args.head_dim // 2) * n_ctx
@@ -199,6 +200,11 @@ class Llama:
             stop_tokens=stop_tokens, stats=stats,
         )
 
+    def generate_batch(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, **sampling) -> Iterator[BatchEvent]:
+        """Stream BatchEvents for every prompt, `slots` of them decoded together (see model.batch)."""
+        self.compile()
+        return generate_batch(self.model, self.tokenizer, prompts, max_new_tokens, **sampling)
+
     def encode_prompt(self, text: str, *, chat: bool = False, system: str | None = None, tools=(),
                       date=None, tool_format: str = "json") -> list[int]:
         """Token ids for a text completion (BOS once) or, with chat/system/tools/date, Meta's chat
@@ -220,6 +226,7 @@ def load_model(
     mmap: bool = False,
     precision: str | None = None,
     weight_format: str | None = None,
+    slots: int = 1,
 ) -> Llama:
     """Load Meta's model folder (consolidated.00.pth, params.json, tokenizer.model).
 
@@ -238,6 +245,7 @@ def load_model(
                come in from the page cache (or the disk) as the first pass touches them.
     weight_format  None (default): the weights in the format the checkpoint stores; or the name of
                a registered format (llama_nb.formats) to repack every matrix into at load time.
+    slots      sequences decoded together (generate_batch, `serve --parallel`): one KV cache each
     """
     t0 = time.perf_counter()
     ops = opset_for(impl, precision, timed=True)  # before reading anything: a typo fails at once
@@ -245,11 +253,12 @@ def load_model(
     if weight_format is not None:
         get_format(weight_format)
     check_ctx(ctx)
+    check_slots(slots)
     files = load_model_files(Path(path))
     tokenizer = files.load_tokenizer()
-    check_memory(memory_need(files.args, ctx, weight_bytes(files, weight_format), max_batch), ctx, str(path))
+    check_memory(memory_need(files.args, ctx, weight_bytes(files, weight_format), max_batch, slots), ctx, str(path))
     model = build_transformer(files, ops, ctx=ctx, max_batch=max_batch, mmap=mmap, threads=threads,
-                              weight_format=weight_format)
+                              weight_format=weight_format, slots=slots)
     return Llama(model, tokenizer, Path(path), time.perf_counter() - t0, files.checkpoint.dtypes)
 
 
@@ -263,10 +272,10 @@ def opset_for(impl: str | Mapping[str, str] | OpSet | None, precision: str | Non
 
 
 def build_transformer(files: ModelFiles, ops: OpSet, *, ctx: int, max_batch: int, mmap: bool,
-                      threads: int | None = None, weight_format: str | None = None) -> Transformer:
+                      threads: int | None = None, weight_format: str | None = None, slots: int = 1) -> Transformer:
     """The Transformer over a checked folder's weights: read into memory, or with mmap=True the
     views of the file's map (see load_model), repacked into `weight_format` if one is given."""
     tensors = files.checkpoint.tensors if mmap else files.checkpoint.read_tensors()
     target = get_format(weight_format) if weight_format is not None else None
     weights = Weights.from_tensors(tensors, files.checkpoint.dtypes, files.args, target)
-    return Transformer(files.args, weights, ops, ctx=ctx, max_batch=max_batch, threads=threads)
+    return Transformer(files.args, weights, ops, ctx=ctx, max_batch=max_batch, threads=threads, slots=slots)

@@ -21,6 +21,14 @@ declares. After warm-up, forward() allocates no array (tests/test_alloc.py count
 the prompt as batched passes of at most `max_batch` tokens; decode one token at a time. Logits
 are computed for the last position only, and checked: non-finite logits stop with an error that
 names the first layer whose output went non-finite.
+
+Several sequences in one pass (`forward_batch`, the server's batched decode): the KV cache has
+`slots` independent sequences, cache[slot, layer] one [KVH, ctx, Dh] block each. A pass takes
+spans of rows, (slot, tokens, start_pos) per sequence: the products run once over all rows (each
+weight is read once for every sequence: what makes batched decode cheap), RoPE and attention run
+per span at its own positions over its own slot's cache, and the logits of each span's last row
+come out. Every op but attention works row by row, so a row's result does not depend on the other
+rows (the product kernels never mix rows); `forward(tokens, start_pos)` is one span in slot 0.
 """
 
 from __future__ import annotations
@@ -147,7 +155,7 @@ class RunState:
     (model/load.py's memory check adds it up before anything large exists)."""
 
     @staticmethod
-    def shapes(args: ModelArgs, max_batch: int, ctx: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    def shapes(args: ModelArgs, max_batch: int, ctx: int, slots: int = 1) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
         D, H, KVH, Dh, F = args.dim, args.n_heads, args.n_kv_heads, args.head_dim, args.hidden_dim
         T, f32 = max_batch, np.dtype(np.float32)
         shapes = {
@@ -161,11 +169,11 @@ class RunState:
             "hb": ((T, F), f32),  # w1 x
             "hb2": ((T, F), f32),  # w3 x
             "hb3": ((T, F), f32),  # silu(w1 x) * w3 x (its own buffer: see ops/silu.py)
-            "last": ((1, D), f32),  # final norm of the last position
-            "logits": ((1, args.vocab_size), f32),
-            # KV cache, one [KVH, ctx, Dh] block per layer (the attention op's layout)
-            "cache_k": ((args.n_layers, KVH, ctx, Dh), f32),
-            "cache_v": ((args.n_layers, KVH, ctx, Dh), f32),
+            "last": ((slots, D), f32),  # final norm of each sequence's last position
+            "logits": ((slots, args.vocab_size), f32),
+            # KV cache, one [KVH, ctx, Dh] block per sequence slot and layer (the attention op's layout)
+            "cache_k": ((slots, args.n_layers, KVH, ctx, Dh), f32),
+            "cache_v": ((slots, args.n_layers, KVH, ctx, Dh), f32),
         }
         dims = {"T": T, "K": max(D, H * Dh, F), "N": max(D, F, args.vocab_size), "H": H, "KVH": KVH, "Dh": Dh, "S": ctx}
         for op in ("linear", "attention"):
@@ -173,9 +181,9 @@ class RunState:
                 shapes[f"{op}.{name}"] = (shape, dtype)
         return shapes
 
-    def __init__(self, args: ModelArgs, max_batch: int, ctx: int):
-        self.max_batch = max_batch
-        for name, (shape, dtype) in self.shapes(args, max_batch, ctx).items():
+    def __init__(self, args: ModelArgs, max_batch: int, ctx: int, slots: int = 1):
+        self.max_batch, self.slots = max_batch, slots
+        for name, (shape, dtype) in self.shapes(args, max_batch, ctx, slots).items():
             make = _off_the_weights_alias if "." in name else np.zeros  # "op.name": an op's scratch
             setattr(self, name.replace(".", "_"), make(shape, dtype))
 
@@ -208,14 +216,16 @@ class Transformer:
     threads    Numba threads for this model's passes; set around each pass only, so two models in
                one process keep their own. None (default): all cores, less those another process
                keeps busy (ops/cores.py), asked before each pass
+    slots      sequences the KV cache holds at once (forward_batch); forward() uses slot 0
     """
 
     def __init__(self, args: ModelArgs, weights: Weights, ops: OpSet, ctx: int = 4096, max_batch: int = 256,
-                 threads: int | None = None):
+                 threads: int | None = None, slots: int = 1):
         self.args, self.weights, self.ops, self.ctx = args, weights, ops, check_ctx(ctx)
         self.threads = check_threads(threads)  # the most a pass uses
         self.auto_threads = threads is None
-        self.state = RunState(args, min(max_batch, ctx), ctx)
+        self.slots = check_slots(slots)
+        self.state = RunState(args, min(max_batch, ctx), ctx, slots)
         self.rope_cos, self.rope_sin = rope_tables(args.head_dim, ctx, args.rope_theta, args.rope_scaling)
         # seconds spent in each layer's attention [:, 0] and feed-forward [:, 1] in the last pass
         self.layer_seconds = np.zeros((args.n_layers, 2))
@@ -225,15 +235,73 @@ class Transformer:
     def precision(self) -> str:
         return self.ops.precision
 
+    @property
+    def max_batch(self) -> int:
+        return self.state.max_batch
+
     def forward(self, tokens, start_pos: int) -> np.ndarray:
         """Run `tokens` at positions start_pos.. and return float32[V] logits of the last one.
 
-        The KV cache keeps positions 0..start_pos-1 from earlier calls; they are not recomputed.
-        The logits are a view of the state's buffer: the next call overwrites them.
+        The KV cache (slot 0) keeps positions 0..start_pos-1 from earlier calls; they are not
+        recomputed. The logits are a view of the state's buffer: the next call overwrites them.
         """
         n = len(tokens)
         if n == 0:
             raise LlamaNbError("forward: no tokens")
+        self._check_span(tokens, start_pos)
+        self.layer_seconds[:] = 0.0
+        step = self.state.max_batch
+        with jit.threads(self._pass_threads()):
+            for lo in range(0, n, step):
+                hi = min(lo + step, n)
+                chunk = self._chunk_ids(((tokens, lo, hi),))
+                spans = ((0, 0, hi - lo, start_pos + lo),)
+                self._forward_chunk(chunk, spans)
+            logits = self._logits(spans)
+            self._check_finite(logits, chunk, spans)
+        return logits[0]
+
+    def forward_batch(self, sequences) -> np.ndarray:
+        """One pass over several sequences: float32[len(sequences), V] logits of each one's last token.
+
+        sequences  (slot, tokens, start_pos) each: `tokens` (ints) go to positions start_pos.. of
+                   cache slot `slot`, whose positions 0..start_pos-1 earlier passes filled; slots
+                   distinct; at most max_batch tokens in all
+        The products run once over every sequence's rows; RoPE and attention per sequence. A view
+        of the state's buffer: the next pass overwrites it.
+        """
+        total, seen = 0, 0  # seen: a bit per slot (no set: nothing allocated per step)
+        for slot, tokens, start_pos in sequences:
+            if not 0 <= slot < self.slots:
+                raise LlamaNbError(f"slot {slot} does not exist: the cache has {self.slots} slots")
+            if seen >> slot & 1:
+                raise LlamaNbError(f"slot {slot} appears twice in one pass")
+            if len(tokens) == 0:
+                raise LlamaNbError(f"forward_batch: no tokens for slot {slot}")
+            self._check_span(tokens, start_pos)
+            seen |= 1 << slot
+            total += len(tokens)
+        if total == 0 or total > self.state.max_batch:
+            raise LlamaNbError(f"forward_batch takes 1..{self.state.max_batch} tokens in all, got {total}")
+        self.layer_seconds[:] = 0.0
+        spans, lo = [], 0
+        for slot, tokens, start_pos in sequences:
+            spans.append((slot, lo, lo + len(tokens), start_pos))
+            lo += len(tokens)
+        with jit.threads(self._pass_threads()):
+            chunk = self._chunk_ids([(tokens, 0, len(tokens)) for _, tokens, _ in sequences])
+            self._forward_chunk(chunk, spans)
+            logits = self._logits(spans)
+            self._check_finite(logits, chunk, spans)
+        return logits
+
+    def _pass_threads(self) -> int:
+        """Numba threads for the pass about to run (forward and forward_batch ask the same): the
+        fixed count, or by default all cores less those another process keeps busy (ops/cores.py)."""
+        return cores.auto_threads(self.threads) if self.auto_threads else self.threads
+
+    def _check_span(self, tokens, start_pos: int) -> None:
+        n = len(tokens)
         if start_pos < 0 or start_pos + n > self.ctx:
             raise ContextLimitError(
                 f"positions {start_pos}..{start_pos + n - 1} do not fit the context of {self.ctx} tokens (--ctx)"
@@ -241,29 +309,27 @@ class Transformer:
         low, high = (int(tokens.min()), int(tokens.max())) if isinstance(tokens, np.ndarray) else (min(tokens), max(tokens))
         if low < 0 or high >= self.args.vocab_size:
             raise LlamaNbError(f"token ids must be in [0, {self.args.vocab_size}), got {low}..{high}")
-        self.layer_seconds[:] = 0.0
-        step = self.state.max_batch
-        with jit.threads(cores.auto_threads(self.threads) if self.auto_threads else self.threads):
-            for lo in range(0, n, step):
-                chunk = self._chunk_ids(tokens, lo, min(lo + step, n))
-                self._forward_chunk(chunk, start_pos + lo)
-            logits = self._logits(len(chunk))
-            with np.errstate(invalid="ignore", over="ignore"):  # inf - inf in the sum: that is the point
-                total = logits.sum()
-            if not np.isfinite(total):  # cheap: NaN and inf propagate through the sum
-                with np.errstate(invalid="ignore", over="ignore"):
-                    raise NonFiniteError(self._where_non_finite(chunk, start_pos + lo))
-        return logits
 
-    def _chunk_ids(self, tokens, lo: int, hi: int) -> np.ndarray:
-        """tokens[lo:hi] in the preallocated id buffer (element by element: a list assigned to an
-        array would be converted to a temporary array first)."""
-        ids = self._tokens[: hi - lo]
-        for i in range(hi - lo):
-            ids[i] = tokens[lo + i]
-        return ids
+    def _check_finite(self, logits: np.ndarray, chunk: np.ndarray, spans) -> None:
+        with np.errstate(invalid="ignore", over="ignore"):  # inf - inf in the sum: that is the point
+            total = logits.sum()
+        if not np.isfinite(total):  # cheap: NaN and inf propagate through the sum
+            with np.errstate(invalid="ignore", over="ignore"):
+                raise NonFiniteError(self._where_non_finite(chunk, spans))
 
-    def _forward_chunk(self, tokens: np.ndarray, start_pos: int, check_layers: bool = False) -> str | None:
+    def _chunk_ids(self, pieces) -> np.ndarray:
+        """tokens[lo:hi] of each (tokens, lo, hi) piece, one after the other, in the preallocated id
+        buffer (element by element: a list assigned to an array would be converted to a temporary
+        array first)."""
+        n = 0
+        for tokens, lo, hi in pieces:
+            for i in range(lo, hi):
+                self._tokens[n] = tokens[i]
+                n += 1
+        return self._tokens[:n]
+
+    def _forward_chunk(self, tokens: np.ndarray, spans, check_layers: bool = False) -> str | None:
+        """Run the rows `tokens`; spans: (slot, lo, hi, start_pos) for each sequence's rows lo..hi."""
         ops, s, w, eps = self.ops, self.state, self.weights, self.args.norm_eps
         T = len(tokens)
         x, xb, xb2 = s.x[:T], s.xb[:T], s.xb2[:T]
@@ -273,7 +339,7 @@ class Transformer:
         for i, layer in enumerate(w.layers):
             t0 = time.perf_counter()
             ops.rmsnorm(xb, x, layer.attention_norm, eps)
-            self._attention(layer.attention, i, T, start_pos)
+            self._attention(layer.attention, i, T, spans)
             x += xb2
             t1 = time.perf_counter()
             if check_layers and not np.isfinite(x.sum()):
@@ -288,8 +354,9 @@ class Transformer:
             self.layer_seconds[i, 1] += t2 - t1
         return None
 
-    def _attention(self, w: Attention, layer: int, T: int, start_pos: int) -> None:
-        """xb2 = wo(attention(rope(wq xb), with rope(wk xb) and wv xb appended to the cache))."""
+    def _attention(self, w: Attention, layer: int, T: int, spans) -> None:
+        """xb2 = wo(attention(rope(wq xb), with rope(wk xb) and wv xb appended to the cache)):
+        the products over all T rows, RoPE and attention per sequence, at its positions, in its slot."""
         ops, s, args = self.ops, self.state, self.args
         H, KVH, Dh = args.n_heads, args.n_kv_heads, args.head_dim
         xb, xq = s.xb[:T], s.linear_xq
@@ -297,12 +364,14 @@ class Transformer:
         ops.linear(q, xb, w.wq, xq)
         ops.linear(k, xb, w.wk, xq)
         ops.linear(v, xb, w.wv, xq)
-        q3, k3 = q.reshape(T, H, Dh), k.reshape(T, KVH, Dh)
-        ops.rope(q3, self.rope_cos, self.rope_sin, start_pos)
-        ops.rope(k3, self.rope_cos, self.rope_sin, start_pos)
+        q3, k3, v3 = q.reshape(T, H, Dh), k.reshape(T, KVH, Dh), v.reshape(T, KVH, Dh)
         att = s.att[:T]
-        ops.attention(att.reshape(T, H, Dh), q3, k3, v.reshape(T, KVH, Dh), s.cache_k[layer], s.cache_v[layer],
-                      start_pos, s.attention_key_blocks, s.attention_rows)
+        att3 = att.reshape(T, H, Dh)
+        for slot, lo, hi, start_pos in spans:
+            ops.rope(q3[lo:hi], self.rope_cos, self.rope_sin, start_pos)
+            ops.rope(k3[lo:hi], self.rope_cos, self.rope_sin, start_pos)
+            ops.attention(att3[lo:hi], q3[lo:hi], k3[lo:hi], v3[lo:hi], s.cache_k[slot, layer], s.cache_v[slot, layer],
+                          start_pos, s.attention_key_blocks, s.attention_rows)
         ops.linear(s.xb2[:T], att, w.wo, xq)
 
     def _feed_forward(self, w: FeedForward, T: int) -> None:
@@ -314,16 +383,19 @@ class Transformer:
         ops.silu(hb3, hb, hb2)
         ops.linear(s.xb2[:T], hb3, w.w2, xq)
 
-    def _logits(self, T: int) -> np.ndarray:
-        s = self.state
-        self.ops.rmsnorm(s.last, s.x[T - 1 : T], self.weights.norm, self.args.norm_eps)
-        self.ops.linear(s.logits, s.last, self.weights.output, s.linear_xq)
-        return s.logits[0]
+    def _logits(self, spans) -> np.ndarray:
+        """float32[len(spans), V]: the output of each span's last row (the norm row by row)."""
+        s, n = self.state, len(spans)
+        for i, (_, _, hi, _) in enumerate(spans):
+            self.ops.rmsnorm(s.last[i : i + 1], s.x[hi - 1 : hi], self.weights.norm, self.args.norm_eps)
+        self.ops.linear(s.logits[:n], s.last[:n], self.weights.output, s.linear_xq)
+        return s.logits[:n]
 
-    def _where_non_finite(self, chunk: np.ndarray, start_pos: int) -> str:
+    def _where_non_finite(self, chunk: np.ndarray, spans) -> str:
         """Run the last chunk again, checking after every sub-block: which produced NaN or inf."""
-        where = self._forward_chunk(chunk, start_pos, check_layers=True) or "the output projection (norm or output.weight)"
-        return (f"the logits at position {start_pos + len(chunk) - 1} are not finite (NaN or inf): activations "
+        where = self._forward_chunk(chunk, spans, check_layers=True) or "the output projection (norm or output.weight)"
+        positions = ", ".join(str(start_pos + hi - lo - 1) for _, lo, hi, start_pos in spans)
+        return (f"the logits at position {positions} are not finite (NaN or inf): activations "
                 f"first went non-finite in {where}; the weights hold NaN, inf or huge values")
 
     def warmup(self) -> float:
@@ -341,6 +413,12 @@ def check_ctx(ctx: int) -> int:
     if ctx < 1:
         raise LlamaNbError(f"--ctx must be at least 1, got {ctx}")
     return ctx
+
+
+def check_slots(slots: int) -> int:
+    if slots < 1:
+        raise LlamaNbError(f"--parallel must be at least 1, got {slots}")
+    return slots
 
 
 def check_threads(threads: int | None) -> int:
