@@ -35,6 +35,7 @@ import numpy as np
 from llama_nb.errors import CheckpointError, ContextLimitError, LlamaNbError
 from llama_nb.formats import Weight, WeightFormat, as_weight, format_of_checkpoint_dtype, repack
 from llama_nb.io.params import ModelArgs
+from llama_nb.model.parallel import Part, Single, part_of
 from llama_nb.ops import jit, registry
 from llama_nb.ops.opset import OpSet
 from llama_nb.ops.rope_tables import rope_tables
@@ -147,8 +148,11 @@ class RunState:
     (model/load.py's memory check adds it up before anything large exists)."""
 
     @staticmethod
-    def shapes(args: ModelArgs, max_batch: int, ctx: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-        D, H, KVH, Dh, F = args.dim, args.n_heads, args.n_kv_heads, args.head_dim, args.hidden_dim
+    def shapes(args: ModelArgs, max_batch: int, ctx: int, part: Part | None = None) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """`part`: the share of one rank of several (model/parallel.py): its heads, FFN columns and
+        vocab slice; None: the whole model."""
+        part = part if part is not None else part_of(args, 0, 1)
+        D, H, KVH, Dh, F = args.dim, part.n_heads, part.n_kv_heads, args.head_dim, part.hidden_dim
         T, f32 = max_batch, np.dtype(np.float32)
         shapes = {
             "x": ((T, D), f32),  # residual stream
@@ -167,15 +171,17 @@ class RunState:
             "cache_k": ((args.n_layers, KVH, ctx, Dh), f32),
             "cache_v": ((args.n_layers, KVH, ctx, Dh), f32),
         }
-        dims = {"T": T, "K": max(D, H * Dh, F), "N": max(D, F, args.vocab_size), "H": H, "KVH": KVH, "Dh": Dh, "S": ctx}
+        if part.size > 1:  # this rank's logits, all-gathered into "logits"
+            shapes["logits_part"] = ((1, part.vocab_size), f32)
+        dims = {"T": T, "K": max(D, H * Dh, F), "N": max(D, F, part.vocab_size), "H": H, "KVH": KVH, "Dh": Dh, "S": ctx}
         for op in ("linear", "attention"):
             for name, (shape, dtype) in registry.spec(op).scratch_shapes(dims).items():
                 shapes[f"{op}.{name}"] = (shape, dtype)
         return shapes
 
-    def __init__(self, args: ModelArgs, max_batch: int, ctx: int):
+    def __init__(self, args: ModelArgs, max_batch: int, ctx: int, part: Part | None = None):
         self.max_batch = max_batch
-        for name, (shape, dtype) in self.shapes(args, max_batch, ctx).items():
+        for name, (shape, dtype) in self.shapes(args, max_batch, ctx, part).items():
             make = _off_the_weights_alias if "." in name else np.zeros  # "op.name": an op's scratch
             setattr(self, name.replace(".", "_"), make(shape, dtype))
 
@@ -207,13 +213,17 @@ class Transformer:
     max_batch  the largest number of tokens in one batched pass (prefill chunk)
     threads    Numba threads for this model's passes (None: all); set around each pass only, so
                two models in one process keep their own
+    group      model/parallel.py: Single (default: the whole model here), or the MpiGroup of ranks
+               that each hold their Part of the weights (the collectives run in forward)
     """
 
     def __init__(self, args: ModelArgs, weights: Weights, ops: OpSet, ctx: int = 4096, max_batch: int = 256,
-                 threads: int | None = None):
+                 threads: int | None = None, group: Single | None = None):
         self.args, self.weights, self.ops, self.ctx = args, weights, ops, check_ctx(ctx)
         self.threads = check_threads(threads)
-        self.state = RunState(args, min(max_batch, ctx), ctx)
+        self.group = group if group is not None else Single()
+        self.part = self.group.part(args)
+        self.state = RunState(args, min(max_batch, ctx), ctx, self.part)
         self.rope_cos, self.rope_sin = rope_tables(args.head_dim, ctx, args.rope_theta, args.rope_scaling)
         # seconds spent in each layer's attention [:, 0] and feed-forward [:, 1] in the last pass
         self.layer_seconds = np.zeros((args.n_layers, 2))
@@ -265,7 +275,7 @@ class Transformer:
         ops, s, w, eps = self.ops, self.state, self.weights, self.args.norm_eps
         T = len(tokens)
         x, xb, xb2 = s.x[:T], s.xb[:T], s.xb2[:T]
-        ops.embedding(x, w.tok_embeddings, tokens)
+        self.group.embedding(ops, x, w.tok_embeddings, tokens, self.part)
         if check_layers and not np.isfinite(x.sum()):
             return "the token embeddings"
         for i, layer in enumerate(w.layers):
@@ -289,7 +299,7 @@ class Transformer:
     def _attention(self, w: Attention, layer: int, T: int, start_pos: int) -> None:
         """xb2 = wo(attention(rope(wq xb), with rope(wk xb) and wv xb appended to the cache))."""
         ops, s, args = self.ops, self.state, self.args
-        H, KVH, Dh = args.n_heads, args.n_kv_heads, args.head_dim
+        H, KVH, Dh = self.part.n_heads, self.part.n_kv_heads, args.head_dim
         xb, xq = s.xb[:T], s.linear_xq
         q, k, v = s.q[:T], s.k[:T], s.v[:T]
         ops.linear(q, xb, w.wq, xq)
@@ -302,6 +312,7 @@ class Transformer:
         ops.attention(att.reshape(T, H, Dh), q3, k3, v.reshape(T, KVH, Dh), s.cache_k[layer], s.cache_v[layer],
                       start_pos, s.attention_key_blocks, s.attention_rows)
         ops.linear(s.xb2[:T], att, w.wo, xq)
+        self.group.allreduce(s.xb2[:T])
 
     def _feed_forward(self, w: FeedForward, T: int) -> None:
         """xb2 = w2(silu(w1 xb) * w3 xb)   (SwiGLU)"""
@@ -311,11 +322,14 @@ class Transformer:
         ops.linear(hb2, s.xb[:T], w.w3, xq)
         ops.silu(hb3, hb, hb2)
         ops.linear(s.xb2[:T], hb3, w.w2, xq)
+        self.group.allreduce(s.xb2[:T])
 
     def _logits(self, T: int) -> np.ndarray:
         s = self.state
         self.ops.rmsnorm(s.last, s.x[T - 1 : T], self.weights.norm, self.args.norm_eps)
-        self.ops.linear(s.logits, s.last, self.weights.output, s.linear_xq)
+        part = s.logits if self.part.size == 1 else s.logits_part
+        self.ops.linear(part, s.last, self.weights.output, s.linear_xq)
+        self.group.allgather(part, s.logits)
         return s.logits[0]
 
     def _where_non_finite(self, chunk: np.ndarray, start_pos: int) -> str:
