@@ -43,6 +43,10 @@ from llama_nb.io.params import ModelArgs
 SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
 
 
+class AgreedError(LlamaNbError):
+    """An error every rank raised together (Single.first_error): each can exit on its own."""
+
+
 @dataclass(frozen=True)
 class Part:
     """What one rank of `size` holds of a model: local counts and its vocab slice."""
@@ -84,6 +88,7 @@ class Single:
     """One process: the whole model, no communication."""
 
     rank, size = 0, 1
+    local_size = 1  # ranks on this machine: they share its cores
     collective_seconds = 0.0  # summed over the collectives since the last reset_timings()
 
     def part(self, args: ModelArgs) -> Part:
@@ -120,6 +125,7 @@ class MpiGroup(Single):
         self.MPI = MPI
         self.comm = comm if comm is not None else MPI.COMM_WORLD
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+        self.local_size = self.comm.Split_type(MPI.COMM_TYPE_SHARED).Get_size()
         self.collective_seconds = 0.0
         self._token = np.zeros(1, np.int64)
         self._local_ids = np.zeros(0, np.int64)
@@ -172,6 +178,15 @@ class MpiGroup(Single):
         """End every rank of the job now (the MPI launcher kills the others)."""
         sys.stdout.flush()
         self.comm.Abort(code)
+
+
+def default_threads(group: Single, threads: int | None) -> int | None:
+    """--threads as given, else the machine's cores shared among the ranks it runs (None: all)."""
+    if threads is not None or group.local_size == 1:
+        return threads
+    import numba
+
+    return max(1, numba.config.NUMBA_NUM_THREADS // group.local_size)
 
 
 def mpi_size_from_environment() -> int:
