@@ -43,7 +43,7 @@ from llama_nb.formats import format_of_checkpoint_dtype
 from llama_nb.io.files import open_regular_file
 from llama_nb.io.params import ModelArgs
 from llama_nb.io.pth import Checkpoint, load_pth
-from llama_nb.io.shards import load_rank, shard_paths
+from llama_nb.io.shards import join_rank, rank_shards, shard_paths, shard_shapes
 from llama_nb.io.tokenizer import Tokenizer
 
 CHECKPOINT_NAME = "consolidated.00.pth"
@@ -122,7 +122,7 @@ def load_model_files(folder: str | Path, *, require_tokenizer: bool = True, rank
         open_regular_file(tokenizer_path, TOKENIZER_NAME).close()
     shards = shard_paths(folder)
     if len(shards) > 1:
-        checkpoint = load_rank(folder, shards, args, rank, ranks, source=folder / PARAMS_NAME)
+        checkpoint = _load_rank(folder, shards, args, rank, ranks)
         return ModelFiles(folder=folder, args=args, checkpoint=checkpoint, tokenizer_path=tokenizer_path)
     if ranks > 1:
         raise CheckpointError(f"{folder}: a single-file checkpoint runs in one process, not on {ranks} "
@@ -130,6 +130,22 @@ def load_model_files(folder: str | Path, *, require_tokenizer: bool = True, rank
     checkpoint = load_pth(folder / CHECKPOINT_NAME)
     check_tensors(checkpoint, args, source=folder / PARAMS_NAME)
     return ModelFiles(folder=folder, args=args, checkpoint=checkpoint, tokenizer_path=tokenizer_path)
+
+
+def _load_rank(folder: Path, paths: list[Path], args: ModelArgs, rank: int, ranks: int):
+    """This rank's shards of a model-parallel folder, each checked against its part of params.json."""
+    source = folder / PARAMS_NAME
+    mine = rank_shards(folder, len(paths), args, rank, ranks, source)
+    shards = []
+    for s in mine:
+        shard = load_pth(paths[s])
+        whole = expected_shapes(args, tied_output="output.weight" not in shard)
+        check_tensors(shard, args, source, expected=shard_shapes(args, len(paths), whole),
+                      what=f"shard {s} of {len(paths)}")
+        if shards and shard.dtypes != shards[0].dtypes:
+            raise CheckpointError(f"{paths[s]}: its dtypes differ from those of {paths[mine[0]].name}")
+        shards.append(shard)
+    return join_rank(paths, mine, shards, args)
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:

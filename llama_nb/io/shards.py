@@ -19,8 +19,9 @@ Every shard is checked against the shapes params.json implies for one of M parts
 
 Memory per rank: with k = 1 (the usual N = M) the shard's tensors are used as they are, as for a
 single-file model: zero-copy views with --mmap, else read into memory once. With k > 1 each joined
-tensor is built once, in an array of its own, from the views of the shards' maps: the rank holds
-its weights once and nothing else (the maps are page cache, which the kernel can drop). Joining
+tensor is built once, in an array of its own, from the views of the shards' maps (also with
+--mmap: a joined tensor is in no file), after the memory check: the rank holds its weights once
+and nothing else (the maps are page cache, which the kernel can drop). Joining
 wo and w2 on dim 1 copies rows apart; keeping the k pieces instead would save that copy only with
 --mmap, at the price of k products and k - 1 sums per matrix in every pass, and the other matrices
 (dim 0) would still need joining; so every matrix is joined.
@@ -35,7 +36,7 @@ import numpy as np
 
 from llama_nb.errors import CheckpointError, LlamaNbError
 from llama_nb.io.params import ModelArgs
-from llama_nb.io.pth import Checkpoint, load_pth
+from llama_nb.io.pth import Checkpoint
 
 SHARD_NAME = re.compile(r"consolidated\.(\d+)\.pth")
 DIM0 = ("wq", "wk", "wv", "w1", "w3", "output", "tok_embeddings")
@@ -65,14 +66,13 @@ def split_dim(name: str) -> int | None:
     return 0 if key in DIM0 else 1 if key in DIM1 else None
 
 
-def shard_shapes(args: ModelArgs, n_shards: int, *, tied_output: bool) -> dict[str, tuple[int, ...]]:
-    """The shape of every tensor in one of `n_shards` shards."""
-    from llama_nb.io.checkpoint import expected_shapes
+def shard_shapes(args: ModelArgs, n_shards: int, whole: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor in one of `n_shards` shards, from the `whole` model's shapes."""
     from llama_nb.model.parallel import part_of
 
     part = part_of(args, 0, n_shards)
     shapes = {}
-    for name, shape in expected_shapes(args, tied_output=tied_output).items():
+    for name, shape in whole.items():
         dim = split_dim(name)
         if name.endswith(("wk.weight", "wv.weight")):
             shape = (part.n_kv_heads * args.head_dim, shape[1])
@@ -82,14 +82,52 @@ def shard_shapes(args: ModelArgs, n_shards: int, *, tied_output: bool) -> dict[s
     return shapes
 
 
-class RankTensors:
-    """The tensors of one rank, joined from its k shards (quacks like io.pth.Checkpoint)."""
+def rank_shards(folder: Path, n_shards: int, args: ModelArgs, rank: int, ranks: int, source: str | Path) -> list[int]:
+    """The shards rank `rank` of `ranks` takes (Meta's map_mp_rank), once the split is checked."""
+    from llama_nb.model.parallel import split_sizes
 
-    def __init__(self, path: Path, tensors: dict[str, np.ndarray], dtypes: dict[str, str]):
-        self.path, self.tensors, self.dtypes, self.metadata = path, tensors, dtypes, {}
+    if n_shards % ranks:
+        fits = [n for n in range(1, n_shards + 1) if n_shards % n == 0]
+        raise CheckpointError(f"{folder}: a checkpoint of {n_shards} shards cannot be run on {ranks} ranks: "
+                              f"the number of ranks must divide it ({', '.join(map(str, fits))})")
+    try:
+        split_sizes(args, n_shards)
+    except LlamaNbError as exc:
+        raise CheckpointError(f"{folder}: {n_shards} shards, but {source}: {exc}") from None
+    k = n_shards // ranks
+    return list(range(rank * k, (rank + 1) * k))
+
+
+class RankTensors:
+    """The tensors of one rank, to be joined from its k > 1 shards (quacks like io.pth.Checkpoint).
+
+    `tensors` are stand-ins of the joined tensors' shapes and dtypes (broadcast zeros: no memory),
+    what the memory check and `llama-nb info` need; `read_tensors()` joins them, each into an
+    array of its own, from the views of the shards' maps."""
+
+    def __init__(self, path: Path, shards: list[Checkpoint], distinct_kv: list[Checkpoint]):
+        self.path, self.shards, self.distinct_kv, self.metadata = path, shards, distinct_kv, {}
+        self.dtypes = dict(shards[0].dtypes)
+        self.tensors = {}
+        for name, first in shards[0].tensors.items():
+            dim, pieces = split_dim(name), self._pieces(name)
+            shape = list(first.shape)
+            if dim is not None:
+                shape[dim] = sum(sh.tensors[name].shape[dim] for sh in pieces)
+            self.tensors[name] = np.broadcast_to(np.zeros((), first.dtype), tuple(shape))
+
+    def _pieces(self, name: str) -> list[Checkpoint]:
+        return self.distinct_kv if name.endswith(("wk.weight", "wv.weight")) else self.shards
 
     def read_tensors(self) -> dict[str, np.ndarray]:
-        return self.tensors  # already arrays of their own
+        joined = {}
+        for name in self.tensors:
+            dim = split_dim(name)
+            if dim is None:  # replicated: shard 0's
+                joined[name] = np.array(self.shards[0].tensors[name])
+            else:
+                joined[name] = np.concatenate([sh.tensors[name] for sh in self._pieces(name)], axis=dim)
+        return joined
 
     def __contains__(self, name: object) -> bool:
         return name in self.tensors
@@ -108,43 +146,11 @@ class RankTensors:
         return sum(t.nbytes for t in self.tensors.values())
 
 
-def load_rank(folder: Path, paths: list[Path], args: ModelArgs, rank: int, ranks: int,
-              source: str | Path) -> Checkpoint | RankTensors:
-    """Rank `rank` of `ranks`' tensors from the shards `paths`, each shard checked (see the module
-    docstring); a one-line CheckpointError on any problem."""
-    from llama_nb.io.checkpoint import check_tensors
-    from llama_nb.model.parallel import split_sizes
-
-    n_shards = len(paths)
-    if n_shards % ranks:
-        fits = [n for n in range(1, n_shards + 1) if n_shards % n == 0]
-        raise CheckpointError(f"{folder}: a checkpoint of {n_shards} shards cannot be run on {ranks} ranks: "
-                              f"the number of ranks must divide it ({', '.join(map(str, fits))})")
-    try:
-        split_sizes(args, n_shards)
-    except LlamaNbError as exc:
-        raise CheckpointError(f"{folder}: {n_shards} shards, but {source}: {exc}") from None
-    k = n_shards // ranks
-    mine = list(range(rank * k, (rank + 1) * k))
-    shards = []
-    for s in mine:
-        shard = load_pth(paths[s])
-        tied = "output.weight" not in shard
-        expected = shard_shapes(args, n_shards, tied_output=tied)
-        check_tensors(shard, args, source=source, expected=expected, what=f"shard {s} of {n_shards}")
-        if shards and shard.dtypes != shards[0].dtypes:
-            raise CheckpointError(f"{paths[s]}: its dtypes differ from {paths[mine[0]].name}'s")
-        shards.append(shard)
-    if k == 1:
+def join_rank(paths: list[Path], mine: list[int], shards: list[Checkpoint], args: ModelArgs) -> Checkpoint | RankTensors:
+    """A rank's checked shards (`mine`, of all `paths`) as one checkpoint: the shard itself when
+    it is one, else the RankTensors that join them."""
+    if len(shards) == 1:
         return shards[0]
-    rep = max(n_shards // args.n_kv_heads, 1)  # shards that repeat one kv head
+    rep = max(len(paths) // args.n_kv_heads, 1)  # shards that repeat one kv head
     distinct_kv = [sh for s, sh in zip(mine, shards) if s % rep == 0] or shards[:1]
-    joined: dict[str, np.ndarray] = {}
-    for name in shards[0].keys():
-        dim = split_dim(name)
-        if dim is None:
-            joined[name] = np.array(shards[0].tensors[name])
-            continue
-        pieces = distinct_kv if name.endswith(("wk.weight", "wv.weight")) else shards
-        joined[name] = np.concatenate([sh.tensors[name] for sh in pieces], axis=dim)
-    return RankTensors(paths[mine[0]], joined, dict(shards[0].dtypes))
+    return RankTensors(Path(f"{paths[mine[0]]} .. {paths[mine[-1]].name}"), shards, distinct_kv)  # for messages

@@ -35,6 +35,7 @@ from llama_nb.formats import get_format
 from llama_nb.io.chat import ChatFormat
 from llama_nb.io.checkpoint import ModelFiles, load_model_files
 from llama_nb.io.params import ModelArgs
+from llama_nb.io.shards import RankTensors
 from llama_nb.io.tokenizer import Tokenizer
 from llama_nb.model.generate import GenerationStats, TokenEvent, generate
 from llama_nb.model.parallel import AgreedError, Single, default_threads, group_from_environment
@@ -284,7 +285,8 @@ def build_transformer(files: ModelFiles, ops: OpSet, *, ctx: int, max_batch: int
                       group: Single | None = None) -> Transformer:
     """The Transformer over a checked folder's weights: read into memory, or with mmap=True the
     views of the file's map (see load_model), repacked into `weight_format` if one is given."""
-    tensors = files.checkpoint.tensors if mmap else files.checkpoint.read_tensors()
+    joined = isinstance(files.checkpoint, RankTensors)  # several shards of a rank: joined, in memory
+    tensors = files.checkpoint.tensors if mmap and not joined else files.checkpoint.read_tensors()
     target = get_format(weight_format) if weight_format is not None else None
     weights = Weights.from_tensors(tensors, files.checkpoint.dtypes, files.args, target)
     return Transformer(files.args, weights, ops, ctx=ctx, max_batch=max_batch, threads=threads, group=group)
