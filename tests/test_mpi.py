@@ -124,6 +124,19 @@ def test_the_cli_runs_on_two_ranks_and_only_rank_0_prints(sharded):
     assert out == alone.stdout and out.strip()  # the same seed, the same text, printed once
 
 
+def test_chat_on_two_ranks_reads_on_rank_0_and_answers_as_one_process(sharded):
+    folder = sharded["gqa-mp2"][0]
+    args = ["-m", "llama_nb", "chat", "--model", str(folder), "-n", "5", "--quiet"]
+    lines = b"Hello\n/set temperature 0.8\n/set seed 3\nWho are you?\n"
+    proc = mpirun(2, *args, stdin=subprocess.PIPE)
+    out, err = proc.communicate(lines, timeout=300)
+    assert proc.returncode == 0, err.decode()
+    alone = subprocess.run([sys.executable, *args], input=lines, capture_output=True, timeout=300,
+                           env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert alone.returncode == 0, alone.stderr.decode()
+    assert out == alone.stdout and out.count(b">>> ") == 5
+
+
 def broken_copy(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst

@@ -108,6 +108,10 @@ class Single:
         """Rank 0's token on every rank."""
         return token
 
+    def share(self, value):
+        """Rank 0's `value` (a line typed in chat: small, picklable) on every rank."""
+        return value
+
     def first_error(self, error: str | None) -> str | None:
         """Collective: the first rank's error (prefixed by its rank when there are several)."""
         return error
@@ -165,6 +169,9 @@ class MpiGroup(Single):
         self.comm.Bcast(self._token, root=0)
         self.collective_seconds += time.perf_counter() - t0
         return int(self._token[0])
+
+    def share(self, value):
+        return self.comm.bcast(value, root=0)  # once per chat line, not per token: pickled
 
     def first_error(self, error: str | None) -> str | None:
         # once per load, not per token: a pickled string is fine here
