@@ -42,10 +42,27 @@ MODELS = {
 }
 
 
-def mpirun(n: int, *args: str, env: dict | None = None, **kwargs) -> subprocess.Popen:
-    environ = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
-    return subprocess.Popen([str(MPIRUN), "-n", str(n), sys.executable, *args], env=environ, cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
+class mpirun(subprocess.Popen):
+    """`mpirun -n N python ARGS...` with pipes; communicate() ends the job when it times out."""
+
+    def __init__(self, n: int, *args: str, env: dict | None = None, **kwargs):
+        environ = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
+        super().__init__([str(MPIRUN), "-n", str(n), sys.executable, *args], env=environ, cwd=REPO,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
+
+    def communicate(self, input=None, timeout=None):
+        try:
+            return super().communicate(input, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.end()
+            raise
+
+    def end(self) -> None:
+        self.terminate()  # mpirun passes SIGTERM on to its ranks (SIGKILL it could not)
+        try:
+            super().communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.kill()
 
 
 @pytest.fixture(scope="module")
@@ -113,13 +130,14 @@ def test_two_ranks_match_one_process_token_for_token(one_process, two_ranks):
 
 def test_the_cli_runs_on_two_ranks_and_only_rank_0_prints(sharded):
     folder = sharded["gqa-mp2"][0]
-    args = ["-m", "llama_nb", "run", "The quick brown fox", "--model", str(folder), "-n", "6", "--seed", "5",
+    args = ["-m", "llama_nb", "run", "-", "--model", str(folder), "-n", "6", "--seed", "5",
             "--temperature", "0.9", "--quiet"]
-    proc = mpirun(2, *args)
-    out, err = proc.communicate(timeout=300)
+    prompt = b"The quick brown fox"  # on stdin, which only rank 0 reads
+    proc = mpirun(2, *args, stdin=subprocess.PIPE)
+    out, err = proc.communicate(prompt, timeout=300)
     assert proc.returncode == 0, err.decode()
-    alone = subprocess.run([sys.executable, *args], capture_output=True, env=dict(os.environ, PYTHONPATH=str(REPO)),
-                           timeout=300)
+    alone = subprocess.run([sys.executable, *args], input=prompt, capture_output=True,
+                           env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=300)
     assert alone.returncode == 0, alone.stderr.decode()
     assert out == alone.stdout and out.strip()  # the same seed, the same text, printed once
 
@@ -182,7 +200,10 @@ def test_a_rank_killed_mid_generation_ends_every_rank(sharded):
     victims = [pid for pid in _pids_with(f"LLAMA_NB_TEST_MARK={marker}") if "PMI_RANK=1" in _environ(pid)]
     assert len(victims) == 1
     os.kill(victims[0], signal.SIGKILL)
-    proc.wait(timeout=60)  # no hang
+    try:
+        proc.wait(timeout=60)  # no hang
+    finally:
+        proc.end()
     assert proc.returncode != 0
     time.sleep(0.5)
     assert not _pids_with(f"LLAMA_NB_TEST_MARK={marker}")  # every rank exited

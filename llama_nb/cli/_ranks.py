@@ -1,8 +1,10 @@
 """`mpirun -n N llama-nb ...`: only rank 0 prints, and a failure on one rank ends every rank.
 
-    begin()            at start: on ranks other than 0, stdout and stderr go to /dev/null (the
-                       generated text, notes and the summary come from rank 0 alone); a copy of
-                       the real stderr is kept for an error only that rank has
+    begin()            at start: on ranks other than 0, stdin reads /dev/null and stdout and
+                       stderr go there (the generated text, notes and the summary come from rank
+                       0 alone, which also reads the prompt or the chat lines and shares them:
+                       model/parallel.py's `share`); a copy of the real stderr is kept for an
+                       error only that rank has
     end(code, error)   at exit: an error every rank raised together (model/parallel.py's
                        AgreedError: a missing shard, shards that disagree with params.json or
                        with the rank count) was said once by rank 0, and every rank exits with
@@ -41,7 +43,8 @@ def begin() -> None:
     except Exception:  # a malformed $PMI_SIZE is reported by the command that needs it
         return
     _real_stderr = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)  # a rank other than 0 may hold the terminal or the pipe too: never wait on it
     os.dup2(devnull, 1)
     os.dup2(devnull, 2)
     os.close(devnull)

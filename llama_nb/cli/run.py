@@ -67,6 +67,7 @@ def run(
     text = read_prompt(prompt, file)
     check_sampling_options(temperature, top_k, top_p)  # before the slow load
     llm = load_for_cli(model, impl=impl, ctx=ctx, threads=threads, precision=precision, mmap=mmap, quiet=quiet or json_out)
+    text = llm.model.group.share(text)  # under mpirun: rank 0's (only it has stdin)
     prompt_ids = llm.encode_prompt(text, chat=chat, system=system)
     code = stream(llm, prompt_ids, max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
                   mode="json" if json_out else None, quiet=quiet, verbose=verbose)

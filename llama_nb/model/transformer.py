@@ -21,6 +21,11 @@ declares. After warm-up, forward() allocates no array (tests/test_alloc.py count
 the prompt as batched passes of at most `max_batch` tokens; decode one token at a time. Logits
 are computed for the last position only, and checked: non-finite logits stop with an error that
 names the first layer whose output went non-finite.
+
+Tensor parallelism (model/parallel.py): a Transformer given an MpiGroup holds one rank's Part of
+the weights (its heads, FFN columns and vocab slice; RunState sizes its buffers for them) and
+sums the partial results after the embedding, wo and w2 (all-reduce) and gathers the logits.
+With Single (the default) those calls do nothing.
 """
 
 from __future__ import annotations
