@@ -397,3 +397,6 @@ def test_sharded_checkpoints_that_do_not_split_are_refused(tmp_path):
     (folder / "consolidated.02.pth").unlink()
     with pytest.raises(CheckpointError, match=r"70b: a model-parallel checkpoint of 5 shards is missing consolidated\.02\.pth"):
         load_model_files(folder, require_tokenizer=False)
+    (folder / "consolidated.2.pth").write_bytes(b"")  # shard 2 under another spelling
+    with pytest.raises(CheckpointError, match=r"70b: consolidated\.2\.pth is not a shard name"):
+        load_model_files(folder, require_tokenizer=False)

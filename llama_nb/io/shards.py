@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llama_nb.errors import CheckpointError, LlamaNbError
+from llama_nb.errors import CheckpointError, LlamaNbError, shown
 from llama_nb.io.params import ModelArgs
 from llama_nb.io.pth import Checkpoint
 
@@ -48,8 +48,13 @@ def shard_paths(folder: Path) -> list[Path]:
     found: dict[int, Path] = {}
     for path in folder.glob("consolidated.*.pth"):
         m = SHARD_NAME.fullmatch(path.name)
-        if m and len(m.group(1)) <= 4:  # digits only; 10^5000 shards is a hostile name, not a model
-            found[int(m.group(1))] = path
+        if not m:
+            continue
+        index = int(m.group(1)) if len(m.group(1)) <= 4 else -1  # 10^5000 shards: a hostile name, not a model
+        if index < 0 or path.name != f"consolidated.{index:02d}.pth":  # 1 and 01 would be one shard twice
+            raise CheckpointError(f"{folder}: {shown(path.name, quote=False)} is not a shard name "
+                                  f"(Meta's are consolidated.00.pth, consolidated.01.pth, ...)")
+        found[index] = path
     if not found:
         return []
     count = max(found) + 1
@@ -131,6 +136,9 @@ class RankTensors:
 
     def __contains__(self, name: object) -> bool:
         return name in self.tensors
+
+    def __iter__(self):
+        return iter(self.tensors)
 
     def __len__(self) -> int:
         return len(self.tensors)
