@@ -27,7 +27,7 @@ from pathlib import Path
 
 from llama_nb.io.checkpoint import load_model_files
 from llama_nb.model.load import build_transformer, opset_for
-from llama_nb.model.parallel import AgreedError, default_threads, group_from_environment
+from llama_nb.model.parallel import default_threads, group_from_environment, together
 from llama_nb.model.transformer import check_threads
 
 
@@ -39,21 +39,13 @@ def load_transformer(folder: Path, impl=None, *, ctx: int, max_batch: int = 512,
     check_threads(threads)
     group = group_from_environment()  # under mpirun: this rank's part of a model-parallel folder
     threads = default_threads(group, threads)
-    model = error = None
-    try:
+
+    def build():
         files = load_model_files(folder, require_tokenizer=False, rank=group.rank, ranks=group.size)
-        model = build_transformer(files, ops, ctx=ctx, max_batch=max_batch, mmap=mmap, threads=threads,
-                                  weight_format=weight_format, group=group)
-    except AgreedError:
-        raise
-    except Exception as exc:
-        if group.size == 1:
-            raise
-        error = str(exc)
-    error = group.first_error(error)
-    if error is not None:
-        raise AgreedError(error)
-    return model
+        return build_transformer(files, ops, ctx=ctx, max_batch=max_batch, mmap=mmap, threads=threads,
+                                 weight_format=weight_format, group=group)
+
+    return together(group, build)
 
 
 def prompt_ids(n: int, vocab_size: int, seed: int = 0):

@@ -38,7 +38,7 @@ from llama_nb.io.params import ModelArgs
 from llama_nb.io.shards import RankTensors
 from llama_nb.io.tokenizer import Tokenizer
 from llama_nb.model.generate import GenerationStats, TokenEvent, generate
-from llama_nb.model.parallel import AgreedError, Single, default_threads, group_from_environment
+from llama_nb.model.parallel import Single, default_threads, group_from_environment, together
 from llama_nb.model.transformer import RunState, Transformer, Weights, check_ctx, check_threads
 from llama_nb.ops.opset import OpSet
 
@@ -252,8 +252,8 @@ def load_model(
     check_ctx(ctx)
     group = group if group is not None else group_from_environment()
     threads = default_threads(group, threads)
-    error = None
-    try:
+
+    def build():
         files = load_model_files(Path(path), rank=group.rank, ranks=group.size)
         tokenizer = files.load_tokenizer()
         what = str(path) if group.size == 1 else f"rank {group.rank} of {group.size} of {path}"
@@ -261,13 +261,9 @@ def load_model(
                      ctx, what)
         model = build_transformer(files, ops, ctx=ctx, max_batch=max_batch, mmap=mmap, threads=threads,
                                   weight_format=weight_format, group=group)
-    except LlamaNbError as exc:
-        if group.size == 1:
-            raise
-        error = str(exc)
-    error = group.first_error(error)  # collective: every rank learns whether any failed
-    if error is not None:
-        raise AgreedError(error)
+        return files, tokenizer, model
+
+    files, tokenizer, model = together(group, build)
     return Llama(model, tokenizer, Path(path), time.perf_counter() - t0, files.checkpoint.dtypes)
 
 

@@ -32,6 +32,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from typing import Callable, TypeVar
 
 import numpy as np
 
@@ -40,6 +41,7 @@ from llama_nb.io.params import ModelArgs
 
 # Environment variables MPI launchers set in every process they start: MPICH/Intel MPI's hydra
 # (PMI_SIZE), Open MPI (OMPI_COMM_WORLD_SIZE), Slurm's PMI2/PMIx (PMIX_SIZE is not set: PMI_SIZE is).
+T = TypeVar("T")
 SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
 
 
@@ -185,6 +187,22 @@ class MpiGroup(Single):
         """End every rank of the job now (the MPI launcher kills the others)."""
         sys.stdout.flush()
         self.comm.Abort(code)
+
+
+def together(group: Single, build: Callable[[], T]) -> T:
+    """build() on every rank of `group` (loading: each its own shards); an error on any rank is
+    raised on every rank as one AgreedError, so that all stop (none waits for the failed one)."""
+    value, error = None, None
+    try:
+        value = build()
+    except Exception as exc:  # noqa: BLE001 - on one rank of several: said once, every rank stops
+        if group.size == 1:
+            raise
+        error = str(exc) if isinstance(exc, LlamaNbError) else f"{type(exc).__name__}: {exc}"
+    error = group.first_error(error)  # collective: every rank learns whether any failed
+    if error is not None:
+        raise AgreedError(error)
+    return value
 
 
 def default_threads(group: Single, threads: int | None) -> int | None:
