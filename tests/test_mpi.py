@@ -226,3 +226,42 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
     except OSError:
         return ""
+
+
+def test_an_error_only_one_rank_meets_ends_the_job(monkeypatch, capfd):
+    """cli/_ranks.end: an error every rank shares (AgreedError) lets each exit; any other one,
+    under MPI, is said by its rank and MPI_Abort ends every rank (a fake MPI records the call)."""
+    from llama_nb.cli import _ranks
+    from llama_nb.errors import LlamaNbError
+    from llama_nb.model.parallel import AgreedError
+
+    class World:
+        aborted = None
+
+        def Get_size(self):
+            return 2
+
+        def Get_rank(self):
+            return 1
+
+        def Abort(self, code):
+            World.aborted = code
+
+    class FakeMPI:
+        COMM_WORLD = World()
+
+        @staticmethod
+        def Is_initialized():
+            return True
+
+    monkeypatch.setitem(sys.modules, "mpi4py.MPI", FakeMPI)
+    read, write = os.pipe()
+    monkeypatch.setattr(_ranks, "_real_stderr", write)  # rank 1's own stderr, kept by begin()
+    _ranks.end(1, AgreedError("a shard is missing"))
+    assert World.aborted is None
+    _ranks.end(1, LlamaNbError("the logits at position 3 are not finite"))
+    assert World.aborted == 1
+    os.close(write)
+    assert os.read(read, 1000) == b"error: rank 1: the logits at position 3 are not finite\n"
+    os.close(read)
+    _ranks.end(0, None)  # success: nothing to end
