@@ -386,10 +386,17 @@ def test_other_formats_are_recognised(tmp_path):
         load_model_files(gg)
 
 
-def test_sharded_checkpoints_are_listed_and_refused(tmp_path):
+def test_sharded_checkpoints_that_do_not_split_are_refused(tmp_path):
+    """Model-parallel folders load (tests/test_mpi.py); 5 shards of a 4-head model cannot be."""
     folder = write_tiny_model(tmp_path / "70b", tokenizer=None, vocab_size=300)
     for i in (1, 2, 3, 4):
         (folder / f"consolidated.0{i}.pth").write_bytes(b"")
-    with pytest.raises(CheckpointError, match=r"sharded into 5 files \(consolidated\.00\.pth, consolidated\.01\.pth, "
-                                              r"consolidated\.02\.pth, \.\.\.\)"):
-        load_model_files(folder)
+    with pytest.raises(CheckpointError, match=r"70b: 5 shards, but .*params\.json: the model cannot be split across "
+                                              r"5 ranks: n_heads=4, hidden_dim=192, n_kv_heads=2 are not divisible by 5"):
+        load_model_files(folder, require_tokenizer=False)
+    (folder / "consolidated.02.pth").unlink()
+    with pytest.raises(CheckpointError, match=r"70b: a model-parallel checkpoint of 5 shards is missing consolidated\.02\.pth"):
+        load_model_files(folder, require_tokenizer=False)
+    (folder / "consolidated.2.pth").write_bytes(b"")  # shard 2 under another spelling
+    with pytest.raises(CheckpointError, match=r"70b: consolidated\.2\.pth is not a shard name"):
+        load_model_files(folder, require_tokenizer=False)

@@ -123,14 +123,16 @@ def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the command, then exit with the code described above."""
     from typer._click.exceptions import UsageError  # typer's own copy of click
 
+    from llama_nb.cli import _ranks
     from llama_nb.cli._pipes import GuardedStdout, OutputError, guard_streams, say, stdout_closed
 
+    _ranks.begin()  # under mpirun: only rank 0 prints
     guard_streams()
     if stdout_closed():  # say so before any work is done for nothing
         say("error: stdout is closed: nothing could be printed", style="bold red")
         sys.exit(1)
     debug = os.environ.get("LLAMA_NB_DEBUG") == "1"
-    code = 0
+    code, failure = 0, None
     try:
         command = typer.main.get_command(app)
         with command.make_context("llama-nb", list(sys.argv[1:] if argv is None else argv)) as ctx:
@@ -148,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             raise
         report_error(exc)
-        code = 1
+        code, failure = 1, exc
     except EOFError:
         code = 0
     except BrokenPipeError:  # a pipe other than stdout (a file given as stdout and then closed)
@@ -160,6 +162,7 @@ def main(argv: list[str] | None = None) -> None:
         code = _output_failed(exc) if code == 0 else code
     if isinstance(sys.stdout, GuardedStdout):
         sys.stdout = sys.stdout.release()
+    _ranks.end(code, failure)  # under mpirun: a failure not every rank shares ends them all
     sys.exit(code)
 
 

@@ -70,7 +70,12 @@ def model_bench_table(r: ModelBench):
 def model_bench_notes(r: ModelBench) -> list[str]:
     expected = r.weights_bytes + r.kv_cache_bytes
     reps = len(r.tests[0].samples_ts) if r.tests else 0
-    return [
+    ranks = [] if r.ranks == 1 else [
+        f"ranks       {r.ranks} MPI ranks; weights and memory per rank (rank 0's); collectives "
+        f"{r.collective_seconds_per_token * 1e3:.3f} ms per decode token"
+        + (f" ({r.collective_seconds_per_token * mean([t.avg_ts for t in r.tests if t.n_gen]):.0%} of each step)"
+           if any(t.n_gen for t in r.tests) else "")]
+    return ranks + [
         f"model       {r.model}",
         f"kernels     {r.impl_short}, precision {r.precision}",
         f"excluded    JIT compile / cache load {r.compile_seconds:.2f} s; warm-up runs {r.warmup_seconds:.2f} s",

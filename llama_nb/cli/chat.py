@@ -149,11 +149,9 @@ class Session:
         self.last = None  # the RunReport of the last answer
 
     def loop(self) -> int:
-        from llama_nb.cli._lineedit import ask
-
         while True:
             try:
-                line = ask(">>> ")
+                line = self._ask(">>> ")
                 if line is None:  # Ctrl-D
                     sys.stdout.write("\n")
                     return 0
@@ -162,6 +160,8 @@ class Session:
                     if line is None:
                         return 0
             except KeyboardInterrupt:  # at the prompt: a fresh line, as in a shell
+                if self.llm.model.group.size > 1:  # under mpirun the ranks would part ways: end them all
+                    raise
                 sys.stdout.write("\n")
                 _say("(Ctrl-D or /bye to leave)")
                 continue
@@ -178,18 +178,25 @@ class Session:
             try:
                 self.answer(line)
             except KeyboardInterrupt:  # between the answer's steps: the session goes on
+                if self.llm.model.group.size > 1:
+                    raise
                 sys.stdout.write("\n")
 
-    def _read_multiline(self, first: str) -> str | None:
+    def _ask(self, prompt: str) -> str | None:
+        """A line from the user (None: Ctrl-D); under mpirun rank 0 reads it, every rank gets it."""
         from llama_nb.cli._lineedit import ask
 
+        group = self.llm.model.group
+        return group.share(ask(prompt) if group.rank == 0 else None)
+
+    def _read_multiline(self, first: str) -> str | None:
         lines = []
         if first.rstrip().endswith(MULTILINE):
             return first.rstrip()[: -len(MULTILINE)]
         if first:
             lines.append(first)
         while True:
-            line = ask("... ")
+            line = self._ask("... ")
             if line is None:
                 return None
             if line.rstrip().endswith(MULTILINE):
@@ -257,7 +264,8 @@ class Session:
                 print("conversation cleared", flush=True)
             elif name == "/save":
                 path = self._path(arg, "/save")
-                self.conversation.save(path, asdict(self.settings))
+                if self.llm.model.group.rank == 0:  # under mpirun: one writer
+                    self.conversation.save(path, asdict(self.settings))
                 print(f"saved {len(self.conversation.messages)} messages to {path}", flush=True)
             elif name == "/load":
                 path = self._path(arg, "/load")

@@ -75,6 +75,7 @@ def run(
     check_sampling_options(temperature, top_k, top_p)  # before the slow load
     offered, day = chat_tools(tools, tool_file, date, tool_format)
     llm = load_for_cli(model, impl=impl, ctx=ctx, threads=threads, precision=precision, mmap=mmap, quiet=quiet or json_out)
+    text = llm.model.group.share(text)  # under mpirun: rank 0's (only it has stdin)
     chat = chat or system is not None or bool(offered) or day is not None
     prompt_ids = llm.encode_prompt(text, chat=chat, system=system, tools=offered, date=day, tool_format=tool_format)
     code = stream(llm, prompt_ids, max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,

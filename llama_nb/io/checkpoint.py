@@ -26,8 +26,9 @@ tensors:
                                                                 tok_embeddings (Llama 3.2 1B/3B)
 
 A Hugging Face folder (config.json + safetensors + tokenizer.json) is read by llama_nb.io.hf into
-the same ModelFiles, under Meta's names. Folders in other formats (GGUF, sharded 70B/405B .pth) are
-recognised and refused with a message saying what they are and what llama_nb expects.
+the same ModelFiles, under Meta's names. Model-parallel folders (consolidated.00.pth ..
+consolidated.{M-1}.pth: 70B, 405B) load through llama_nb/io/shards.py, each rank its own shards.
+GGUF files are recognised and refused with a message saying what they are and what llama_nb expects.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from llama_nb.formats import format_of_checkpoint_dtype
 from llama_nb.io.files import open_regular_file
 from llama_nb.io.params import ModelArgs
 from llama_nb.io.pth import Checkpoint, load_pth
+from llama_nb.io.shards import join_rank, rank_shards, shard_paths, shard_shapes
 from llama_nb.io.tokenizer import Tokenizer
 
 CHECKPOINT_NAME = "consolidated.00.pth"
@@ -49,7 +51,6 @@ PARAMS_NAME = "params.json"
 TOKENIZER_NAME = "tokenizer.model"
 
 _EXPECTS = f"llama_nb expects Meta's original folder ({CHECKPOINT_NAME}, {PARAMS_NAME}, {TOKENIZER_NAME})"
-_SHARD = re.compile(r"consolidated\.(\d+)\.pth")
 
 
 @dataclass(frozen=True)
@@ -104,8 +105,11 @@ def expected_shapes(args: ModelArgs, *, tied_output: bool = False) -> dict[str, 
     return shapes
 
 
-def load_model_files(folder: str | Path, *, require_tokenizer: bool = True) -> ModelFiles:
-    """Find, read and cross-check a Meta model folder; a one-line CheckpointError on any problem."""
+def load_model_files(folder: str | Path, *, require_tokenizer: bool = True, rank: int = 0, ranks: int = 1) -> ModelFiles:
+    """Find, read and cross-check a Meta model folder; a one-line CheckpointError on any problem.
+
+    rank, ranks: which of several processes this is (model/parallel.py); a model-parallel folder
+    gives each rank the tensors of its shards (io/shards.py), a single file only runs on one."""
     folder = Path(folder)
     check_folder(folder)
     if _is_hf_folder(folder):
@@ -120,9 +124,32 @@ def load_model_files(folder: str | Path, *, require_tokenizer: bool = True) -> M
         tokenizer_path = None
     else:  # a FIFO or /dev/zero there is refused now, not when the tokenizer is read
         open_regular_file(tokenizer_path, TOKENIZER_NAME).close()
+    shards = shard_paths(folder)
+    if len(shards) > 1:
+        checkpoint = _load_rank(folder, shards, args, rank, ranks)
+        return ModelFiles(folder=folder, args=args, checkpoint=checkpoint, tokenizer_path=tokenizer_path)
+    if ranks > 1:
+        raise CheckpointError(f"{folder}: a single-file checkpoint runs in one process, not on {ranks} "
+                              f"MPI ranks (those need Meta's model-parallel shards, consolidated.00..NN.pth)")
     checkpoint = load_pth(folder / CHECKPOINT_NAME)
     check_tensors(checkpoint, args, source=folder / PARAMS_NAME)
     return ModelFiles(folder=folder, args=args, checkpoint=checkpoint, tokenizer_path=tokenizer_path)
+
+
+def _load_rank(folder: Path, paths: list[Path], args: ModelArgs, rank: int, ranks: int):
+    """This rank's shards of a model-parallel folder, each checked against its part of params.json."""
+    source = folder / PARAMS_NAME
+    mine = rank_shards(folder, len(paths), args, rank, ranks, source)
+    shards = []
+    for s in mine:
+        shard = load_pth(paths[s])
+        whole = expected_shapes(args, tied_output="output.weight" not in shard)
+        check_tensors(shard, args, source, expected=shard_shapes(args, len(paths), whole),
+                      what=f"shard {s} of {len(paths)}")
+        if shards and shard.dtypes != shards[0].dtypes:
+            raise CheckpointError(f"{paths[s]}: its dtypes differ from those of {paths[mine[0]].name}")
+        shards.append(shard)
+    return join_rank(paths, mine, shards, args)
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
@@ -134,15 +161,18 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     return Tokenizer(Path(path) / TOKENIZER_NAME)
 
 
-def check_tensors(checkpoint: Checkpoint, args: ModelArgs, source: str | Path = PARAMS_NAME) -> None:
-    """The checkpoint holds exactly the tensors `args` implies: names, shapes, bf16, C order."""
+def check_tensors(checkpoint: Checkpoint, args: ModelArgs, source: str | Path = PARAMS_NAME,
+                  expected: dict[str, tuple[int, ...]] | None = None, what: str | None = None) -> None:
+    """The checkpoint holds exactly the tensors `args` implies: names, shapes, bf16, C order.
+    `expected`: other shapes than the whole model's (one shard's: io/shards.py), `what` says whose."""
     path = checkpoint.path
     if args.n_layers > len(checkpoint):  # each layer is 9 tensors: listing 10^10 names would hang
         raise CheckpointError(
             f"{path}: {source} says n_layers={args.n_layers} but the file holds only {len(checkpoint)} tensors"
             + _layer_hint(checkpoint, args)
         )
-    expected = expected_shapes(args, tied_output="output.weight" not in checkpoint)
+    if expected is None:
+        expected = expected_shapes(args, tied_output="output.weight" not in checkpoint)
     missing = [name for name in expected if name not in checkpoint]
     if missing:
         raise CheckpointError(
@@ -159,8 +189,8 @@ def check_tensors(checkpoint: Checkpoint, args: ModelArgs, source: str | Path = 
         tensor, dtype = checkpoint.tensors[name], checkpoint.dtypes[name]
         if tuple(tensor.shape) != shape:
             raise CheckpointError(
-                f"{path}: {name} has shape {list(tensor.shape)} but {source} implies {list(shape)} "
-                f"({_formula(name, args)})"
+                f"{path}: {name} has shape {list(tensor.shape)} but {source} implies {list(shape)}"
+                f"{f' for {what}' if what else ''} ({_formula(name, args)})"
             )
         if format_of_checkpoint_dtype(dtype) is None:
             raise CheckpointError(f"{path}: {name} is {dtype}; no weight format reads it (llama_nb.formats)")
@@ -208,13 +238,8 @@ def check_folder(folder: Path) -> None:
         if folder.suffix == ".pth":
             raise CheckpointError(f"{folder}: a file; pass the folder that holds it ({folder.parent}); {_EXPECTS}")
         raise CheckpointError(f"{folder}: a file, not a folder; {_EXPECTS}")
-    shards = sorted(p.name for p in folder.glob("consolidated.*.pth") if _SHARD.fullmatch(p.name))  # digits only: no escaping needed
-    if len(shards) > 1:
-        raise CheckpointError(
-            f"{folder}: a checkpoint sharded into {len(shards)} files ({', '.join(shards[:3])}"
-            f"{', ...' if len(shards) > 3 else ''}) for model parallelism (70B/405B); llama_nb reads "
-            f"single-file checkpoints only (Llama 3.x 1B/3B/8B)"
-        )
+    if len(shard_paths(folder)) > 1:  # model parallel (70B/405B): io/shards.py; a missing shard is named
+        return
     if (folder / CHECKPOINT_NAME).exists():  # not is_file(): a FIFO there is refused by load_pth, naming it
         return
     if _is_hf_folder(folder):  # read by llama_nb.io.hf (which hints at original/ when it refuses one)

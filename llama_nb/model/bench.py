@@ -27,6 +27,7 @@ from pathlib import Path
 
 from llama_nb.io.checkpoint import load_model_files
 from llama_nb.model.load import build_transformer, opset_for
+from llama_nb.model.parallel import default_threads, group_from_environment, together
 from llama_nb.model.transformer import check_threads
 
 
@@ -36,9 +37,15 @@ def load_transformer(folder: Path, impl=None, *, ctx: int, max_batch: int = 512,
     tokenizer needed (ids only). Its OpSet is untimed: no per-call overhead."""
     ops = opset_for(impl, precision, timed=False)  # before reading anything
     check_threads(threads)
-    files = load_model_files(folder, require_tokenizer=False)
-    return build_transformer(files, ops, ctx=ctx, max_batch=max_batch, mmap=mmap, threads=threads,
-                             weight_format=weight_format)
+    group = group_from_environment()  # under mpirun: this rank's part of a model-parallel folder
+    threads = default_threads(group, threads)
+
+    def build():
+        files = load_model_files(folder, require_tokenizer=False, rank=group.rank, ranks=group.size)
+        return build_transformer(files, ops, ctx=ctx, max_batch=max_batch, mmap=mmap, threads=threads,
+                                 weight_format=weight_format, group=group)
+
+    return together(group, build)
 
 
 def prompt_ids(n: int, vocab_size: int, seed: int = 0):
@@ -93,6 +100,8 @@ class ModelBench:
     decode_bytes: int  # what one decode pass streams
     kv_cache_bytes: int
     peak_rss_bytes: int = 0  # ru_maxrss after load, compile and warm-up (before the bandwidth probe)
+    ranks: int = 1  # MPI ranks sharing the model (weights_bytes etc. are this rank's: rank 0's)
+    collective_seconds_per_token: float = 0.0  # tg: all-reduces and the logits' all-gather, per pass
     tests: list[TestResult] = field(default_factory=list)
 
     def to_json(self) -> dict:
@@ -119,7 +128,7 @@ def run_model_bench(folder: Path, prompts: list[int], gens: list[int], repetitio
         weights_in="mmap" if mmap else "memory", load_seconds=time.perf_counter() - t0,
         compile_seconds=model.warmup(), warmup_seconds=0.0,
         weights_bytes=model.weights.nbytes, decode_bytes=model.weights.decode_bytes,
-        kv_cache_bytes=s.cache_k.nbytes + s.cache_v.nbytes,
+        kv_cache_bytes=s.cache_k.nbytes + s.cache_v.nbytes, ranks=model.group.size,
     )
     ids = prompt_ids(max(prompts + [1]), model.args.vocab_size)
 
@@ -129,8 +138,10 @@ def run_model_bench(folder: Path, prompts: list[int], gens: list[int], repetitio
         return n / (time.perf_counter() - t0)
 
     def tg(n):
+        model.group.reset_timings()
         t0 = time.perf_counter()
         decode(model, int(ids[0]), n)
+        result.collective_seconds_per_token = model.group.collective_seconds / n
         return n / (time.perf_counter() - t0)
 
     tests = [(f"pp{n}", n, 0, pp) for n in prompts] + [(f"tg{n}", 0, n, tg) for n in gens]

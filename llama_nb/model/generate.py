@@ -195,7 +195,7 @@ def generate(
     try:
         for index in range(max_new_tokens):
             t1 = time.perf_counter()
-            token = sampler(logits)
+            token = model.group.broadcast_token(sampler(logits) if model.group.rank == 0 else 0)  # rank 0 samples
             sample_seconds = time.perf_counter() - t1
             stats.sampling_seconds += sample_seconds
             if token in stop:

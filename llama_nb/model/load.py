@@ -35,9 +35,11 @@ from llama_nb.formats import get_format
 from llama_nb.io.chat import ChatFormat
 from llama_nb.io.checkpoint import ModelFiles, load_model_files
 from llama_nb.io.params import ModelArgs
+from llama_nb.io.shards import RankTensors
 from llama_nb.io.tokenizer import Tokenizer
 from llama_nb.model.batch import BatchEvent, generate_batch
 from llama_nb.model.generate import GenerationStats, TokenEvent, generate
+from llama_nb.model.parallel import Single, default_threads, group_from_environment, together
 from llama_nb.model.transformer import RunState, Transformer, Weights, check_ctx, check_slots, check_threads
 from llama_nb.ops.opset import OpSet
 
@@ -60,12 +62,14 @@ class MemoryNeed:
         return self.weights + self.kv_cache + self.buffers
 
 
-def memory_need(args: ModelArgs, ctx: int, weight_bytes: int, max_batch: int = 256, slots: int = 1) -> MemoryNeed:
+def memory_need(args: ModelArgs, ctx: int, weight_bytes: int, max_batch: int = 256, slots: int = 1,
+                part=None) -> MemoryNeed:
     """What Transformer(args, ctx=ctx, max_batch=max_batch, slots=slots) allocates (RunState.shapes,
-    and the RoPE tables cos/sin float32[ctx, Dh/2]), plus the weights."""
+    and the RoPE tables cos/sin float32[ctx, Dh/2]), plus the weights; `part`: one rank's share
+    (model/parallel.py)."""
 
     def allocated(n_ctx: int) -> tuple[int, int]:
-        shapes = RunState.shapes(args, max(1, min(max_batch, n_ctx)), n_ctx, slots)
+        shapes = RunState.shapes(args, max(1, min(max_batch, n_ctx)), n_ctx, slots, part)
         size = {name: int(np.prod(shape)) * dtype.itemsize for name, (shape, dtype) in shapes.items()}
         cache = size.pop("cache_k") + size.pop("cache_v")
         return cache, sum(size.values()) + 2 * 4 * (args.head_dim // 2) * n_ctx
@@ -227,6 +231,7 @@ def load_model(
     precision: str | None = None,
     weight_format: str | None = None,
     slots: int = 1,
+    group: Single | None = None,
 ) -> Llama:
     """Load Meta's model folder (consolidated.00.pth, params.json, tokenizer.model).
 
@@ -246,6 +251,10 @@ def load_model(
     weight_format  None (default): the weights in the format the checkpoint stores; or the name of
                a registered format (llama_nb.formats) to repack every matrix into at load time.
     slots      sequences decoded together (generate_batch, `serve --parallel`): one KV cache each
+    group      model/parallel.py: the ranks that share the model (default: the MPI job this process
+               is a rank of, when an MPI launcher started it, else Single: this process alone).
+               Each rank loads its shards of a model-parallel folder; an error on any rank is
+               raised on every rank (AgreedError), so that all of them stop.
     """
     t0 = time.perf_counter()
     ops = opset_for(impl, precision, timed=True)  # before reading anything: a typo fails at once
@@ -254,11 +263,20 @@ def load_model(
         get_format(weight_format)
     check_ctx(ctx)
     check_slots(slots)
-    files = load_model_files(Path(path))
-    tokenizer = files.load_tokenizer()
-    check_memory(memory_need(files.args, ctx, weight_bytes(files, weight_format), max_batch, slots), ctx, str(path))
-    model = build_transformer(files, ops, ctx=ctx, max_batch=max_batch, mmap=mmap, threads=threads,
-                              weight_format=weight_format, slots=slots)
+    group = group if group is not None else group_from_environment()
+    threads = default_threads(group, threads)
+
+    def build():
+        files = load_model_files(Path(path), rank=group.rank, ranks=group.size)
+        tokenizer = files.load_tokenizer()
+        what = str(path) if group.size == 1 else f"rank {group.rank} of {group.size} of {path}"
+        check_memory(memory_need(files.args, ctx, weight_bytes(files, weight_format), max_batch, slots,
+                                 group.part(files.args)), ctx, what)
+        model = build_transformer(files, ops, ctx=ctx, max_batch=max_batch, mmap=mmap, threads=threads,
+                                  weight_format=weight_format, slots=slots, group=group)
+        return files, tokenizer, model
+
+    files, tokenizer, model = together(group, build)
     return Llama(model, tokenizer, Path(path), time.perf_counter() - t0, files.checkpoint.dtypes)
 
 
@@ -272,10 +290,13 @@ def opset_for(impl: str | Mapping[str, str] | OpSet | None, precision: str | Non
 
 
 def build_transformer(files: ModelFiles, ops: OpSet, *, ctx: int, max_batch: int, mmap: bool,
-                      threads: int | None = None, weight_format: str | None = None, slots: int = 1) -> Transformer:
+                      threads: int | None = None, weight_format: str | None = None, slots: int = 1,
+                      group: Single | None = None) -> Transformer:
     """The Transformer over a checked folder's weights: read into memory, or with mmap=True the
     views of the file's map (see load_model), repacked into `weight_format` if one is given."""
-    tensors = files.checkpoint.tensors if mmap else files.checkpoint.read_tensors()
+    joined = isinstance(files.checkpoint, RankTensors)  # several shards of a rank: joined, in memory
+    tensors = files.checkpoint.tensors if mmap and not joined else files.checkpoint.read_tensors()
     target = get_format(weight_format) if weight_format is not None else None
     weights = Weights.from_tensors(tensors, files.checkpoint.dtypes, files.args, target)
-    return Transformer(files.args, weights, ops, ctx=ctx, max_batch=max_batch, threads=threads, slots=slots)
+    return Transformer(files.args, weights, ops, ctx=ctx, max_batch=max_batch, threads=threads, slots=slots,
+                       group=group)

@@ -29,6 +29,11 @@ weight is read once for every sequence: what makes batched decode cheap), RoPE a
 per span at its own positions over its own slot's cache, and the logits of each span's last row
 come out. Every op but attention works row by row, so a row's result does not depend on the other
 rows (the product kernels never mix rows); `forward(tokens, start_pos)` is one span in slot 0.
+
+Tensor parallelism (model/parallel.py): a Transformer given an MpiGroup holds one rank's Part of
+the weights (its heads, FFN columns and vocab slice; RunState sizes its buffers for them) and
+sums the partial results after the embedding, wo and w2 (all-reduce) and gathers the logits.
+With Single (the default) those calls do nothing.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ import numpy as np
 from llama_nb.errors import CheckpointError, ContextLimitError, LlamaNbError
 from llama_nb.formats import Weight, WeightFormat, as_weight, format_of_checkpoint_dtype, repack
 from llama_nb.io.params import ModelArgs
+from llama_nb.model.parallel import Part, Single, part_of
 from llama_nb.ops import cores, jit, registry
 from llama_nb.ops.opset import OpSet
 from llama_nb.ops.rope_tables import rope_tables
@@ -155,8 +161,12 @@ class RunState:
     (model/load.py's memory check adds it up before anything large exists)."""
 
     @staticmethod
-    def shapes(args: ModelArgs, max_batch: int, ctx: int, slots: int = 1) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-        D, H, KVH, Dh, F = args.dim, args.n_heads, args.n_kv_heads, args.head_dim, args.hidden_dim
+    def shapes(args: ModelArgs, max_batch: int, ctx: int, slots: int = 1,
+               part: Part | None = None) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """`slots`: sequences the KV cache holds (forward_batch); `part`: the share of one rank of
+        several (model/parallel.py): its heads, FFN columns and vocab slice; None: the whole model."""
+        part = part if part is not None else part_of(args, 0, 1)
+        D, H, KVH, Dh, F = args.dim, part.n_heads, part.n_kv_heads, args.head_dim, part.hidden_dim
         T, f32 = max_batch, np.dtype(np.float32)
         shapes = {
             "x": ((T, D), f32),  # residual stream
@@ -175,15 +185,17 @@ class RunState:
             "cache_k": ((slots, args.n_layers, KVH, ctx, Dh), f32),
             "cache_v": ((slots, args.n_layers, KVH, ctx, Dh), f32),
         }
-        dims = {"T": T, "K": max(D, H * Dh, F), "N": max(D, F, args.vocab_size), "H": H, "KVH": KVH, "Dh": Dh, "S": ctx}
+        if part.size > 1:  # this rank's logits, all-gathered into "logits"
+            shapes["logits_part"] = ((slots, part.vocab_size), f32)
+        dims = {"T": T, "K": max(D, H * Dh, F), "N": max(D, F, part.vocab_size), "H": H, "KVH": KVH, "Dh": Dh, "S": ctx}
         for op in ("linear", "attention"):
             for name, (shape, dtype) in registry.spec(op).scratch_shapes(dims).items():
                 shapes[f"{op}.{name}"] = (shape, dtype)
         return shapes
 
-    def __init__(self, args: ModelArgs, max_batch: int, ctx: int, slots: int = 1):
+    def __init__(self, args: ModelArgs, max_batch: int, ctx: int, slots: int = 1, part: Part | None = None):
         self.max_batch, self.slots = max_batch, slots
-        for name, (shape, dtype) in self.shapes(args, max_batch, ctx, slots).items():
+        for name, (shape, dtype) in self.shapes(args, max_batch, ctx, slots, part).items():
             make = _off_the_weights_alias if "." in name else np.zeros  # "op.name": an op's scratch
             setattr(self, name.replace(".", "_"), make(shape, dtype))
 
@@ -217,15 +229,19 @@ class Transformer:
                one process keep their own. None (default): all cores, less those another process
                keeps busy (ops/cores.py), asked before each pass
     slots      sequences the KV cache holds at once (forward_batch); forward() uses slot 0
+    group      model/parallel.py: Single (default: the whole model here), or the MpiGroup of ranks
+               that each hold their Part of the weights (the collectives run in forward)
     """
 
     def __init__(self, args: ModelArgs, weights: Weights, ops: OpSet, ctx: int = 4096, max_batch: int = 256,
-                 threads: int | None = None, slots: int = 1):
+                 threads: int | None = None, slots: int = 1, group: Single | None = None):
         self.args, self.weights, self.ops, self.ctx = args, weights, ops, check_ctx(ctx)
         self.threads = check_threads(threads)  # the most a pass uses
         self.auto_threads = threads is None
         self.slots = check_slots(slots)
-        self.state = RunState(args, min(max_batch, ctx), ctx, slots)
+        self.group = group if group is not None else Single()
+        self.part = self.group.part(args)
+        self.state = RunState(args, min(max_batch, ctx), ctx, slots, self.part)
         self.rope_cos, self.rope_sin = rope_tables(args.head_dim, ctx, args.rope_theta, args.rope_scaling)
         # seconds spent in each layer's attention [:, 0] and feed-forward [:, 1] in the last pass
         self.layer_seconds = np.zeros((args.n_layers, 2))
@@ -333,7 +349,7 @@ class Transformer:
         ops, s, w, eps = self.ops, self.state, self.weights, self.args.norm_eps
         T = len(tokens)
         x, xb, xb2 = s.x[:T], s.xb[:T], s.xb2[:T]
-        ops.embedding(x, w.tok_embeddings, tokens)
+        self.group.embedding(ops, x, w.tok_embeddings, tokens, self.part)
         if check_layers and not np.isfinite(x.sum()):
             return "the token embeddings"
         for i, layer in enumerate(w.layers):
@@ -358,7 +374,7 @@ class Transformer:
         """xb2 = wo(attention(rope(wq xb), with rope(wk xb) and wv xb appended to the cache)):
         the products over all T rows, RoPE and attention per sequence, at its positions, in its slot."""
         ops, s, args = self.ops, self.state, self.args
-        H, KVH, Dh = args.n_heads, args.n_kv_heads, args.head_dim
+        H, KVH, Dh = self.part.n_heads, self.part.n_kv_heads, args.head_dim
         xb, xq = s.xb[:T], s.linear_xq
         q, k, v = s.q[:T], s.k[:T], s.v[:T]
         ops.linear(q, xb, w.wq, xq)
@@ -373,6 +389,7 @@ class Transformer:
             ops.attention(att3[lo:hi], q3[lo:hi], k3[lo:hi], v3[lo:hi], s.cache_k[slot, layer], s.cache_v[slot, layer],
                           start_pos, s.attention_key_blocks, s.attention_rows)
         ops.linear(s.xb2[:T], att, w.wo, xq)
+        self.group.allreduce(s.xb2[:T])
 
     def _feed_forward(self, w: FeedForward, T: int) -> None:
         """xb2 = w2(silu(w1 xb) * w3 xb)   (SwiGLU)"""
@@ -382,13 +399,18 @@ class Transformer:
         ops.linear(hb2, s.xb[:T], w.w3, xq)
         ops.silu(hb3, hb, hb2)
         ops.linear(s.xb2[:T], hb3, w.w2, xq)
+        self.group.allreduce(s.xb2[:T])
 
     def _logits(self, spans) -> np.ndarray:
-        """float32[len(spans), V]: the output of each span's last row (the norm row by row)."""
+        """float32[len(spans), V]: the output of each span's last row (the norm row by row); with
+        several ranks each computes its vocab slice and the slices are all-gathered."""
         s, n = self.state, len(spans)
         for i, (_, _, hi, _) in enumerate(spans):
             self.ops.rmsnorm(s.last[i : i + 1], s.x[hi - 1 : hi], self.weights.norm, self.args.norm_eps)
-        self.ops.linear(s.logits[:n], s.last[:n], self.weights.output, s.linear_xq)
+        mine = s.logits[:n] if self.part.size == 1 else s.logits_part[:n]
+        self.ops.linear(mine, s.last[:n], self.weights.output, s.linear_xq)
+        for i in range(n if self.part.size > 1 else 0):  # row by row: MPI concatenates whole buffers
+            self.group.allgather(mine[i : i + 1], s.logits[i : i + 1])
         return s.logits[:n]
 
     def _where_non_finite(self, chunk: np.ndarray, spans) -> str:
