@@ -25,8 +25,9 @@ tensors:
     output.weight                       bf16[vocab_size, dim]   optional: absent = tied to
                                                                 tok_embeddings (Llama 3.2 1B/3B)
 
-Folders in other formats (Hugging Face safetensors, GGUF, sharded 70B/405B) are recognised and
-refused with a message saying what they are and what llama_nb expects.
+A GGUF file (or a folder holding one) is read by llama_nb.io.gguf_model instead. Folders in other
+formats (Hugging Face safetensors, sharded 70B/405B) are recognised and refused with a message
+saying what they are and what llama_nb expects.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class ModelFiles:
     # How to build the tokenizer when it is not a tokenizer.model at tokenizer_path: a GGUF's or
     # a Hugging Face folder's loader passes its own reader (tokenizer.ggml.* metadata, tokenizer.json).
     read_tokenizer: Callable[[], Tokenizer] | None = None
+    gguf: Any = None  # the llama_nb.io.gguf.GGUFFile when the model is a GGUF file (metadata, ggml types)
 
     def load_tokenizer(self) -> Tokenizer:
         """The model's tokenizer, refused when it has more tokens than the model's vocab_size."""
@@ -104,8 +106,13 @@ def expected_shapes(args: ModelArgs, *, tied_output: bool = False) -> dict[str, 
 
 
 def load_model_files(folder: str | Path, *, require_tokenizer: bool = True) -> ModelFiles:
-    """Find, read and cross-check a Meta model folder; a one-line CheckpointError on any problem."""
+    """Find, read and cross-check a Meta model folder (or a GGUF file, or a folder holding one:
+    llama_nb.io.gguf_model); a one-line CheckpointError on any problem."""
     folder = Path(folder)
+    from llama_nb.io import gguf_model  # it builds on this module
+
+    if (gguf := gguf_model.gguf_in(folder)) is not None:
+        return gguf_model.load_gguf_files(gguf, require_tokenizer=require_tokenizer)
     check_folder(folder)
     args = ModelArgs.from_file(folder / PARAMS_NAME)
     tokenizer_path: Path | None = folder / TOKENIZER_NAME
@@ -122,6 +129,10 @@ def load_model_files(folder: str | Path, *, require_tokenizer: bool = True) -> M
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
     """The tokenizer of a model, without reading its weights (`llama-nb tokenize`)."""
+    from llama_nb.io import gguf_model
+
+    if (gguf := gguf_model.gguf_in(Path(path))) is not None:
+        return gguf_model.load_gguf_tokenizer(gguf)
     return Tokenizer(Path(path) / TOKENIZER_NAME)
 
 
@@ -165,13 +176,19 @@ def check_tensors(checkpoint: Checkpoint, args: ModelArgs, source: str | Path = 
 def describe(model_files: ModelFiles) -> dict[str, Any]:
     """Everything `llama-nb info` shows, as plain JSON-ready data."""
     ck, args = model_files.checkpoint, model_files.args
-    tensors = [
-        {"name": name, "dtype": ck.dtypes[name], "shape": list(t.shape), "elements": int(t.size)}
-        for name, t in ck.items()
-    ]
+    if model_files.gguf is not None:  # GGUF names, ggml types, logical shapes, and the metadata
+        from llama_nb.io.gguf_model import gguf_description
+
+        tensors, extra = gguf_description(model_files.gguf)
+    else:
+        tensors = [
+            {"name": name, "dtype": ck.dtypes[name], "shape": list(t.shape), "elements": int(t.size)}
+            for name, t in ck.items()
+        ]
+        extra = {}
     n_elements = sum(t["elements"] for t in tensors)
     size_bytes = sum(int(t.nbytes) for t in ck.tensors.values())
-    return {
+    return extra | {
         "folder": str(model_files.folder),
         "checkpoint": str(ck.path),
         "tokenizer": str(model_files.tokenizer_path) if model_files.tokenizer_path else None,
@@ -194,8 +211,8 @@ def check_folder(folder: Path) -> None:
     if not folder.exists():
         raise CheckpointError(f"{folder}: no such folder; {_EXPECTS}")
     if folder.is_file():
-        if folder.suffix == ".gguf":
-            raise CheckpointError(f"{folder}: a GGUF file (llama.cpp's format); {_EXPECTS}")
+        if folder.suffix == ".gguf":  # read by llama_nb.io.gguf_model
+            return
         if folder.suffix == ".pth":
             raise CheckpointError(f"{folder}: a file; pass the folder that holds it ({folder.parent}); {_EXPECTS}")
         raise CheckpointError(f"{folder}: a file, not a folder; {_EXPECTS}")
@@ -215,9 +232,11 @@ def check_folder(folder: Path) -> None:
         if (folder / "original" / CHECKPOINT_NAME).is_file():
             hint = f"; Meta's files are in its original/ subfolder: use --model {folder / 'original'}"
         raise CheckpointError(f"{folder}: a Hugging Face transformers folder (config.json + safetensors){hint}; {_EXPECTS}")
-    ggufs = sorted(shown(p.name, quote=False) for p in folder.glob("*.gguf"))  # names in a folder: escaped too
-    if ggufs:
-        raise CheckpointError(f"{folder}: holds GGUF files ({ggufs[0]}), llama.cpp's format; {_EXPECTS}")
+    if any(folder.glob("*.gguf")):  # read by llama_nb.io.gguf_model (one GGUF; several are refused there)
+        from llama_nb.io.gguf_model import gguf_in
+
+        gguf_in(folder)
+        return
     others = sorted(shown(p.name, quote=False) for p in folder.glob("*.pth"))
     if others:
         raise CheckpointError(f"{folder}: no {CHECKPOINT_NAME} (found {', '.join(others[:3])}); {_EXPECTS}")

@@ -33,7 +33,7 @@ import numba
 import numpy as np
 
 from llama_nb.errors import CheckpointError, ContextLimitError, LlamaNbError
-from llama_nb.formats import Weight, WeightFormat, as_weight, format_of_checkpoint_dtype, repack
+from llama_nb.formats import Weight, WeightFormat, as_weight, format_of_checkpoint_dtype, formats, repack
 from llama_nb.io.params import ModelArgs
 from llama_nb.ops import jit, registry
 from llama_nb.ops.opset import OpSet
@@ -88,13 +88,20 @@ class Weights:
                 array, dtype = np.asarray(tensors[key]), dtypes[key]
             except KeyError:
                 raise CheckpointError(f"checkpoint has no tensor {key!r}") from None
-            fmt = format_of_checkpoint_dtype(dtype)
+            fmt = format_of_checkpoint_dtype(dtype) or formats.get(dtype)  # a GGUF's block formats by name
             if fmt is None:
                 raise CheckpointError(f"tensor {key!r} is {dtype}: no weight format reads it")
             return array, fmt
 
+        def stored(array: np.ndarray, fmt: WeightFormat) -> Weight:
+            """The weight as stored: a plain array, or a block format's raw blocks uint8[N, row bytes]."""
+            if fmt.block == 1:
+                return as_weight(array, fmt)
+            k = array.shape[1] * array.itemsize // fmt.block_bytes * fmt.block
+            return Weight(fmt, (int(array.shape[0]), k), array.view(fmt.dtype))
+
         def matrix(key: str) -> Weight:
-            weight = as_weight(*raw(key))
+            weight = stored(*raw(key))
             return weight if weight_format is None else repack(weight, weight_format)
 
         def vector(key: str) -> np.ndarray:  # norms: float32, widened exactly
@@ -110,7 +117,7 @@ class Weights:
             )
             for i in range(args.n_layers)
         ]
-        embeddings = as_weight(*raw("tok_embeddings.weight"))
+        embeddings = stored(*raw("tok_embeddings.weight"))
         if "output.weight" in tensors:
             output = matrix("output.weight")
         else:

@@ -1,0 +1,279 @@
+"""A Llama 3.x GGUF file (llama.cpp's converter and quantizer) as llama_nb's ModelFiles.
+
+Hyperparameters (general.architecture "llama"; keys as llama.cpp's gguf-py writes them):
+
+    llama.embedding_length                 dim
+    llama.block_count                      n_layers
+    llama.attention.head_count             n_heads
+    llama.attention.head_count_kv          n_kv_heads (default n_heads)
+    llama.feed_forward_length              the FFN width: carried as multiple_of (see _ffn_args)
+    llama.rope.freq_base                   rope_theta (default 10000, llama.cpp's)
+    llama.attention.layer_norm_rms_epsilon norm_eps
+    llama.vocab_size                       vocab_size (default: token_embd's rows)
+    llama.rope.dimension_count             must be dim / n_heads when present
+
+Llama 3.1's RoPE scaling is no key but the tensor `rope_freqs.weight`, float32[head_dim / 2]: the
+divisor of each frequency (llama.cpp computes theta_i / rope_freqs[i]), 1 for the fast ones,
+`factor` for the slow ones, a blend between. `rope_scaling_of` recovers the RopeScaling whose
+divisors these are and checks that recomputing them gives the tensor (or refuses the file).
+
+Tensors, GGUF name -> Meta name (the rows of attn_q/attn_k are in Meta's interleaved RoPE order:
+llama.cpp's converter un-permutes Hugging Face's q/k rows back, `LlamaModel.permute`):
+
+    token_embd.weight          tok_embeddings.weight      output_norm.weight  norm.weight
+    output.weight              output.weight (absent: tied to token_embd, Llama 3.2 1B/3B)
+    blk.N.attn_norm.weight     layers.N.attention_norm.weight
+    blk.N.attn_q / attn_k / attn_v / attn_output.weight   layers.N.attention.wq / wk / wv / wo.weight
+    blk.N.ffn_norm.weight      layers.N.ffn_norm.weight
+    blk.N.ffn_gate / ffn_down / ffn_up.weight             layers.N.feed_forward.w1 / w2 / w3.weight
+
+Each becomes a view in a `Checkpoint` (llama_nb.io.pth) under its Meta name, so the model loader
+reads GGUF and .pth alike: dtype "float32" / "float16" / "bfloat16" for F32 / F16 / BF16 (as a
+.pth names them), and the llama_nb format name ("q8_0", "q4_k", "q6_k") for block formats, whose
+view is the raw blocks uint8[rows, row_bytes].
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llama_nb.errors import CheckpointError, shown
+from llama_nb.io.checkpoint import ModelFiles, expected_shapes
+from llama_nb.io.gguf import READ_TYPES, GGUFFile, read_gguf
+from llama_nb.io.gguf_tokenizer import read_tokenizer
+from llama_nb.io.params import ModelArgs, RopeScaling
+from llama_nb.io.pth import Checkpoint
+
+ROPE_FREQS = "rope_freqs.weight"
+_GLOBAL_NAMES = {"token_embd.weight": "tok_embeddings.weight", "output_norm.weight": "norm.weight",
+                 "output.weight": "output.weight"}
+_LAYER_NAMES = {"attn_norm": "attention_norm", "attn_q": "attention.wq", "attn_k": "attention.wk",
+                "attn_v": "attention.wv", "attn_output": "attention.wo", "ffn_norm": "ffn_norm",
+                "ffn_gate": "feed_forward.w1", "ffn_down": "feed_forward.w2", "ffn_up": "feed_forward.w3"}
+_META_TO_GGUF_LAYER = {meta: gguf for gguf, meta in _LAYER_NAMES.items()}
+_BLOCK = re.compile(r"blk\.(\d{1,6})\.([a-z_]+)\.weight")
+_PLAIN_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+ROPE_RTOL = 1e-5  # the converter computes the divisors in float32 and Python floats
+
+
+def meta_name(name: str) -> str | None:
+    """The Meta name of a GGUF tensor name, or None for a name outside a Llama model."""
+    if name in _GLOBAL_NAMES:
+        return _GLOBAL_NAMES[name]
+    m = _BLOCK.fullmatch(name)
+    if m and m.group(2) in _LAYER_NAMES and str(int(m.group(1))) == m.group(1):
+        return f"layers.{m.group(1)}.{_LAYER_NAMES[m.group(2)]}.weight"
+    return None
+
+
+def gguf_name(meta: str) -> str:
+    """The GGUF name of a Meta tensor name (the inverse of meta_name)."""
+    for gguf, name in _GLOBAL_NAMES.items():
+        if name == meta:
+            return gguf
+    _, layer, rest = meta.split(".", 2)
+    return f"blk.{layer}.{_META_TO_GGUF_LAYER[rest.removesuffix('.weight')]}.weight"
+
+
+def is_gguf(path: Path) -> bool:
+    return path.suffix == ".gguf" and not path.is_dir()
+
+
+def gguf_in(path: Path) -> Path | None:
+    """The GGUF file `path` names: itself (a .gguf file), or the one .gguf file in a folder that
+    holds no Meta checkpoint; None when it names no GGUF. Several GGUFs in a folder: refused."""
+    if is_gguf(path):
+        return path
+    if not path.is_dir() or (path / "consolidated.00.pth").exists():
+        return None
+    found = sorted(path.glob("*.gguf"))
+    if len(found) > 1:
+        names = ", ".join(shown(p.name, quote=False) for p in found[:3])
+        raise CheckpointError(f"{path}: holds {len(found)} GGUF files ({names}{', ...' if len(found) > 3 else ''}); "
+                              "pass one of them with --model FILE.gguf")
+    return found[0] if found else None
+
+
+def load_gguf_files(path: Path, *, require_tokenizer: bool = True) -> ModelFiles:
+    """Read and cross-check a GGUF model; a one-line CheckpointError on any problem."""
+    gguf = read_gguf(path)
+    args = model_args(gguf)
+    tensors, dtypes = {}, {}
+    for name, info in gguf.tensors.items():
+        meta = meta_name(name)
+        if meta is None:
+            if name == ROPE_FREQS:
+                continue
+            raise CheckpointError(f"{path}: unexpected tensor {shown(name)} for a Llama 3.x model")
+        if info.type_name not in READ_TYPES:
+            raise CheckpointError(f"{path}: tensor {shown(name)} is {info.type_name}; llama_nb reads "
+                                  f"{', '.join(READ_TYPES)}")
+        tensors[meta] = gguf.array(name)
+        dtypes[meta] = _PLAIN_DTYPES.get(info.type_name, READ_TYPES[info.type_name])
+    _check_shapes(gguf, args, tensors)
+    checkpoint = Checkpoint(path=path, tensors=tensors, dtypes=dtypes, mmap=gguf.mmap)
+    if require_tokenizer or "tokenizer.ggml.model" in gguf.metadata:
+        read_tokenizer_fn = lambda: read_tokenizer(gguf.metadata, path)  # noqa: E731
+    else:
+        read_tokenizer_fn = None
+    return ModelFiles(folder=path, args=args, checkpoint=checkpoint,
+                      tokenizer_path=path if read_tokenizer_fn else None, read_tokenizer=read_tokenizer_fn, gguf=gguf)
+
+
+def load_gguf_tokenizer(path: Path):
+    """The tokenizer of a GGUF file, without mapping its tensors' pages (`llama-nb tokenize`)."""
+    return read_tokenizer(read_gguf(path).metadata, path)
+
+
+def _check_shapes(gguf: GGUFFile, args: ModelArgs, tensors: dict[str, np.ndarray]) -> None:
+    """Exactly the tensors `args` implies, each of the implied logical shape."""
+    expected = expected_shapes(args, tied_output="output.weight" not in tensors)
+    missing = [gguf_name(n) for n in expected if n not in tensors]
+    if missing:
+        raise CheckpointError(f"{gguf.path}: missing {len(missing)} tensor(s) that its metadata implies: "
+                              f"{', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}")
+    extra = [gguf_name(n) for n in tensors if n not in expected]
+    if extra:
+        raise CheckpointError(f"{gguf.path}: {len(extra)} tensor(s) beyond llama.block_count={args.n_layers}: "
+                              f"{', '.join(shown(n, quote=False) for n in extra[:4])}")
+    for meta, shape in expected.items():
+        info = gguf.tensors[gguf_name(meta)]
+        if info.shape != shape:
+            raise CheckpointError(f"{gguf.path}: tensor {info.name} has shape {list(info.shape)} but the metadata "
+                                  f"implies {list(shape)}")
+        if len(shape) == 1 and info.type_name not in _PLAIN_DTYPES:
+            raise CheckpointError(f"{gguf.path}: tensor {info.name} is {info.type_name}; norms must be F32, F16 or BF16")
+
+
+def _key(gguf: GGUFFile, key: str, kind: str, default: Any = None) -> Any:
+    """A hyperparameter key: an unsigned integer > 0 ("size") or a finite number > 0 ("positive")."""
+    if key not in gguf.metadata:
+        if default is None:
+            raise CheckpointError(f"{gguf.path}: no metadata key {key} (a Llama GGUF has it)")
+        return default
+    value, type_name = gguf.metadata[key], gguf.value_types[key]
+    ok = (type_name.startswith(("uint", "int")) and value > 0) if kind == "size" else (
+        type_name.startswith(("float", "uint", "int")) and math.isfinite(value) and value > 0)
+    if not ok:
+        raise CheckpointError(f"{gguf.path}: metadata {key} must be a positive {'integer' if kind == 'size' else 'number'}, "
+                              f"got {shown(value)} ({type_name})")
+    if type_name == "float32":  # 1e-05, not 9.99999974e-06: the shortest decimal of the same float32
+        return float(str(np.float32(value)))
+    return value
+
+
+def model_args(gguf: GGUFFile) -> ModelArgs:
+    """ModelArgs from a GGUF's llama.* keys and rope_freqs tensor, validated as params.json is."""
+    arch = gguf.metadata.get("general.architecture")
+    if arch != "llama":
+        raise CheckpointError(f"{gguf.path}: general.architecture is {shown(arch)}; llama_nb runs \"llama\" (Llama 3.x)")
+    dim = _key(gguf, "llama.embedding_length", "size")
+    n_heads = _key(gguf, "llama.attention.head_count", "size")
+    embd = gguf.tensors.get("token_embd.weight")
+    vocab_default = embd.shape[0] if embd is not None and len(embd.shape) == 2 else None
+    ffn = _key(gguf, "llama.feed_forward_length", "size")
+    params = {
+        "dim": dim, "n_layers": _key(gguf, "llama.block_count", "size"), "n_heads": n_heads,
+        "n_kv_heads": _key(gguf, "llama.attention.head_count_kv", "size", n_heads),
+        "vocab_size": _key(gguf, "llama.vocab_size", "size", vocab_default),
+        "norm_eps": _key(gguf, "llama.attention.layer_norm_rms_epsilon", "positive", 1e-5),
+        "rope_theta": float(_key(gguf, "llama.rope.freq_base", "positive", 10000.0)),
+        **_ffn_args(dim, ffn),
+    }
+    if ROPE_FREQS in gguf.tensors:
+        params["use_scaled_rope"] = True
+    args = ModelArgs.from_dict(params, source=str(gguf.path))
+    if args.hidden_dim != ffn:
+        raise CheckpointError(f"{gguf.path}: llama.feed_forward_length={ffn} cannot be expressed as Meta's FFN width")
+    rope_dim = gguf.metadata.get("llama.rope.dimension_count", args.head_dim)
+    if rope_dim != args.head_dim:
+        raise CheckpointError(f"{gguf.path}: llama.rope.dimension_count={shown(rope_dim)} but dim / n_heads = "
+                              f"{args.head_dim}; llama_nb rotates whole heads")
+    if ROPE_FREQS in gguf.tensors:
+        scaling = rope_scaling_of(gguf, args)
+        args = ModelArgs(**{**{k: getattr(args, k) for k in params}, "use_scaled_rope": scaling is not None,
+                            "rope_scaling": scaling})
+    return args
+
+
+def _ffn_args(dim: int, ffn: int) -> dict[str, Any]:
+    """multiple_of / ffn_dim_multiplier for which Meta's formula gives exactly `ffn`: with
+    h = int(8 dim / 3), multiple_of = ffn rounds any h <= ffn up to ffn; a narrower FFN takes a
+    multiplier of (ffn + 0.5) / h (int() then lands on ffn) and multiple_of 1."""
+    h = int(2 * (4 * dim) / 3)
+    if 0 < h <= ffn:
+        return {"multiple_of": ffn}
+    return {"multiple_of": 1, "ffn_dim_multiplier": (ffn + 0.5) / max(h, 1)}
+
+
+def rope_divisors(head_dim: int, theta: float, scaling: RopeScaling) -> np.ndarray:
+    """float64[head_dim / 2]: what llama.cpp's converter writes as rope_freqs for `scaling`."""
+    freqs = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    wavelen = 2 * math.pi / freqs
+    low_wavelen = scaling.original_context / scaling.low_freq_factor
+    high_wavelen = scaling.original_context / scaling.high_freq_factor
+    smooth = (scaling.original_context / wavelen - scaling.low_freq_factor) / (
+        scaling.high_freq_factor - scaling.low_freq_factor)
+    blend = 1 / ((1 - smooth) / scaling.factor + smooth)
+    return np.where(wavelen < high_wavelen, 1.0, np.where(wavelen > low_wavelen, scaling.factor, blend))
+
+
+def rope_scaling_of(gguf: GGUFFile, args: ModelArgs) -> RopeScaling | None:
+    """The RopeScaling whose divisors are the file's rope_freqs (None when they are all 1):
+    factor = the largest divisor; low/high freq factors and original context Meta's (1, 4, 8192),
+    else solved from the blended divisors (low factor 1), and checked by recomputing them all."""
+    info = gguf.tensors[ROPE_FREQS]
+    where = f"{gguf.path}: {ROPE_FREQS}"
+    if info.type_name != "F32" or info.shape != (args.head_dim // 2,):
+        raise CheckpointError(f"{where} must be F32[{args.head_dim // 2}] (head_dim / 2), got "
+                              f"{info.type_name}{list(info.shape)}")
+    divisors = np.array(gguf.array(ROPE_FREQS), np.float64)
+    if not np.all(np.isfinite(divisors)) or divisors.min() < 1 - ROPE_RTOL:
+        raise CheckpointError(f"{where}: divisors must be finite and at least 1, got {divisors.min():g}..{divisors.max():g}")
+    if np.allclose(divisors, 1.0, rtol=ROPE_RTOL, atol=0):
+        return None
+    factor = float(divisors.max())
+    candidates = [{"factor": factor}]
+    freqs = 1.0 / args.rope_theta ** (np.arange(0, args.head_dim, 2, dtype=np.float64) / args.head_dim)
+    blended = (divisors > 1 + ROPE_RTOL) & (divisors < factor * (1 - ROPE_RTOL))
+    if blended.sum() >= 2:  # 1/d = (1 - s)/factor + s with s = a / wavelen - b: solve a, b
+        s = (1 / divisors[blended] - 1 / factor) / (1 - 1 / factor)
+        a, b = np.polyfit(freqs[blended] / (2 * math.pi), s, 1) * np.array([1.0, -1.0])
+        if b > 0 and a > 0:  # low = 1: b = 1 / (high - 1), a = original_context * b
+            high, context = 1 + 1 / b, int(round(a / b))
+            if context >= 1:
+                candidates.append({"factor": factor, "high_freq_factor": round(float(high), 6),
+                                   "original_max_position_embeddings": context})
+    for candidate in candidates:
+        scaling = RopeScaling.from_dict(candidate, source=where)
+        expected = rope_divisors(args.head_dim, args.rope_theta, scaling)
+        if np.allclose(expected, divisors, rtol=ROPE_RTOL, atol=0):
+            return scaling
+    raise CheckpointError(f"{where}: these divisors are not Llama 3.1's RoPE scaling for any factor and context "
+                          f"(range {divisors.min():g}..{factor:g})")
+
+
+def gguf_description(gguf: GGUFFile) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """For `llama-nb info`: one row per tensor (GGUF name, ggml type, logical shape), and the
+    file's metadata (long arrays, the tokenizer's, summarised as their type and length)."""
+    tensors = [{"name": t.name, "dtype": t.type_name, "shape": list(t.shape), "elements": math.prod(t.shape)}
+               for t in gguf.tensors.values()]
+    metadata = {}
+    for key, value in gguf.metadata.items():
+        if isinstance(value, (list, np.ndarray)):
+            value = f"{gguf.value_types[key]} of {len(value)}" if len(value) > 8 else [
+                v.item() if isinstance(v, np.generic) else v for v in value]
+        elif isinstance(value, str) and len(value) > 200:
+            value = value[:200] + f"... ({len(value)} characters)"
+        elif gguf.value_types[key] == "float32":  # 1e-05, not 9.99999974e-06
+            value = float(str(np.float32(value)))
+        metadata[key] = value
+    types: dict[str, int] = {}
+    for t in gguf.tensors.values():
+        types[t.type_name] = types.get(t.type_name, 0) + 1
+    return tensors, {"gguf": {"version": gguf.version, "tensor_types": types, "metadata": metadata}}
