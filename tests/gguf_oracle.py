@@ -72,9 +72,7 @@ def write_oracle_gguf(folder: Path, out: Path, *, qtype: str | None = None, rope
                       metadata_hook=None) -> Path:
     """A GGUF of the Meta folder `folder` (consolidated.00.pth, params.json, tokenizer.model)
     written by gguf.GGUFWriter; `qtype` quantizes the 2-d weights with gguf.quants ("Q8_0")."""
-    from llama_models.llama3.tokenizer import Tokenizer as MetaTokenizer  # noqa: F401 - the specials' names
-
-    from llama_nb.io.tokenizer import SPECIAL_TOKENS
+    from llama_nb.io.tokenizer import SPECIAL_TOKENS  # Meta's names and order (tests/test_tokenizer.py checks them)
 
     params = json.loads((folder / "params.json").read_text())
     state = torch.load(folder / "consolidated.00.pth", map_location="cpu", weights_only=True)
@@ -93,20 +91,21 @@ def write_oracle_gguf(folder: Path, out: Path, *, qtype: str | None = None, rope
     w.add_vocab_size(params["vocab_size"])
     w.add_rope_dimension_count(head_dim)
     w.add_file_type(1 if qtype is None else {"Q8_0": 7}[qtype])
-    tokens, merges = hf_vocab(folder / "tokenizer.model")
-    n_base = len(tokens)
-    tokens += list(SPECIAL_TOKENS)
-    types = [gguf.TokenType.NORMAL] * n_base + [gguf.TokenType.CONTROL] * len(SPECIAL_TOKENS)
-    for i in range(len(tokens), params["vocab_size"]):
-        tokens.append(f"[PAD{i}]")
-        types.append(gguf.TokenType.UNUSED)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("llama-bpe")
-    w.add_token_list(tokens)
-    w.add_token_types(types)
-    w.add_token_merges(merges)
-    w.add_bos_token_id(n_base)
-    w.add_eos_token_id(n_base + 9)  # <|eot_id|>, as an Instruct model's GGUF says
+    if (folder / "tokenizer.model").exists():
+        tokens, merges = hf_vocab(folder / "tokenizer.model")
+        n_base = len(tokens)
+        tokens += list(SPECIAL_TOKENS)
+        types = [gguf.TokenType.NORMAL] * n_base + [gguf.TokenType.CONTROL] * len(SPECIAL_TOKENS)
+        for i in range(len(tokens), params["vocab_size"]):
+            tokens.append(f"[PAD{i}]")
+            types.append(gguf.TokenType.UNUSED)
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre("llama-bpe")
+        w.add_token_list(tokens)
+        w.add_token_types(types)
+        w.add_token_merges(merges)
+        w.add_bos_token_id(n_base)
+        w.add_eos_token_id(n_base + 9)  # <|eot_id|>, as an Instruct model's GGUF says
     if metadata_hook:
         metadata_hook(w)
     if params.get("use_scaled_rope"):

@@ -67,6 +67,7 @@ _COMMANDS = [
     ("tokenize", "tokenize", "tokenize"),
     ("ops", "ops", "ops"),
     ("bench", "bench", "bench"),
+    ("quantize", "quantize", "quantize"),
 ]
 
 

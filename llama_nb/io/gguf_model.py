@@ -224,9 +224,9 @@ def rope_divisors(head_dim: int, theta: float, scaling: RopeScaling) -> np.ndarr
 
 
 def rope_scaling_of(gguf: GGUFFile, args: ModelArgs) -> RopeScaling | None:
-    """The RopeScaling whose divisors are the file's rope_freqs (None when they are all 1):
-    factor = the largest divisor; low/high freq factors and original context Meta's (1, 4, 8192),
-    else solved from the blended divisors (low factor 1), and checked by recomputing them all."""
+    """The RopeScaling whose divisors are the file's rope_freqs (None when they are all 1): Meta's
+    constants with the largest divisor as factor, else solved from the divisors (_scaling_candidates);
+    accepted only when recomputing every divisor gives the tensor back."""
     info = gguf.tensors[ROPE_FREQS]
     where = f"{gguf.path}: {ROPE_FREQS}"
     if info.type_name != "F32" or info.shape != (args.head_dim // 2,):
@@ -237,25 +237,53 @@ def rope_scaling_of(gguf: GGUFFile, args: ModelArgs) -> RopeScaling | None:
         raise CheckpointError(f"{where}: divisors must be finite and at least 1, got {divisors.min():g}..{divisors.max():g}")
     if np.allclose(divisors, 1.0, rtol=ROPE_RTOL, atol=0):
         return None
-    factor = float(divisors.max())
-    candidates = [{"factor": factor}]
-    freqs = 1.0 / args.rope_theta ** (np.arange(0, args.head_dim, 2, dtype=np.float64) / args.head_dim)
-    blended = (divisors > 1 + ROPE_RTOL) & (divisors < factor * (1 - ROPE_RTOL))
-    if blended.sum() >= 2:  # 1/d = (1 - s)/factor + s with s = a / wavelen - b: solve a, b
-        s = (1 / divisors[blended] - 1 / factor) / (1 - 1 / factor)
-        a, b = np.polyfit(freqs[blended] / (2 * math.pi), s, 1) * np.array([1.0, -1.0])
-        if b > 0 and a > 0:  # low = 1: b = 1 / (high - 1), a = original_context * b
-            high, context = 1 + 1 / b, int(round(a / b))
-            if context >= 1:
-                candidates.append({"factor": factor, "high_freq_factor": round(float(high), 6),
-                                   "original_max_position_embeddings": context})
-    for candidate in candidates:
+    for candidate in _scaling_candidates(divisors, args):
         scaling = RopeScaling.from_dict(candidate, source=where)
         expected = rope_divisors(args.head_dim, args.rope_theta, scaling)
         if np.allclose(expected, divisors, rtol=ROPE_RTOL, atol=0):
             return scaling
     raise CheckpointError(f"{where}: these divisors are not Llama 3.1's RoPE scaling for any factor and context "
-                          f"(range {divisors.min():g}..{factor:g})")
+                          f"(range {divisors.min():g}..{divisors.max():g})")
+
+
+def _scaling_candidates(divisors: np.ndarray, args: ModelArgs) -> list[dict[str, Any]]:
+    """rope_scaling objects (Hugging Face's keys) that may give `divisors`, the likeliest first.
+
+    factor is the largest divisor. The blended divisors d (1 < d < factor) give
+    s = (1/d - 1/factor) / (1 - 1/factor) = (context / wavelen - low) / (high - low); only the
+    ratios of context, low and high matter, so low = 1: two or more blended divisors fit high and
+    context; with one, any context between its wavelength and the next (high follows); with none,
+    any thresholds between the fast and the slow wavelengths do."""
+    factor = float(divisors.max())
+    candidates: list[dict[str, Any]] = [{"factor": factor}]
+    wavelen = 2 * math.pi * args.rope_theta ** (np.arange(0, args.head_dim, 2, dtype=np.float64) / args.head_dim)
+    blended = (divisors > 1 + ROPE_RTOL) & (divisors < factor * (1 - ROPE_RTOL))
+    s = (1 / divisors[blended] - 1 / factor) / (1 - 1 / factor)  # 1/d = (1 - s)/factor + s
+    w = wavelen[blended]
+    if len(s) >= 2:  # s = context / (high - low) / wavelen - low / (high - low), low = 1: fit both
+        a, minus_b = np.polyfit(1 / w, s, 1)
+        if minus_b < 0 < a:
+            high, context = 1 - 1 / minus_b, -a / minus_b
+            candidates += [{"factor": factor, "high_freq_factor": round(float(high), digits),
+                            "original_max_position_embeddings": int(rounded)}
+                           for digits in (2, 4, 6) for rounded in (round(context / 1024) * 1024, round(context))
+                           if rounded >= 1]  # the simplest numbers first: 8, not 7.999999
+    elif len(s) == 1:  # one: a context (= the low threshold) between it and the next slower wavelength
+        k = int(np.flatnonzero(blended)[0])
+        slower = wavelen[k + 1] if k + 1 < len(wavelen) else 2 * w[0]
+        contexts = [8192, round(slower / 1024) * 1024] + [math.ceil(w[0] * (1 + t)) for t in (0.3, 0.1, 1e-2, 1e-3)]
+        for context in contexts:  # high's threshold context / high stays above the next faster wavelength
+            if w[0] < context < slower:
+                candidates.append({"factor": factor, "original_max_position_embeddings": max(1, round(context)),
+                                   "high_freq_factor": float(1 + (round(context) / w[0] - 1) / s[0])})
+    else:  # none: any thresholds between the fast wavelengths and the slow ones (context 8192)
+        fast, slow = wavelen[divisors <= 1 + ROPE_RTOL], wavelen[divisors >= factor * (1 - ROPE_RTOL)]
+        high_wavelen = fast.max() * (1 + 1e-6) if len(fast) else wavelen.min() / 2
+        low_wavelen = slow.min() * (1 - 1e-6) if len(slow) else wavelen.max() * 2
+        if high_wavelen < low_wavelen:
+            candidates += [{"factor": factor, "low_freq_factor": 8192 / low_wavelen,
+                            "high_freq_factor": 8192 / high_wavelen}]
+    return candidates
 
 
 def gguf_description(gguf: GGUFFile) -> tuple[list[dict[str, Any]], dict[str, Any]]:
