@@ -3,6 +3,7 @@
     python bench/fuzz.py --cases 20000 --seed 7          # 2 worker processes, 30 s per case
     python bench/fuzz.py --seed 7 --case 1234            # replay one case here, verbosely
     python bench/fuzz.py --seed 7 --case 1234 --keep /tmp/case1234   # and keep its folder
+    python bench/fuzz.py --gguf --cases 20000           # the GGUF reader (tests/fuzz_gguf.py)
 
 The mutations and the contract are tests/fuzzing.py's (tests/test_fuzz.py runs 300 of them in CI).
 Cases run in worker subprocesses fed one case at a time, so a case that kills its interpreter
@@ -30,18 +31,20 @@ ROOT = Path(__file__).resolve().parents[1]
 WARMUP_SECONDS = 600
 sys.path.insert(0, str(ROOT))  # `tests` is a package at the repository root
 
-from tests import fuzzing  # noqa: E402
+from tests import fuzz_gguf, fuzzing  # noqa: E402
 
 
-def worker(base_dir: Path, seed: int, workdir: Path) -> None:
+def worker(base_dir: Path, seed: int, workdir: Path, gguf: bool = False) -> None:
     """Read case numbers from stdin, answer one JSON line per case on stdout."""
     base = {name: (base_dir / name).read_bytes() for name in (fuzzing.PTH, fuzzing.PARAMS, fuzzing.TOKENIZER)}
+    base_gguf = (base_dir.parent / fuzz_gguf.GGUF).read_bytes() if gguf else b""
     fuzzing.load_and_run(base_dir)  # compile the kernels now: that time is not any case's
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
         case = int(line)
         try:
-            result = fuzzing.run_case(base, seed, case, workdir)
+            result = (fuzzing.run_gguf_case(base_gguf, seed, case, workdir) if gguf
+                      else fuzzing.run_case(base, seed, case, workdir))
             answer = {"case": case, "outcome": result.outcome, "mutations": result.mutations,
                       "detail": result.detail[:300], "seconds": round(result.seconds, 4)}
         except fuzzing.FuzzFailure as exc:
@@ -52,9 +55,10 @@ def worker(base_dir: Path, seed: int, workdir: Path) -> None:
 class Slot:
     """One worker subprocess and the thread that reads its answers."""
 
-    def __init__(self, base_dir: Path, seed: int, workdir: Path):
+    def __init__(self, base_dir: Path, seed: int, workdir: Path, gguf: bool = False):
         self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--worker", "--base", str(base_dir), "--seed", str(seed), "--workdir", str(workdir)],
+            [sys.executable, __file__, "--worker", "--base", str(base_dir), "--seed", str(seed), "--workdir", str(workdir)]
+            + ["--gguf"] * gguf,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT,
         )
         self.answers: queue.Queue = queue.Queue()
@@ -97,19 +101,23 @@ class Slot:
             self.proc.wait(timeout=30)
 
 
-def fuzz(cases: range, seed: int, workers: int, timeout: float) -> collections.Counter:
+def fuzz(cases: range, seed: int, workers: int, timeout: float, gguf: bool = False) -> collections.Counter:
     work = queue.Queue()
     for case in cases:
         work.put(case)
     results: list[dict] = []
     lock = threading.Lock()
     tmp = Path(tempfile.mkdtemp(prefix="llama_nb_fuzz_"))
-    base_dir = fuzzing.write_base_model(tmp / "base")
+    base_dir = tmp / "base"
+    if gguf:  # the base folder, and beside it the same model as a GGUF
+        fuzz_gguf.gguf_base_bytes(base_dir)
+    else:
+        fuzzing.write_base_model(base_dir)
     started = time.perf_counter()
 
     def run_slot(k: int) -> None:
         try:
-            slot = Slot(base_dir, seed, tmp / f"w{k}")
+            slot = Slot(base_dir, seed, tmp / f"w{k}", gguf)
         except RuntimeError as exc:
             print(f"worker {k}: {exc}", flush=True)
             return
@@ -128,7 +136,7 @@ def fuzz(cases: range, seed: int, workers: int, timeout: float) -> collections.C
                     print(f"{done}/{len(cases)} cases, {time.perf_counter() - started:.0f} s", flush=True)
             if not slot.alive():
                 try:
-                    slot = Slot(base_dir, seed, tmp / f"w{k}")
+                    slot = Slot(base_dir, seed, tmp / f"w{k}", gguf)
                 except RuntimeError as exc:
                     print(f"worker {k}: {exc}", flush=True)
                     return
@@ -157,18 +165,21 @@ def fuzz(cases: range, seed: int, workers: int, timeout: float) -> collections.C
     return counts
 
 
-def replay(seed: int, case: int, keep: Path | None) -> int:
+def replay(seed: int, case: int, keep: Path | None, gguf: bool = False) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="llama_nb_fuzz_"))
     base = fuzzing.base_files(tmp / "base")
     workdir = keep.parent if keep else tmp
     try:
         with fuzzing.time_limit(120):
-            result = fuzzing.run_case(base, seed, case, workdir)
+            if gguf:  # prints what it did; --keep applies to folder cases
+                result = fuzzing.run_gguf_case(fuzz_gguf.gguf_base_bytes(tmp / "gbase"), seed, case, workdir)
+            else:
+                result = fuzzing.run_case(base, seed, case, workdir)
     except fuzzing.FuzzFailure as exc:
         print(f"BUG: {exc}")
         return 1
     finally:
-        if keep:  # run_case removes a passing case's folder: write it again where asked
+        if keep and not gguf:  # run_case removes a passing case's folder: write it again where asked
             files, _ = fuzzing.mutate(base, random.Random(f"{seed}:{case}"), keep / fuzzing.MARKER)
             keep.mkdir(parents=True, exist_ok=True)
             fuzzing.write_folder(keep, files)
@@ -187,16 +198,17 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds before a case counts as a hang")
     parser.add_argument("--case", type=int, help="replay this one case in this process")
     parser.add_argument("--keep", type=Path, help="with --case: write the mutated folder here")
+    parser.add_argument("--gguf", action="store_true", help="fuzz the GGUF reader (tests/fuzz_gguf.py) instead")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--base", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args.base, args.seed, args.workdir)
+        worker(args.base, args.seed, args.workdir, args.gguf)
         return 0
     if args.case is not None:
-        return replay(args.seed, args.case, args.keep)
-    counts = fuzz(range(args.start, args.start + args.cases), args.seed, args.workers, args.timeout)
+        return replay(args.seed, args.case, args.keep, args.gguf)
+    counts = fuzz(range(args.start, args.start + args.cases), args.seed, args.workers, args.timeout, args.gguf)
     return 1 if counts["bug"] + counts["crash"] + counts["hang"] + counts["not run"] else 0
 
 

@@ -24,6 +24,10 @@ The base folder is Meta's layout at toy size: consolidated.00.pth written by tor
                   a .pth that shrinks or grows between reads; FRAME tricks, colliding keys,
                   names with 5000-digit layer indices or escape codes in data.pkl
 
+GGUF cases (`run_gguf_case`) start from the same model written as a bf16 GGUF and change it with
+tests/fuzz_gguf.py's mutations (every count, length, type and offset of the header; flips,
+truncation, NaN data, other ggml types).
+
 The contract each case checks: the folder either loads (load_model_files, Tokenizer, and then
 llama_nb.load_model + one forward pass + a few greedy tokens, whose ids must be valid even when
 the weights hold NaN) or is refused with a LlamaNbError whose message is one printable line. Any other
@@ -49,7 +53,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests import fuzz_hostile
+from tests import fuzz_gguf, fuzz_hostile
 
 PTH, PARAMS, TOKENIZER = "consolidated.00.pth", "params.json", "tokenizer.model"
 MARKER = "MARKER"  # created by a hostile payload if it ever runs
@@ -381,6 +385,17 @@ def time_limit(seconds: float):
         signal.signal(signal.SIGALRM, previous)
 
 
+def run_gguf_case(base_gguf: bytes, seed: int, case: int, workdir: Path) -> CaseResult:
+    """A GGUF case: the base folder as a GGUF (tests/fuzz_gguf.py), mutated once or twice, alone in
+    its folder (which loads as that GGUF); the same contract as the folder's cases."""
+    rng = random.Random(f"gguf:{seed}:{case}")
+    data, mutations = base_gguf, []
+    for _ in range(1 if rng.random() < 0.85 else 2):
+        data, what = fuzz_gguf.mutate_gguf(data, rng) if len(data) > 24 else (data, "gguf: too short to mutate")
+        mutations.append(what)
+    return check_case({fuzz_gguf.GGUF: data}, mutations, workdir / f"gguf{case}", case)
+
+
 def run_case(base: dict[str, bytes], seed: int, case: int, workdir: Path) -> CaseResult:
     """Mutate `base`, write it to workdir/case, load it; raise FuzzFailure if the contract breaks."""
     folder = workdir / f"case{case}"
@@ -428,13 +443,12 @@ def load_and_run(folder: Path, change: fuzz_hostile.Change | None = None) -> str
     A `change` to the .pth is made after the folder was checked, before its tensors are read."""
     import llama_nb
     from llama_nb.io.checkpoint import load_model_files
-    from llama_nb.io.tokenizer import Tokenizer
 
     files = load_model_files(folder)
     if change is not None:
         change.apply(folder / PTH)
         files.checkpoint.read_tensors()  # a file cut short: a CheckpointError, never a SIGBUS
-    tokenizer = Tokenizer(files.tokenizer_path, vocab_size=files.args.vocab_size)
+    tokenizer = files.load_tokenizer()  # tokenizer.model, or a GGUF's tokenizer.ggml.* metadata
     llm = llama_nb.load_model(folder, ctx=CTX)
     ids = tokenizer.encode("the cat", bos=True, eos=False)
     logits = llm.forward(ids, 0)

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from llama_nb.errors import CheckpointError, shown
+from llama_nb.formats import formats
 from llama_nb.io.checkpoint import ModelFiles, expected_shapes
 from llama_nb.io.gguf import READ_TYPES, GGUFFile, read_gguf
 from llama_nb.io.gguf_tokenizer import read_tokenizer
@@ -110,9 +111,10 @@ def load_gguf_files(path: Path, *, require_tokenizer: bool = True) -> ModelFiles
             if name == ROPE_FREQS:
                 continue
             raise CheckpointError(f"{path}: unexpected tensor {shown(name)} for a Llama 3.x model")
-        if info.type_name not in READ_TYPES:
+        if info.type_name not in READ_TYPES or READ_TYPES[info.type_name] not in formats:
+            readable = [t for t, fmt in READ_TYPES.items() if fmt in formats]
             raise CheckpointError(f"{path}: tensor {shown(name)} is {info.type_name}; llama_nb reads "
-                                  f"{', '.join(READ_TYPES)}")
+                                  f"{', '.join(readable)}")
         tensors[meta] = gguf.array(name)
         dtypes[meta] = _PLAIN_DTYPES.get(info.type_name, READ_TYPES[info.type_name])
     _check_shapes(gguf, args, tensors)
@@ -132,6 +134,9 @@ def load_gguf_tokenizer(path: Path):
 
 def _check_shapes(gguf: GGUFFile, args: ModelArgs, tensors: dict[str, np.ndarray]) -> None:
     """Exactly the tensors `args` implies, each of the implied logical shape."""
+    if 9 * args.n_layers > len(tensors):  # before listing 9 names per layer: block_count may be 2^32 - 1
+        raise CheckpointError(f"{gguf.path}: llama.block_count={args.n_layers} but the file holds only "
+                              f"{len(tensors)} model tensors")
     expected = expected_shapes(args, tied_output="output.weight" not in tensors)
     missing = [gguf_name(n) for n in expected if n not in tensors]
     if missing:
@@ -232,7 +237,8 @@ def rope_scaling_of(gguf: GGUFFile, args: ModelArgs) -> RopeScaling | None:
     if info.type_name != "F32" or info.shape != (args.head_dim // 2,):
         raise CheckpointError(f"{where} must be F32[{args.head_dim // 2}] (head_dim / 2), got "
                               f"{info.type_name}{list(info.shape)}")
-    divisors = np.array(gguf.array(ROPE_FREQS), np.float64)
+    with np.errstate(invalid="ignore"):  # a signalling NaN in the file: refused just below
+        divisors = np.array(gguf.array(ROPE_FREQS), np.float64)
     if not np.all(np.isfinite(divisors)) or divisors.min() < 1 - ROPE_RTOL:
         raise CheckpointError(f"{where}: divisors must be finite and at least 1, got {divisors.min():g}..{divisors.max():g}")
     if np.allclose(divisors, 1.0, rtol=ROPE_RTOL, atol=0):
