@@ -25,10 +25,12 @@ def _hard_x(rng, t=3, k=1024):
     return x
 
 
-def test_activation_rounding_kernel_equals_numpys_bit_for_bit(rng):
+def test_activation_rounding_kernel_equals_numpys_bit_for_bit(rng, monkeypatch):
     x = _hard_x(rng)
     xq = np.zeros(x.size * 4, np.uint8)
-    for rows in (x[:1], x):  # decode's serial call and the parallel one
+    for rows, threshold in ((x[:1], jit.PARALLEL_MIN_BYTES), (x, 0)):  # the serial twin, then the parallel one
+        monkeypatch.setattr(jit, "PARALLEL_MIN_BYTES", threshold)
+        monkeypatch.setattr(jit, "_threads", 2)
         q, d, sums = quantize_activations(rows, xq)
         want_q, want_d = activations.quantize_activations(rows)
         np.testing.assert_array_equal(q, want_q)
