@@ -1,6 +1,6 @@
 """`llama-nb bench ...`: measure the kernels, or whole forward passes of a model, llama-bench style.
 
-    llama-nb bench ops [--op linear] [--impl numba] [--threads 2] [--repeat 5]
+    llama-nb bench ops [--op linear] [--impl numba] [--format q8_0] [--threads 2] [--repeat 5]
     llama-nb bench model --model DIR [-p 128,512] [-n 128] [-r 5] [--json]
     llama-nb bench model --shape llama3.2-1b        # random weights of that shape, written once
 
@@ -29,6 +29,8 @@ def bench_ops(
     impl: Annotated[Optional[List[str]], typer.Option("--impl", help="Implementation to time (repeatable) [default: all].")] = None,
     threads: ThreadsOpt = None,
     repeat: Annotated[int, typer.Option("--repeat", min=1, help="Timed calls per case.")] = 5,
+    weight_format: Annotated[Optional[List[str]], typer.Option(
+        "--format", help="Weight format of the ops that take one (repeatable: bf16, q8_0, q4_k, ...) [default: bf16].")] = None,
 ) -> None:
     """Time every op x implementation over the shared case table (tiny, odd and Llama shapes)."""
     from rich.console import Console
@@ -42,7 +44,11 @@ def bench_ops(
             console.print(benchmark.format_header(result), markup=False, soft_wrap=True)
         console.print(benchmark.format_row(row, result.read_gbps), markup=False, soft_wrap=True)
 
-    benchmark.run(op, impl, threads, repeat, progress=progress)
+    from llama_nb.formats import get_format
+
+    for name in weight_format or ():
+        get_format(name)  # an unknown name: one line listing the formats
+    benchmark.run(op, impl, threads, repeat, progress=progress, formats=weight_format)
 
 
 # --- rendering (pure) ----------------------------------------------------------------------------
