@@ -120,6 +120,8 @@ def write_oracle_gguf(folder: Path, out: Path, *, qtype: str | None = None, rope
         elif qtype is None:
             bits = t.view(torch.int16).numpy().view(np.uint16)
             w.add_tensor(name, bits, raw_shape=bits.shape, raw_dtype=gguf.GGMLQuantizationType.BF16)
+        elif t.shape[-1] % gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[qtype]][0]:
+            w.add_tensor(name, t.float().numpy().astype(np.float16))  # llama.cpp's fallback for such rows
         else:
             kind = gguf.GGMLQuantizationType[qtype]
             w.add_tensor(name, gguf.quants.quantize(t.float().numpy(), kind), raw_dtype=kind)

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import llama_nb
+import llama_nb.model.transformer
 from llama_nb.demo import demo_model_dir
 from llama_nb.errors import CheckpointError, LlamaNbError
 from llama_nb.io.checkpoint import load_model_files, load_tokenizer
@@ -208,3 +209,56 @@ def test_writing_leaves_nothing_behind_on_error_ctrl_c_or_a_full_disk(small, tmp
     with pytest.raises(LlamaNbError, match=r"x\.gguf: the disk is full"):
         quantize_model(folder, "bf16", out)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_oracle_q8_0_gguf_loads_with_gguf_s_values_and_near_the_bf16_logits(small, tmp_path):
+    folder, _ = small
+    path = write_oracle_gguf(folder, tmp_path / "q8.gguf", qtype="Q8_0")  # blocks made by gguf.quants
+    files = load_model_files(path)
+    theirs = {t.name: t for t in gguf.GGUFReader(path).tensors}
+    wq = theirs["blk.0.attn_q.weight"]
+    ours = llama_nb.load_model(path, ctx=32)
+    assert ours.model.weights.layers[0].attention.wq.format.name == "q8_0"
+    assert np.array_equal(ours.model.weights.layers[0].attention.wq.dequantize(),
+                          gguf.quants.dequantize(wq.data, wq.tensor_type))
+    meta = llama_nb.load_model(folder, ctx=32)
+    ids = meta.tokenizer.encode(TEXTS[0], bos=True, eos=False)
+    want, got = meta.forward(ids, 0), ours.forward(ids, 0)
+    assert files.checkpoint.dtypes["layers.0.attention.wq.weight"] == "q8_0"
+    assert np.abs(got - want).max() < 0.05 * np.abs(want).max() and not np.array_equal(got, want)
+
+
+@pytest.fixture(scope="module")
+def wide(tmp_path_factory):
+    """A model whose rows are whole 256-weight super-blocks (Q4_K, Q6_K), with the demo tokenizer."""
+    folder = write_tiny_model(tmp_path_factory.mktemp("wide") / "meta", dim=256, n_layers=2, n_heads=4, n_kv_heads=2,
+                              multiple_of=256, tokenizer=None, vocab_size=4352, seed=5, weight_std=None)
+    shutil.copyfile(demo_model_dir() / "tokenizer.model", folder / "tokenizer.model")
+    return folder
+
+
+@pytest.mark.parametrize("ftype", ["q8_0", "q4_k_m"])
+def test_our_quantized_files_read_back_in_gguf_reader(wide, tmp_path, ftype):
+    """llama.cpp's per-tensor types; gguf's dequantization of our blocks is our format's, bit for
+    bit; Q8_0 blocks are gguf's own quantization of the bf16 values."""
+    folder = wide
+    out = tmp_path / f"{ftype}.gguf"
+    quantize_model(folder, ftype, out)
+    files, meta = load_model_files(out), load_model_files(folder)
+    n_layers = files.args.n_layers
+    by_gguf = {gguf_name(m): m for m in meta.checkpoint.tensors}
+    for t in gguf.GGUFReader(out).tensors:
+        if t.name == ROPE_FREQS:
+            continue
+        m = by_gguf[t.name]
+        assert t.tensor_type.name == tensor_type(m, tuple(reversed(t.shape.tolist())), n_layers, ftype, files.tied_output)
+        if len(t.shape) == 1:
+            continue
+        mine = llama_nb.model.transformer.stored_weight(files.checkpoint.tensors[m],
+                                                        llama_nb.model.transformer.stored_format(files.checkpoint.dtypes[m]))
+        assert np.array_equal(mine.dequantize(), gguf.quants.dequantize(t.data, t.tensor_type)), t.name
+        if t.tensor_type.name == "Q8_0":
+            values = (meta.checkpoint.tensors[m].astype(np.uint32) << 16).view(np.float32)
+            assert np.array_equal(np.asarray(t.data), gguf.quants.quantize(values, t.tensor_type)), t.name
+    types = {t.tensor_type.name for t in gguf.GGUFReader(out).tensors}
+    assert types == ({"Q8_0", "F32"} if ftype == "q8_0" else {"Q4_K", "Q6_K", "F32"}), types

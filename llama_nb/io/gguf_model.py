@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from llama_nb.errors import CheckpointError, shown
+import llama_nb.quant  # noqa: F401 - registers q8_0, q4_k, q6_k (the block formats a GGUF stores)
 from llama_nb.formats import formats
 from llama_nb.io.checkpoint import ModelFiles, expected_shapes
 from llama_nb.io.gguf import READ_TYPES, GGUFFile, read_gguf
