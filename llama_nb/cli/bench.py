@@ -168,7 +168,9 @@ def bench_quality(
     """Perplexity of the bf16 model and of each quantized format, and each format's mean KL
     divergence from bf16 and top-1 agreement with it, llama-perplexity style.
 
-    Example: llama-nb bench quality --text llama_nb/demo/README.md --types q8_0,q4_k_m --ctx 128"""
+    Example:
+
+    llama-nb bench quality --text llama_nb/demo/README.md --types q8_0 --ctx 16 --chunks 1"""
     from rich.console import Console
     from rich.table import Table
 
