@@ -183,3 +183,14 @@ def test_a_type_llama_nb_does_not_read_is_refused_by_name(valid, tmp_path):
     write_gguf(path, metadata, q4_0)
     with pytest.raises(CheckpointError, match=r"q\.gguf: tensor 'blk\.0\.attn_q\.weight' is Q4_0; llama_nb reads F32, F16, BF16"):
         load_model_files(path)
+
+
+def test_a_gguf_without_the_suffix_is_read_by_its_magic_and_other_files_are_not(valid, tmp_path):
+    metadata, plans = valid
+    blob = tmp_path / "sha256-0123abcd"  # how ollama names its GGUF blobs
+    write_gguf(blob, metadata, plans)
+    assert load_model_files(blob).args.n_layers == 1
+    text = tmp_path / "notes"
+    text.write_bytes(b"GGU")
+    with pytest.raises(CheckpointError, match=r"notes: a file, not a folder"):
+        load_model_files(text)

@@ -211,7 +211,9 @@ def check_folder(folder: Path) -> None:
     if not folder.exists():
         raise CheckpointError(f"{folder}: no such folder; {_EXPECTS}")
     if folder.is_file():
-        if folder.suffix == ".gguf":  # read by llama_nb.io.gguf_model
+        from llama_nb.io.gguf_model import is_gguf
+
+        if is_gguf(folder):  # a .gguf file, or one that starts with GGUF's magic: llama_nb.io.gguf_model reads it
             return
         if folder.suffix == ".pth":
             raise CheckpointError(f"{folder}: a file; pass the folder that holds it ({folder.parent}); {_EXPECTS}")

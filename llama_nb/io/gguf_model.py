@@ -46,7 +46,8 @@ from llama_nb.errors import CheckpointError, shown
 import llama_nb.quant  # noqa: F401 - registers q8_0, q4_k, q6_k (the block formats a GGUF stores)
 from llama_nb.formats import formats
 from llama_nb.io.checkpoint import ModelFiles, expected_shapes
-from llama_nb.io.gguf import READ_TYPES, GGUFFile, read_gguf
+from llama_nb.io.files import open_regular_file
+from llama_nb.io.gguf import MAGIC, READ_TYPES, GGUFFile, read_gguf
 from llama_nb.io.gguf_tokenizer import read_tokenizer
 from llama_nb.io.params import ModelArgs, RopeScaling
 from llama_nb.io.pth import Checkpoint
@@ -83,11 +84,21 @@ def gguf_name(meta: str) -> str:
 
 
 def is_gguf(path: Path) -> bool:
-    return path.suffix == ".gguf" and not path.is_dir()
+    """A .gguf path that is no folder, or a regular file that starts with GGUF's magic (ollama's
+    blobs are named sha256-...)."""
+    if path.suffix == ".gguf":
+        return not path.is_dir()
+    if not path.is_file() or path.suffix in (".pth", ".json", ".model"):
+        return False
+    try:
+        with open_regular_file(path, "a GGUF file") as f:
+            return f.read(4) == MAGIC
+    except (CheckpointError, OSError):
+        return False
 
 
 def gguf_in(path: Path) -> Path | None:
-    """The GGUF file `path` names: itself (a .gguf file), or the one .gguf file in a folder that
+    """The GGUF file `path` names: itself (a .gguf file, or any file starting with b"GGUF"), or the one .gguf file in a folder that
     holds no Meta checkpoint; None when it names no GGUF. Several GGUFs in a folder: refused."""
     if is_gguf(path):
         return path
