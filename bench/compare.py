@@ -1,7 +1,8 @@
-"""llama_nb vs llama.cpp on the same random bf16 weights, alternating in one run.
+"""llama_nb vs llama.cpp on the same random weights (bf16, or quantized: --type), alternating in one run.
 
     /work/benchenv/bin/python bench/compare.py                     # 1B and 8B-width-4-layer shapes
     python bench/compare.py --shape llama3.2-1b -p 128 -n 64 -r 5 --threads 2
+    python bench/compare.py --shape llama3.2-1b --type q8_0        # or q4_k_m: GGUF's block formats
 
 Needs llama-cpp-python (built with CMAKE_ARGS="-DGGML_NATIVE=ON") and gguf: see bench/README.md.
 
@@ -16,6 +17,13 @@ also written as a bf16 GGUF beside it, tensor for tensor the same bits:
     tokenizer   a stand-in "gpt2" BPE vocabulary of vocab_size tokens: llama.cpp insists on one,
                 but both engines are fed token ids only
 
+With --type q8_0 or q4_k_m, llama.cpp's own quantizer (llama_model_quantize, the binding of
+llama-quantize) makes model-<type>.gguf from the bf16 GGUF, and both engines run that file:
+llama_nb reads it with its GGUF reader (llama_nb/io/gguf_model.py) where it has one. Without
+it, q8_0 is the Meta folder repacked at load (formats.repack): ggml's Q8_0 quantizer is
+deterministic and llama_nb's equals it bit for bit, which the script checks on a tensor of the
+file before timing; q4_k_m then needs the reader (its per-tensor types are llama.cpp's choice).
+
 Then, per round, each engine (order alternating between rounds, A B, B A, ...) runs:
     ppN   N prompt token ids at positions 0..N-1, one batched pass, logits of the last only
     tgM   M greedy decode passes continuing after the prompt (argmax included on both sides), the
@@ -28,7 +36,9 @@ deviation.
 Agreement: before timing, llama.cpp is fed llama_nb's prompt and llama_nb's greedy tokens
 (teacher forcing, so one near-tie does not derail the rest) and its argmax is compared with
 llama_nb's at each of the M + 1 positions. Both round activations to bf16 before each matrix
-product at llama_nb's default precision (--precision float32 keeps them float32), but the two
+product at llama_nb's default precision (--precision float32 keeps them float32); with quantized
+weights both round them to int8 blocks (llama.cpp's Q8_0/Q8_K with half or float scales, llama_nb's
+blocks of 32 with float32 scales: llama_nb/quant/activations.py), but the two
 engines differ in other float32 details (summation order, rmsnorm, attention), so where llama_nb's
 top-2 logit margin is tiny they may legitimately differ: a disagreement is called a near-tie when
 that margin is no larger than the largest logit difference between the two engines at that
@@ -54,6 +64,8 @@ from llama_nb.ops.reference import bf16_to_f32_np
 from llama_nb.ops.rope_tables import rope_frequencies
 
 GGUF_NAME = "model-bf16.gguf"
+# --type -> llama.cpp's file type (llama_ftype) and, where llama_nb can repack to it, its format
+TYPES = {"bf16": (None, None), "q8_0": (7, "q8_0"), "q4_k_m": (15, None)}  # LLAMA_FTYPE_MOSTLY_Q8_0, _Q4_K_M
 TRAIN_CONTEXT = 131072  # Llama 3.1 / 3.2's context length (metadata only; the run uses -p + -n)
 BOS, EOS = 128000, 128001
 
@@ -138,14 +150,60 @@ def write_gguf(folder: Path, path: Path) -> None:
     w.close()
 
 
+def quantize_gguf(bf16_path: Path, qtype: str, threads: int, log) -> Path:
+    """model-<qtype>.gguf beside the bf16 GGUF, made once by llama.cpp's quantizer."""
+    import ctypes
+
+    import llama_cpp
+
+    path = bf16_path.with_name(f"model-{qtype}.gguf")
+    if not path.is_file():
+        log(f"quantizing {bf16_path.name} to {path.name} with llama.cpp")
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype, params.nthread = TYPES[qtype][0], threads
+        partial = path.with_suffix(".partial")
+        if llama_cpp.llama_model_quantize(str(bf16_path).encode(), str(partial).encode(), ctypes.byref(params)) != 0:
+            raise SystemExit(f"llama.cpp could not quantize {bf16_path} to {qtype}")
+        partial.replace(path)
+    return path
+
+
+def llama_nb_source(folder: Path, gguf_path: Path, qtype: str) -> tuple[Path, str | None]:
+    """(what llama_nb loads, the format to repack into): the same GGUF file where llama_nb reads
+    GGUF; else the Meta folder, repacked to q8_0 (checked to be the same bytes: same_q8_0_bytes)."""
+    import importlib.util
+
+    if qtype == "bf16":
+        return folder, None
+    if importlib.util.find_spec("llama_nb.io.gguf_model") is not None:
+        return gguf_path, None
+    if TYPES[qtype][1] is not None:
+        return folder, TYPES[qtype][1]
+    raise SystemExit(f"--type {qtype}: llama_nb needs its GGUF reader (llama_nb/io/gguf_model.py) to run llama.cpp's file")
+
+
+def same_q8_0_bytes(folder: Path, gguf_path: Path) -> bool:
+    """Whether llama.cpp's Q8_0 blocks of layer 0's wq equal llama_nb's repack of the bf16 tensor."""
+    import gguf
+
+    from llama_nb.formats import get_format
+
+    theirs = next(t for t in gguf.GGUFReader(str(gguf_path)).tensors if t.name == _gguf_name("layers.0.attention.wq.weight"))
+    wq = load_model_files(folder, require_tokenizer=False).checkpoint.tensors["layers.0.attention.wq.weight"]
+    ours = get_format("q8_0").quantize(bf16_to_f32_np(wq)).data
+    return np.array_equal(np.asarray(theirs.data).reshape(ours.shape), ours)
+
+
 # --- the two engines -----------------------------------------------------------------------------
 
 
 class LlamaNb:
     name = "llama_nb"
 
-    def __init__(self, folder: Path, ctx: int, threads: int, impl: str | None = None, precision: str = "bf16"):
-        self.model = load_transformer(folder, impl, ctx=ctx, max_batch=512, threads=threads, precision=precision)
+    def __init__(self, folder: Path, ctx: int, threads: int, impl: str | None = None, precision: str = "bf16",
+                 weight_format: str | None = None):
+        self.model = load_transformer(folder, impl, ctx=ctx, max_batch=512, threads=threads, precision=precision,
+                                      weight_format=weight_format)
         self.model.warmup()
 
     def prefill(self, ids: np.ndarray) -> np.ndarray:
@@ -245,15 +303,22 @@ def timed_round(engines, ids: np.ndarray, n_gen: int, chunk: int = TG_CHUNK) -> 
 
 
 def compare_shape(shape: str, n_prompt: int, n_gen: int, rounds: int, threads: int, log, impl: str | None = None,
-                  precision: str = "bf16") -> dict:
+                  precision: str = "bf16", qtype: str = "bf16") -> dict:
     folder = ensure_shape_model(shape, on_write=lambda f, n: log(f"writing random {shape} ({n / 1e9:.1f} GB) to {f}"))
     gguf_path = folder / GGUF_NAME
     if not gguf_path.is_file():
         log(f"writing {gguf_path}")
         write_gguf(folder, gguf_path.with_suffix(".partial"))
         gguf_path.with_suffix(".partial").replace(gguf_path)
+    if qtype != "bf16":
+        gguf_path = quantize_gguf(gguf_path, qtype, threads, log)
+    source, weight_format = llama_nb_source(folder, gguf_path, qtype)
+    if weight_format == "q8_0" and not same_q8_0_bytes(folder, gguf_path):
+        raise SystemExit(f"llama.cpp's Q8_0 blocks in {gguf_path} differ from llama_nb's repack: not the same weights")
+    log(f"llama_nb runs {source.name}" + (f" repacked to {weight_format} (the same bytes as {gguf_path.name})"
+                                          if weight_format else "") + f", llama.cpp {gguf_path.name}")
     ctx = n_prompt + n_gen + 1
-    nb, cpp = LlamaNb(folder, ctx, threads, impl, precision), LlamaCpp(gguf_path, ctx, threads)
+    nb, cpp = LlamaNb(source, ctx, threads, impl, precision, weight_format), LlamaCpp(gguf_path, ctx, threads)
     ids = prompt_ids(n_prompt, SHAPES[shape][0].vocab_size)
     timed_round((nb, cpp), ids[: min(n_prompt, 32)], 2)  # warm-up: page the weights in, first-call costs
     check = agreement(nb, cpp, ids, n_gen)
@@ -262,7 +327,7 @@ def compare_shape(shape: str, n_prompt: int, n_gen: int, rounds: int, threads: i
         pair = timed_round((nb, cpp) if r % 2 == 0 else (cpp, nb), ids, n_gen)
         results.append(pair)
         log(f"{shape} round {r + 1}: " + ", ".join(f"{k} pp {v[0]:.1f} tg {v[1]:.2f}" for k, v in pair.items()))
-    return {"shape": shape, "n_prompt": n_prompt, "n_gen": n_gen, "check": check, "rounds": results}
+    return {"shape": shape, "n_prompt": n_prompt, "n_gen": n_gen, "check": check, "rounds": results, "type": qtype}
 
 
 def _ms(xs) -> str:
@@ -275,7 +340,7 @@ def render(results: list[dict], threads: int, impl: str | None = None, precision
     import llama_cpp
 
     lines = [f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {cpu}, {threads} threads, "
-             f"llama-cpp-python {llama_cpp.__version__}, bf16 weights, random values, "
+             f"llama-cpp-python {llama_cpp.__version__}, {results[0]['type'] if results else 'bf16'} weights, random values, "
              f"llama_nb precision {precision}, kernels: {impl or 'defaults'}", ""]
     lines += ["| shape | test | llama_nb tok/s | llama.cpp tok/s | llama_nb / llama.cpp |",
               "| --- | --- | ---: | ---: | ---: |"]
@@ -316,13 +381,15 @@ def main(argv=None) -> int:
     parser.add_argument("-t", "--threads", type=int, default=2)
     parser.add_argument("--impl", default=None, help="llama_nb kernel spec, e.g. linear=numba_fma")
     parser.add_argument("--precision", choices=("bf16", "float32"), default="bf16", help="llama_nb's precision")
+    parser.add_argument("--type", choices=sorted(TYPES), default="bf16",
+                        help="weights of both engines: bf16, or llama.cpp's quantization of them (q8_0, q4_k_m)")
     args = parser.parse_args(argv)
 
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
 
-    results = [compare_shape(s, args.n_prompt, args.n_gen, args.rounds, args.threads, log, args.impl, args.precision)
-               for s in args.shape or ["llama3.2-1b", "llama3.1-8b-4layers"]]
+    results = [compare_shape(s, args.n_prompt, args.n_gen, args.rounds, args.threads, log, args.impl, args.precision,
+                             args.type) for s in args.shape or ["llama3.2-1b", "llama3.1-8b-4layers"]]
     print(render(results, args.threads, args.impl, args.precision))
     return 0
 

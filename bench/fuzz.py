@@ -4,6 +4,7 @@
     python bench/fuzz.py --seed 7 --case 1234            # replay one case here, verbosely
     python bench/fuzz.py --seed 7 --case 1234 --keep /tmp/case1234   # and keep its folder
     python bench/fuzz.py --format hf --cases 5000        # a Hugging Face folder (safetensors, config.json, ...)
+    python bench/fuzz.py --format gguf --cases 20000     # a GGUF file (tests/fuzz_gguf.py's mutations)
 
 The mutations and the contract are tests/fuzzing.py's (tests/test_fuzz.py runs 300 of them in CI).
 Cases run in worker subprocesses fed one case at a time, so a case that kills its interpreter
@@ -42,7 +43,7 @@ def worker(base_dir: Path, seed: int, workdir: Path, fmt: str) -> None:
     for line in sys.stdin:
         case = int(line)
         try:
-            result = fuzzing.run_case(base, seed, case, workdir)
+            result = fuzzing.run_format_case(fmt, base, seed, case, workdir)
             answer = {"case": case, "outcome": result.outcome, "mutations": result.mutations,
                       "detail": result.detail[:300], "seconds": round(result.seconds, 4)}
         except fuzzing.FuzzFailure as exc:
@@ -167,12 +168,12 @@ def replay(seed: int, case: int, keep: Path | None, fmt: str = "meta") -> int:
     workdir = keep.parent if keep else tmp
     try:
         with fuzzing.time_limit(120):
-            result = fuzzing.run_case(base, seed, case, workdir)
+            result = fuzzing.run_format_case(fmt, base, seed, case, workdir)
     except fuzzing.FuzzFailure as exc:
         print(f"BUG: {exc}")
         return 1
     finally:
-        if keep:  # run_case removes a passing case's folder: write it again where asked
+        if keep and fmt != "gguf":  # run_case removes a passing case's folder: write it again where asked
             files, _ = fuzzing.mutate(base, random.Random(f"{seed}:{case}"), keep / fuzzing.MARKER)
             keep.mkdir(parents=True, exist_ok=True)
             fuzzing.write_folder(keep, files)
@@ -192,7 +193,7 @@ def main() -> int:
     parser.add_argument("--case", type=int, help="replay this one case in this process")
     parser.add_argument("--keep", type=Path, help="with --case: write the mutated folder here")
     parser.add_argument("--format", choices=sorted(fuzzing.FORMATS), default="meta",
-                        help="the base folder: Meta's (.pth) or Hugging Face's (safetensors)")
+                        help="the base: Meta's folder (.pth), Hugging Face's (safetensors) or a GGUF file")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--base", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)

@@ -35,6 +35,10 @@ config.json, tokenizer.json, generation_config.json; `hf_base_files`), gets its 
     files         as for the Meta folder (FIFOs, devices, sparse giants; model.safetensors shrinks
                   or grows between checking and reading)
 
+GGUF cases (`run_gguf_case`) start from the same model written as a bf16 GGUF and change it with
+tests/fuzz_gguf.py's mutations (every count, length, type and offset of the header; flips,
+truncation, NaN data, other ggml types).
+
 The contract each case checks: the folder either loads (load_model_files, Tokenizer, and then
 llama_nb.load_model + one forward pass + a few greedy tokens, whose ids must be valid even when
 the weights hold NaN) or is refused with a LlamaNbError whose message is one printable line. Any other
@@ -61,7 +65,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests import fuzz_hostile
+from tests import fuzz_gguf, fuzz_hostile
 
 PTH, PARAMS, TOKENIZER = "consolidated.00.pth", "params.json", "tokenizer.model"
 SAFETENSORS, CONFIG, TOKENIZER_JSON, GENERATION = "model.safetensors", "config.json", "tokenizer.json", \
@@ -141,8 +145,23 @@ def warm_up(folder: Path) -> str:
     return detail
 
 
-# each base: its writer and its files (bench/fuzz.py --format)
-FORMATS = {"meta": (write_base_model, (PTH, PARAMS, TOKENIZER)), "hf": (write_hf_base_model, HF_FILES)}
+def write_gguf_base_model(folder: Path) -> Path:
+    """The base folder written as a bf16 GGUF (tests/fuzz_gguf.py): folder/model.gguf, and the
+    Meta folder it was made from in folder/meta (not read by the GGUF cases)."""
+    fuzz_gguf.gguf_base_bytes(folder / "meta")
+    return folder
+
+
+# each base: its writer and its files (bench/fuzz.py --format); "gguf" cases run run_gguf_case
+FORMATS = {"meta": (write_base_model, (PTH, PARAMS, TOKENIZER)), "hf": (write_hf_base_model, HF_FILES),
+           "gguf": (write_gguf_base_model, (fuzz_gguf.GGUF,))}
+
+
+def run_format_case(fmt: str, base: dict[str, bytes], seed: int, case: int, workdir: Path) -> "CaseResult":
+    """One case of the base `fmt` (FORMATS), given its files' bytes."""
+    if fmt == "gguf":
+        return run_gguf_case(base[fuzz_gguf.GGUF], seed, case, workdir)
+    return run_case(base, seed, case, workdir)
 
 
 # --- zip and pickle surgery ------------------------------------------------------------------------
@@ -566,6 +585,17 @@ def time_limit(seconds: float):
         signal.signal(signal.SIGALRM, previous)
 
 
+def run_gguf_case(base_gguf: bytes, seed: int, case: int, workdir: Path) -> CaseResult:
+    """A GGUF case: the base folder as a GGUF (tests/fuzz_gguf.py), mutated once or twice, alone in
+    its folder (which loads as that GGUF); the same contract as the folder's cases."""
+    rng = random.Random(f"gguf:{seed}:{case}")
+    data, mutations = base_gguf, []
+    for _ in range(1 if rng.random() < 0.85 else 2):
+        data, what = fuzz_gguf.mutate_gguf(data, rng) if len(data) > 24 else (data, "gguf: too short to mutate")
+        mutations.append(what)
+    return check_case({fuzz_gguf.GGUF: data}, mutations, workdir / f"gguf{case}", case)
+
+
 def run_case(base: dict[str, bytes], seed: int, case: int, workdir: Path) -> CaseResult:
     """Mutate `base`, write it to workdir/case, load it; raise FuzzFailure if the contract breaks."""
     folder = workdir / f"case{case}"
@@ -618,7 +648,7 @@ def load_and_run(folder: Path, change: fuzz_hostile.Change | None = None) -> str
     if change is not None:
         change.apply(folder / (SAFETENSORS if (folder / CONFIG).exists() else PTH))
         files.checkpoint.read_tensors()  # a file cut short: a CheckpointError, never a SIGBUS
-    tokenizer = files.load_tokenizer()
+    tokenizer = files.load_tokenizer()  # tokenizer.model, or a GGUF's tokenizer.ggml.* metadata
     llm = llama_nb.load_model(folder, ctx=CTX)
     ids = tokenizer.encode("the cat", bos=True, eos=False)
     logits = llm.forward(ids, 0)

@@ -155,12 +155,12 @@ def test_ops_lists_every_op():
 # `bench model` is tested in tests/test_bench_cli.py
 
 
-def test_a_gguf_file_as_model_says_what_it_is(tmp_path):
+def test_a_truncated_gguf_file_as_model_says_what_is_wrong(tmp_path):
     gguf = tmp_path / "model.gguf"
     gguf.write_bytes(b"GGUF\x03\x00\x00\x00")
     proc = cli("run", "hi", "--model", gguf)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert "a GGUF file (llama.cpp's format)" in proc.stderr and "consolidated.00.pth" in proc.stderr
+    assert "model.gguf: file ends inside the tensor count" in proc.stderr and "truncated?" in proc.stderr
 
 
 def test_default_model_order_is_flag_env_local_then_llama_checkpoints(folder, tmp_path, monkeypatch, capsys):

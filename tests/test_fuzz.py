@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from tests import fuzz_hostile, fuzzing
+from tests import fuzz_gguf, fuzz_hostile, fuzzing
 
 SEED = 2024
 CASES = 300
@@ -117,3 +117,21 @@ def test_every_hostile_mutation_loads_or_is_refused_as_it_should(base, tmp_path)
     assert set(outcomes) == set(HOSTILE), set(outcomes) ^ set(HOSTILE)
     wrong = {kind: seen for kind, seen in outcomes.items() if not seen <= HOSTILE[kind]}
     assert not wrong, wrong
+
+
+GGUF_CASES = 150
+
+
+def test_gguf_fuzz_cases_load_or_are_refused(base, tmp_path):
+    """The GGUF reader under tests/fuzz_gguf.py's mutations, through the same contract."""
+    base_gguf = fuzz_gguf.gguf_base_bytes(tmp_path / "gbase")
+    outcomes = collections.Counter()
+    kinds = collections.Counter()
+    for case in range(GGUF_CASES):
+        with fuzzing.time_limit(CASE_SECONDS):
+            result = fuzzing.run_gguf_case(base_gguf, SEED, case, tmp_path)  # raises FuzzFailure on a bug
+        outcomes[result.outcome] += 1
+        for what in result.mutations:
+            kinds[what.split()[1], result.outcome] += 1
+    assert outcomes["loaded"] > GGUF_CASES // 20 and outcomes["refused"] > GGUF_CASES // 2, outcomes
+    assert kinds["bytes", "refused"] and kinds["truncated", "refused"] and kinds["key", "refused"], kinds

@@ -45,7 +45,7 @@ def test_every_implementation_matches_the_reference(slot, rng):
     op = slot[0]
     check = registry.spec(op).check
     impls = [name for name in sorted(registry.impls[slot]) if name != "reference"]
-    for case in ci_cases(op):
+    for case in ci_cases(op, _fmt(slot)):
         args = make_inputs(op, case, rng, _fmt(slot))
         check(*args)  # the input makers produce what the contract allows
         want = call(op, _get(slot, "reference"), args)
@@ -267,13 +267,16 @@ _IDS = [f"{registry.slot_name(s)}-{i}" for s, i in LINEARS]
 
 
 def _linear_args(slot, case, rng):
-    return make_inputs("linear", dict(zip("TKN", case)), rng, _fmt(slot))
+    """linear's inputs for case (T, K, N); for a block format K rounded up to its block."""
+    block = _fmt(slot).block if slot[1] is not None else 1
+    t, k, n = case
+    return make_inputs("linear", dict(T=t, K=-(-k // block) * block, N=n), rng, _fmt(slot))
 
 
 @pytest.mark.parametrize("slot,impl", LINEARS, ids=_IDS)
 def test_linear_with_no_tokens_writes_nothing(slot, impl):
-    out = np.zeros((0, 3), np.float32)
-    _get(slot, impl)(out, np.zeros((0, 4), np.float32), _fmt(slot).quantize(np.zeros((3, 4), np.float32)), np.zeros(0, np.uint8))
+    out, k = np.zeros((0, 3), np.float32), max(4, _fmt(slot).block)
+    _get(slot, impl)(out, np.zeros((0, k), np.float32), _fmt(slot).quantize(np.zeros((3, k), np.float32)), np.zeros(0, np.uint8))
 
 
 @pytest.mark.parametrize("slot,impl", [(s, i) for s, i in LINEARS if i != "reference"], ids=[i for i in _IDS if not i.endswith("reference")])
@@ -305,7 +308,10 @@ def test_default_bf16_linear_is_the_fastest_kernel_the_cpu_has(case, rng):
     np.testing.assert_array_equal(call("linear", _get(slot, "numba"), args)[0], want[0])
 
 
-@pytest.mark.parametrize("slot,impl", [(s, i) for s, i in LINEARS if s[2] == "bf16"], ids=[i for s, i in zip([s for s, _ in LINEARS], _IDS) if s[2] == "bf16"])
+_BF16_ACTS = [(s, i) for s, i in LINEARS if s[2] == "bf16" and get_format(s[1]).block == 1]  # block formats: int8 (test_quant_kernels)
+
+
+@pytest.mark.parametrize("slot,impl", _BF16_ACTS, ids=[f"{registry.slot_name(s)}-{i}" for s, i in _BF16_ACTS])
 def test_bf16_activations_really_round_x(slot, impl):
     # 1 + 2^-12 has bits below bf16's 8: it rounds to 1.0, so the sums are exactly 64.
     x = np.full((2, 64), 1.0 + 2.0**-12, np.float32)
@@ -352,7 +358,7 @@ def test_weight_rows_are_views_and_slice_the_product(rng):
 
 def test_formats_hold_their_values_and_refuse_wrong_storage(rng):
     values = bf16_to_f32_np(f32_to_bf16_np(rng.standard_normal((4, 32)).astype(np.float32)))
-    for fmt in formats.values():
+    for fmt in (f for f in formats.values() if f.block == 1):  # block formats: tests/test_quant_formats.py
         w = fmt.quantize(values)
         assert w.shape == (4, 32) and w.data.dtype == fmt.dtype and w.nbytes == 4 * 32 * fmt.bytes_per_weight()
         np.testing.assert_array_equal(w.dequantize(), values)  # bf16-exact values: every format holds them

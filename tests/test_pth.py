@@ -377,12 +377,13 @@ def test_other_formats_are_recognised(tmp_path):
         load_model_files(hf)
 
     (tmp_path / "model.gguf").write_bytes(b"GGUF")
-    with pytest.raises(CheckpointError, match=r"model\.gguf: a GGUF file"):
+    with pytest.raises(CheckpointError, match=r"model\.gguf: file ends inside the version"):
         load_model_files(tmp_path / "model.gguf")
     gg = tmp_path / "gg"
     gg.mkdir()
     (gg / "llama-3.1-8b.Q4_K_M.gguf").write_bytes(b"GGUF")
-    with pytest.raises(CheckpointError, match=r"gg: holds GGUF files \(llama-3\.1-8b\.Q4_K_M\.gguf\)"):
+    (gg / "llama-3.1-8b.Q8_0.gguf").write_bytes(b"GGUF")
+    with pytest.raises(CheckpointError, match=r"gg: holds 2 GGUF files \(llama-3\.1-8b\.Q4_K_M\.gguf, "):
         load_model_files(gg)
 
 

@@ -23,6 +23,7 @@ NOT_RUN = {
     'pip install -e ".[train]" && apt-get install bible-kjv-text': "installs the training tools",
     "python tools/train_demo.py --steps 2400 --minutes 38 --out llama_nb/demo": "trains the demo model: 30 minutes",
     "llama-nb info --model models-original/Meta-Llama-3.1-8B-Instruct --all    # needs Meta's weights": "Meta's weights",
+    "llama-nb quantize models-original/Meta-Llama-3.1-8B-Instruct --type q4_k_m -o llama-3.1-8b-instruct-Q4_K_M.gguf   # needs Meta's weights": "Meta's weights",
     "llama-nb bench ops                                  # slow: every op x implementation over the case table": "minutes",
     "llama-nb bench model --shape llama3.2-1b            # slow: writes 2.5 GB of random 1B-shaped weights": "2.5 GB",
     "llama-nb bench model --model models-original/Meta-Llama-3.1-8B-Instruct -p 0 -n 128 --json   # needs Meta's weights": "Meta's weights",

@@ -68,6 +68,7 @@ _COMMANDS = [
     ("ops", "ops", "ops"),
     ("bench", "bench", "bench"),
     ("serve", "serve", "serve"),
+    ("quantize", "quantize", "quantize"),
 ]
 
 

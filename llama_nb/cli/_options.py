@@ -28,8 +28,8 @@ ModelOpt = Annotated[
     typer.Option(
         "--model",
         "-m",
-        help="Folder with Meta's consolidated.00.pth, params.json and tokenizer.model, or a Hugging Face "
-        "folder (config.json, *.safetensors, tokenizer.json) [default: "
+        help="Folder with Meta's consolidated.00.pth, params.json and tokenizer.model, a Hugging Face "
+        "folder (config.json, *.safetensors, tokenizer.json), or a .gguf file [default: "
         f"${MODEL_ENV}, else a Llama folder in ./{LOCAL_MODELS}/, else in {META_CHECKPOINTS}/, else the "
         "built-in demo model].",
         show_default=False,

@@ -98,3 +98,21 @@ def _value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+def gguf_metadata_table(gguf: dict[str, Any], title: str = "GGUF metadata") -> Table:
+    """A GGUF file's version, tensor types and metadata keys (`describe(...)["gguf"]`). Keys and
+    values come from the file: shown as plain text (no Rich markup), non-printables escaped."""
+    from rich.text import Text
+
+    from llama_nb.errors import one_line
+
+    table = Table(title=title, title_justify="left", show_header=False)
+    table.add_column("key", style="bold")
+    table.add_column("value")
+    table.add_row("GGUF version", str(gguf["version"]))
+    table.add_row("tensor types", ", ".join(f"{name} x {n}" for name, n in gguf["tensor_types"].items()))
+    table.add_section()
+    for key, value in gguf["metadata"].items():
+        table.add_row(Text(one_line(key, 80)), Text(one_line(_value(value), 200)))
+    return table

@@ -1,6 +1,6 @@
 """`llama-nb bench ...`: measure the kernels, or whole forward passes of a model, llama-bench style.
 
-    llama-nb bench ops [--op linear] [--impl numba] [--threads 2] [--repeat 5]
+    llama-nb bench ops [--op linear] [--impl numba] [--format q8_0] [--threads 2] [--repeat 5]
     llama-nb bench model --model DIR [-p 128,512] [-n 128] [-r 5] [--json]
     llama-nb bench model --shape llama3.2-1b        # random weights of that shape, written once
 
@@ -12,6 +12,7 @@ streamed and as a fraction of the plain-read bandwidth measured in the same run.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated, List, Optional
 
 import typer
@@ -29,6 +30,8 @@ def bench_ops(
     impl: Annotated[Optional[List[str]], typer.Option("--impl", help="Implementation to time (repeatable) [default: all].")] = None,
     threads: ThreadsOpt = None,
     repeat: Annotated[int, typer.Option("--repeat", min=1, help="Timed calls per case.")] = 5,
+    weight_format: Annotated[Optional[List[str]], typer.Option(
+        "--format", help="Weight format of the ops that take one (repeatable: bf16, q8_0, q4_k, ...) [default: bf16].")] = None,
 ) -> None:
     """Time every op x implementation over the shared case table (tiny, odd and Llama shapes)."""
     from rich.console import Console
@@ -42,7 +45,11 @@ def bench_ops(
             console.print(benchmark.format_header(result), markup=False, soft_wrap=True)
         console.print(benchmark.format_row(row, result.read_gbps), markup=False, soft_wrap=True)
 
-    benchmark.run(op, impl, threads, repeat, progress=progress)
+    from llama_nb.formats import get_format
+
+    for name in weight_format or ():
+        get_format(name)  # an unknown name: one line listing the formats
+    benchmark.run(op, impl, threads, repeat, progress=progress, formats=weight_format)
 
 
 # --- rendering (pure) ----------------------------------------------------------------------------
@@ -151,3 +158,48 @@ def bench_model(
     console.print(model_bench_table(result))
     for line in model_bench_notes(result):
         console.print(line, markup=False)
+
+
+@bench.command("quality")
+def bench_quality(
+    model: Annotated[Optional[Path], typer.Argument(help="The model: a Meta folder or a .gguf file [default: as for run].", show_default=False)] = None,
+    text: Annotated[Path, typer.Option("--text", help="A UTF-8 text file to score (e.g. wikitext-2's wiki.test.raw).", show_default=False)] = ...,
+    types: Annotated[str, typer.Option("--types", help="Formats to compare with bf16, comma-separated: q8_0, q4_k_m.")] = "q8_0,q4_k_m",
+    ctx: Annotated[int, typer.Option("--ctx", "-c", help="Tokens per chunk; the second half of each is scored (llama-perplexity's -c).")] = 512,
+    chunks: Annotated[Optional[int], typer.Option("--chunks", min=1, help="At most this many chunks [default: all that fit].", show_default=False)] = None,
+    threads: ThreadsOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Perplexity of the bf16 model and of each quantized format, and each format's mean KL
+    divergence from bf16 and top-1 agreement with it, llama-perplexity style.
+
+    Example:
+
+    llama-nb bench quality --text llama_nb/demo/README.md --types q8_0 --ctx 16 --chunks 1"""
+    from rich.console import Console
+    from rich.table import Table
+
+    from llama_nb.io.files import read_regular_file
+    from llama_nb.model.quality import measure_quality
+
+    folder = resolve_model_dir(model)
+    raw = read_regular_file(text, 1 << 30, "a text file")
+    try:
+        content = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise LlamaNbError(f"{text}: not UTF-8 text (byte {exc.start})") from None
+    err = Console(stderr=True, highlight=False)
+    wanted = [t for t in types.replace(" ", "").split(",") if t]
+    results = measure_quality(folder, content, wanted, ctx=ctx, max_chunks=chunks, threads=threads,
+                              progress=None if json_out else (lambda line: err.print(line, markup=False)))
+    if json_out:
+        typer.echo(json.dumps({"model": str(folder), "text": str(text), "ctx": ctx,
+                               "results": [r.to_json() for r in results]}, indent=2))
+        return
+    table = Table(title=f"{folder}: {text.name}, {results[0].n_tokens} tokens scored (ctx {ctx})", title_justify="left")
+    for col in ("type", "bits/weight", "perplexity", "mean KL vs bf16", "top-1 = bf16"):
+        table.add_column(col, justify="left" if col == "type" else "right")
+    for r in results:
+        table.add_row(r.type, f"{r.bits_per_weight:.2f}", f"{r.perplexity:.4f} ± {r.perplexity_stderr:.4f}",
+                      f"{r.kl_mean:.6f} ± {r.kl_stderr:.6f}", f"{r.top1:.2%}")
+    Console(highlight=False).print(table)

@@ -1,7 +1,7 @@
 """`llama-nb info`: what a model folder holds (the Go original's menu item 0).
 
 Tensor table (name, dtype, shape, elements), hyperparameters, derived head_dim and FFN size,
-total element count and size in GB. `--json` prints the same as one JSON object.
+total element count and size in GB; for a GGUF file, its ggml tensor types and metadata too. `--json` prints the same as one JSON object.
 `print_model_info` is the same view for the interactive menu.
 """
 
@@ -57,4 +57,8 @@ def print_model_info(folder: Path, *, console: "Console | None" = None, all_tens
     console = console or Console()
     console.print(tensors_table(desc["tensors"], all_tensors=all_tensors, title=f"tensors in {desc['checkpoint']}"))
     console.print(model_summary_table(desc))
+    if "gguf" in desc:
+        from llama_nb.cli._render import gguf_metadata_table
+
+        console.print(gguf_metadata_table(desc["gguf"]))
     return desc

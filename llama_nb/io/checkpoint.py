@@ -1,126 +1,60 @@
-"""A Meta model folder: params.json + consolidated.00.pth + tokenizer.model, checked against each other.
+"""Which reader a model path needs, and Meta's own folder: params.json + consolidated.00.pth
+(or its model-parallel shards consolidated.00..NN.pth) + tokenizer.model.
 
     Meta-Llama-3.1-8B-Instruct/
         consolidated.00.pth    bf16 weights, read by llama_nb.io.pth (zero-copy views)
         params.json            hyperparameters, read by llama_nb.io.params
         tokenizer.model        tiktoken BPE ranks
 
-`load_model_files` checks that the checkpoint holds exactly the tensors Meta's model.py builds from
-params.json, each with the exact shape, a dtype some weight format reads (llama_nb/formats.py:
-bf16 as Meta stores it, f16, f32), and C-contiguous (the kernels read raw rows, and
-with --mmap they read them straight from the file's map; Meta's files are contiguous). Expected
-tensors:
+`load_model_files(path)` reads, whatever the path is, a ModelFiles (io/model_files.py: Meta's
+tensor names, checked against params.json by `check_tensors`):
 
-    tok_embeddings.weight               bf16[vocab_size, dim]
-    layers.{i}.attention.wq.weight      bf16[n_heads * head_dim, dim]
-    layers.{i}.attention.wk.weight      bf16[n_kv_heads * head_dim, dim]
-    layers.{i}.attention.wv.weight      bf16[n_kv_heads * head_dim, dim]
-    layers.{i}.attention.wo.weight      bf16[dim, n_heads * head_dim]
-    layers.{i}.feed_forward.w1.weight   bf16[hidden_dim, dim]
-    layers.{i}.feed_forward.w2.weight   bf16[dim, hidden_dim]
-    layers.{i}.feed_forward.w3.weight   bf16[hidden_dim, dim]
-    layers.{i}.attention_norm.weight    bf16[dim]
-    layers.{i}.ffn_norm.weight          bf16[dim]
-    norm.weight                         bf16[dim]
-    output.weight                       bf16[vocab_size, dim]   optional: absent = tied to
-                                                                tok_embeddings (Llama 3.2 1B/3B)
+    a .gguf file, or a folder holding one      llama_nb.io.gguf_model (llama.cpp's format)
+    config.json beside *.safetensors           llama_nb.io.hf (a Hugging Face folder; preferred
+                                               over Meta's files when a folder has both)
+    consolidated.00.pth .. consolidated.NN.pth llama_nb.io.shards: each MPI rank its shards (70B, 405B)
+    consolidated.00.pth                        this module
 
-A Hugging Face folder (config.json + safetensors + tokenizer.json) is read by llama_nb.io.hf into
-the same ModelFiles, under Meta's names. Model-parallel folders (consolidated.00.pth ..
-consolidated.{M-1}.pth: 70B, 405B) load through llama_nb/io/shards.py, each rank its own shards.
-GGUF files are recognised and refused with a message saying what they are and what llama_nb expects.
+Anything else is one line saying what the path is and what llama_nb expects.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from llama_nb.errors import CheckpointError, shown
-from llama_nb.formats import format_of_checkpoint_dtype
+from llama_nb.io import gguf_model, hf
 from llama_nb.io.files import open_regular_file
+from llama_nb.io.model_files import (CHECKPOINT_NAME, EXPECTS, PARAMS_NAME, TOKENIZER_NAME, ModelFiles,
+                                     check_tensors, expected_shapes)
 from llama_nb.io.params import ModelArgs
-from llama_nb.io.pth import Checkpoint, load_pth
+from llama_nb.io.pth import load_pth
 from llama_nb.io.shards import join_rank, rank_shards, shard_paths, shard_shapes
 from llama_nb.io.tokenizer import Tokenizer
 
-CHECKPOINT_NAME = "consolidated.00.pth"
-PARAMS_NAME = "params.json"
-TOKENIZER_NAME = "tokenizer.model"
-
-_EXPECTS = f"llama_nb expects Meta's original folder ({CHECKPOINT_NAME}, {PARAMS_NAME}, {TOKENIZER_NAME})"
-
-
-@dataclass(frozen=True)
-class ModelFiles:
-    """A validated model folder: hyperparameters, mapped tensors, where the tokenizer is."""
-
-    folder: Path
-    args: ModelArgs
-    checkpoint: Checkpoint
-    tokenizer_path: Path | None  # None only with load_model_files(..., require_tokenizer=False)
-    # How to build the tokenizer when it is not a tokenizer.model at tokenizer_path: a GGUF's or
-    # a Hugging Face folder's loader passes its own reader (tokenizer.ggml.* metadata, tokenizer.json).
-    read_tokenizer: Callable[[], Tokenizer] | None = None
-
-    def load_tokenizer(self) -> Tokenizer:
-        """The model's tokenizer, refused when it has more tokens than the model's vocab_size."""
-        if self.read_tokenizer is not None:
-            tokenizer = self.read_tokenizer()
-        elif self.tokenizer_path is None:
-            raise CheckpointError(f"{self.folder / TOKENIZER_NAME}: no such file; {_EXPECTS}")
-        else:
-            tokenizer = Tokenizer(self.tokenizer_path, vocab_size=self.args.vocab_size)  # stops reading past it
-        if tokenizer.n_words > self.args.vocab_size:
-            raise CheckpointError(f"{tokenizer.model_path}: the tokenizer has {tokenizer.n_words} tokens but "
-                                  f"the model's vocab_size is {self.args.vocab_size}")
-        return tokenizer
-
-    @property
-    def tied_output(self) -> bool:
-        """True when the file has no output.weight: logits use tok_embeddings (Llama 3.2 1B/3B)."""
-        return "output.weight" not in self.checkpoint
-
-
-def expected_shapes(args: ModelArgs, *, tied_output: bool = False) -> dict[str, tuple[int, ...]]:
-    """Every tensor Meta's Transformer(args) has, in its state_dict order, with its shape."""
-    dim, hd, hidden, vocab = args.dim, args.head_dim, args.hidden_dim, args.vocab_size
-    shapes: dict[str, tuple[int, ...]] = {"tok_embeddings.weight": (vocab, dim)}
-    for i in range(args.n_layers):
-        p = f"layers.{i}."
-        shapes[p + "attention.wq.weight"] = (args.n_heads * hd, dim)
-        shapes[p + "attention.wk.weight"] = (args.n_kv_heads * hd, dim)
-        shapes[p + "attention.wv.weight"] = (args.n_kv_heads * hd, dim)
-        shapes[p + "attention.wo.weight"] = (dim, args.n_heads * hd)
-        shapes[p + "feed_forward.w1.weight"] = (hidden, dim)
-        shapes[p + "feed_forward.w2.weight"] = (dim, hidden)
-        shapes[p + "feed_forward.w3.weight"] = (hidden, dim)
-        shapes[p + "attention_norm.weight"] = (dim,)
-        shapes[p + "ffn_norm.weight"] = (dim,)
-    shapes["norm.weight"] = (dim,)
-    if not tied_output:
-        shapes["output.weight"] = (vocab, dim)
-    return shapes
+__all__ = ["CHECKPOINT_NAME", "PARAMS_NAME", "TOKENIZER_NAME", "ModelFiles", "expected_shapes", "check_tensors",
+           "load_model_files", "load_tokenizer", "describe", "check_folder"]
 
 
 def load_model_files(folder: str | Path, *, require_tokenizer: bool = True, rank: int = 0, ranks: int = 1) -> ModelFiles:
-    """Find, read and cross-check a Meta model folder; a one-line CheckpointError on any problem.
-
-    rank, ranks: which of several processes this is (model/parallel.py); a model-parallel folder
-    gives each rank the tensors of its shards (io/shards.py), a single file only runs on one."""
+    """Find, read and cross-check a model (see the module docstring); a one-line CheckpointError
+    on any problem. rank, ranks: which of several processes this is (model/parallel.py); a
+    model-parallel folder gives each rank the tensors of its shards (io/shards.py); every other
+    kind runs in one process."""
     folder = Path(folder)
+    if (gguf := gguf_model.gguf_in(folder)) is not None:
+        _one_process(folder, "a GGUF file", ranks)
+        return gguf_model.load_gguf_files(gguf, require_tokenizer=require_tokenizer)
     check_folder(folder)
-    if _is_hf_folder(folder):
-        from llama_nb.io.hf import load_hf_folder  # imports this module
-
-        return load_hf_folder(folder, require_tokenizer=require_tokenizer)
+    if hf.is_hf_folder(folder):
+        _one_process(folder, "a Hugging Face folder", ranks)
+        return hf.load_hf_folder(folder, require_tokenizer=require_tokenizer)
     args = ModelArgs.from_file(folder / PARAMS_NAME)
     tokenizer_path: Path | None = folder / TOKENIZER_NAME
     if not tokenizer_path.exists():
         if require_tokenizer:
-            raise CheckpointError(f"{tokenizer_path}: no such file; {_EXPECTS}")
+            raise CheckpointError(f"{tokenizer_path}: no such file; {EXPECTS}")
         tokenizer_path = None
     else:  # a FIFO or /dev/zero there is refused now, not when the tokenizer is read
         open_regular_file(tokenizer_path, TOKENIZER_NAME).close()
@@ -128,12 +62,16 @@ def load_model_files(folder: str | Path, *, require_tokenizer: bool = True, rank
     if len(shards) > 1:
         checkpoint = _load_rank(folder, shards, args, rank, ranks)
         return ModelFiles(folder=folder, args=args, checkpoint=checkpoint, tokenizer_path=tokenizer_path)
-    if ranks > 1:
-        raise CheckpointError(f"{folder}: a single-file checkpoint runs in one process, not on {ranks} "
-                              f"MPI ranks (those need Meta's model-parallel shards, consolidated.00..NN.pth)")
+    _one_process(folder, "a single-file checkpoint", ranks)
     checkpoint = load_pth(folder / CHECKPOINT_NAME)
     check_tensors(checkpoint, args, source=folder / PARAMS_NAME)
     return ModelFiles(folder=folder, args=args, checkpoint=checkpoint, tokenizer_path=tokenizer_path)
+
+
+def _one_process(path: Path, what: str, ranks: int) -> None:
+    if ranks > 1:
+        raise CheckpointError(f"{path}: {what} runs in one process, not on {ranks} MPI ranks (those need "
+                              f"Meta's model-parallel shards, consolidated.00..NN.pth)")
 
 
 def _load_rank(folder: Path, paths: list[Path], args: ModelArgs, rank: int, ranks: int):
@@ -153,64 +91,30 @@ def _load_rank(folder: Path, paths: list[Path], args: ModelArgs, rank: int, rank
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
-    """The tokenizer of a model, without reading its weights (`llama-nb tokenize`)."""
-    if not (Path(path) / TOKENIZER_NAME).exists() and (Path(path) / "tokenizer.json").exists():
-        from llama_nb.io.hf import load_hf_tokenizer  # tokenizer.json (+ generation_config.json)
-
-        return load_hf_tokenizer(Path(path))
-    return Tokenizer(Path(path) / TOKENIZER_NAME)
-
-
-def check_tensors(checkpoint: Checkpoint, args: ModelArgs, source: str | Path = PARAMS_NAME,
-                  expected: dict[str, tuple[int, ...]] | None = None, what: str | None = None) -> None:
-    """The checkpoint holds exactly the tensors `args` implies: names, shapes, bf16, C order.
-    `expected`: other shapes than the whole model's (one shard's: io/shards.py), `what` says whose."""
-    path = checkpoint.path
-    if args.n_layers > len(checkpoint):  # each layer is 9 tensors: listing 10^10 names would hang
-        raise CheckpointError(
-            f"{path}: {source} says n_layers={args.n_layers} but the file holds only {len(checkpoint)} tensors"
-            + _layer_hint(checkpoint, args)
-        )
-    if expected is None:
-        expected = expected_shapes(args, tied_output="output.weight" not in checkpoint)
-    missing = [name for name in expected if name not in checkpoint]
-    if missing:
-        raise CheckpointError(
-            f"{path}: missing {len(missing)} tensor(s) that {source} implies: {_first(missing)}"
-            + _layer_hint(checkpoint, args)
-        )
-    unexpected = [name for name in checkpoint.keys() if name not in expected]
-    if unexpected:
-        raise CheckpointError(
-            f"{path}: {len(unexpected)} unexpected tensor(s) for a Llama 3.x model: {_first(unexpected)}"
-            + _layer_hint(checkpoint, args)
-        )
-    for name, shape in expected.items():
-        tensor, dtype = checkpoint.tensors[name], checkpoint.dtypes[name]
-        if tuple(tensor.shape) != shape:
-            raise CheckpointError(
-                f"{path}: {name} has shape {list(tensor.shape)} but {source} implies {list(shape)}"
-                f"{f' for {what}' if what else ''} ({_formula(name, args)})"
-            )
-        if format_of_checkpoint_dtype(dtype) is None:
-            raise CheckpointError(f"{path}: {name} is {dtype}; no weight format reads it (llama_nb.formats)")
-        if not tensor.flags.c_contiguous:
-            raise CheckpointError(
-                f"{path}: {name} is stored non-contiguous (strides {tensor.strides}); the kernels need "
-                "row-major weights and llama_nb never copies weights. Re-save it contiguous."
-            )
+    """The tokenizer of a model, without reading its weights (`llama-nb tokenize`): a GGUF's
+    metadata, a Hugging Face folder's tokenizer.json, or Meta's tokenizer.model."""
+    path = Path(path)
+    if (gguf := gguf_model.gguf_in(path)) is not None:
+        return gguf_model.load_gguf_tokenizer(gguf)
+    if not (path / TOKENIZER_NAME).exists() and (path / hf.TOKENIZER_JSON).exists():
+        return hf.load_hf_tokenizer(path)
+    return Tokenizer(path / TOKENIZER_NAME)
 
 
 def describe(model_files: ModelFiles) -> dict[str, Any]:
     """Everything `llama-nb info` shows, as plain JSON-ready data."""
     ck, args = model_files.checkpoint, model_files.args
-    tensors = [
-        {"name": name, "dtype": ck.dtypes[name], "shape": list(t.shape), "elements": int(t.size)}
-        for name, t in ck.items()
-    ]
+    if model_files.gguf is not None:  # GGUF names, ggml types, logical shapes, and the metadata
+        tensors, extra = gguf_model.gguf_description(model_files.gguf)
+    else:
+        tensors = [
+            {"name": name, "dtype": ck.dtypes[name], "shape": list(t.shape), "elements": int(t.size)}
+            for name, t in ck.items()
+        ]
+        extra = {}
     n_elements = sum(t["elements"] for t in tensors)
     size_bytes = sum(int(t.nbytes) for t in ck.tensors.values())
-    return {
+    return extra | {
         "folder": str(model_files.folder),
         "checkpoint": str(ck.path),
         "tokenizer": str(model_files.tokenizer_path) if model_files.tokenizer_path else None,
@@ -229,63 +133,26 @@ def describe(model_files: ModelFiles) -> dict[str, Any]:
 
 
 def check_folder(folder: Path) -> None:
-    """Say what a path is when it is not a Meta folder: missing, a GGUF, Hugging Face, sharded."""
+    """Say what a path is when it is not a model llama_nb reads: missing, a file of another kind,
+    a folder without a checkpoint (several GGUFs in one folder are refused by gguf_in)."""
     if not folder.exists():
-        raise CheckpointError(f"{folder}: no such folder; {_EXPECTS}")
+        raise CheckpointError(f"{folder}: no such folder; {EXPECTS}")
     if folder.is_file():
-        if folder.suffix == ".gguf":
-            raise CheckpointError(f"{folder}: a GGUF file (llama.cpp's format); {_EXPECTS}")
+        if gguf_model.is_gguf(folder):  # a .gguf file, or one that starts with GGUF's magic
+            return
         if folder.suffix == ".pth":
-            raise CheckpointError(f"{folder}: a file; pass the folder that holds it ({folder.parent}); {_EXPECTS}")
-        raise CheckpointError(f"{folder}: a file, not a folder; {_EXPECTS}")
+            raise CheckpointError(f"{folder}: a file; pass the folder that holds it ({folder.parent}); {EXPECTS}")
+        raise CheckpointError(f"{folder}: a file, not a folder; {EXPECTS}")
     if len(shard_paths(folder)) > 1:  # model parallel (70B/405B): io/shards.py; a missing shard is named
         return
     if (folder / CHECKPOINT_NAME).exists():  # not is_file(): a FIFO there is refused by load_pth, naming it
         return
-    if _is_hf_folder(folder):  # read by llama_nb.io.hf (which hints at original/ when it refuses one)
+    if hf.is_hf_folder(folder):  # read by llama_nb.io.hf (which hints at original/ when it refuses one)
         return
-    ggufs = sorted(shown(p.name, quote=False) for p in folder.glob("*.gguf"))  # names in a folder: escaped too
-    if ggufs:
-        raise CheckpointError(f"{folder}: holds GGUF files ({ggufs[0]}), llama.cpp's format; {_EXPECTS}")
+    if any(folder.glob("*.gguf")):  # read by llama_nb.io.gguf_model (one GGUF; several are refused there)
+        gguf_model.gguf_in(folder)
+        return
     others = sorted(shown(p.name, quote=False) for p in folder.glob("*.pth"))
     if others:
-        raise CheckpointError(f"{folder}: no {CHECKPOINT_NAME} (found {', '.join(others[:3])}); {_EXPECTS}")
-    raise CheckpointError(f"{folder / CHECKPOINT_NAME}: no such file; {_EXPECTS}")
-
-
-def _is_hf_folder(folder: Path) -> bool:
-    """config.json beside safetensors weights: a Hugging Face folder (llama_nb.io.hf reads it).
-    exists(), not is_file(): a FIFO there is refused by its reader, naming it."""
-    return (folder / "config.json").exists() and (
-        (folder / "model.safetensors.index.json").exists() or any(folder.glob("*.safetensors")))
-
-
-def _first(names: list[str], n: int = 4) -> str:
-    """The first n names (from the file: escaped, so a name cannot forge a line) and how many more."""
-    more = f", ... ({len(names) - n} more)" if len(names) > n else ""
-    return ", ".join(shown(name, quote=False) for name in names[:n]) + more
-
-
-def _layer_hint(checkpoint: Checkpoint, args: ModelArgs) -> str:
-    """When the layer count disagrees with params.json, say so: it explains a long missing list."""
-    # indices kept as text: int() of a 5000-digit index (a hostile name) is a ValueError
-    layers = {m.group(1) for name in checkpoint.keys() if (m := re.match(r"layers\.(\d+)\.", name))}
-    if layers and len(layers) != args.n_layers:
-        return f" (the file has {len(layers)} layers, params.json says n_layers={args.n_layers})"
-    return ""
-
-
-def _formula(name: str, args: ModelArgs) -> str:
-    """Which params.json keys a tensor's expected shape comes from."""
-    if "feed_forward" in name:
-        return (
-            f"dim={args.dim}, FFN hidden size {args.hidden_dim} from multiple_of={args.multiple_of}, "
-            f"ffn_dim_multiplier={args.ffn_dim_multiplier}"
-        )
-    if name.endswith(("wk.weight", "wv.weight")):
-        return f"n_kv_heads={args.n_kv_heads} x head_dim={args.head_dim}, dim={args.dim}"
-    if name.endswith(("wq.weight", "wo.weight")):
-        return f"n_heads={args.n_heads} x head_dim={args.head_dim}, dim={args.dim}"
-    if name in ("tok_embeddings.weight", "output.weight"):
-        return f"vocab_size={args.vocab_size}, dim={args.dim}"
-    return f"dim={args.dim}"
+        raise CheckpointError(f"{folder}: no {CHECKPOINT_NAME} (found {', '.join(others[:3])}); {EXPECTS}")
+    raise CheckpointError(f"{folder / CHECKPOINT_NAME}: no such file; {EXPECTS}")

@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from llama_nb.errors import CheckpointError, shown
-from llama_nb.io.checkpoint import CHECKPOINT_NAME, ModelFiles, _first, check_tensors, expected_shapes
+from llama_nb.io.model_files import CHECKPOINT_NAME, ModelFiles, check_tensors, expected_shapes, first_names
 from llama_nb.io.files import open_regular_file
 from llama_nb.io.hf_config import CONFIG_NAME, read_config
 from llama_nb.io.hf_tokenizer import GENERATION_CONFIG, TOKENIZER_JSON, read_hf_tokenizer
@@ -126,6 +126,13 @@ class HFCheckpoint(Checkpoint):
         return {name: read.get(name, tensor) for name, tensor in self.tensors.items()}
 
 
+def is_hf_folder(folder: Path) -> bool:
+    """config.json beside safetensors weights: a Hugging Face folder. exists(), not is_file(): a
+    FIFO there is refused by its reader, naming it."""
+    return (folder / CONFIG_NAME).exists() and (
+        (folder / INDEX_NAME).exists() or any(folder.glob("*.safetensors")))
+
+
 def load_hf_folder(folder: Path, *, require_tokenizer: bool = True) -> ModelFiles:
     """A Hugging Face folder as ModelFiles; one CheckpointError line on any problem, with a hint at
     original/ when Meta's files are there."""
@@ -199,7 +206,7 @@ def _meta_checkpoint(path: Path, shards: list[tuple[Checkpoint, set[str] | None]
         if names is not None and set(shard.keys()) != names:
             stray = sorted(set(shard.keys()) - names) or sorted(names - set(shard.keys()))
             verb = "holds" if set(shard.keys()) - names else "lacks"
-            raise CheckpointError(f"{shard.path}: {verb} {_first(stray)}, which the index "
+            raise CheckpointError(f"{shard.path}: {verb} {first_names(stray)}, which the index "
                                   f"{'does not put there' if verb == 'holds' else 'puts there'}")
         for hf in shard.keys():
             meta = meta_name(hf)
@@ -217,11 +224,11 @@ def _meta_checkpoint(path: Path, shards: list[tuple[Checkpoint, set[str] | None]
     missing = [hf_name(name) for name in expected if name not in views]
     if missing:
         raise CheckpointError(f"{path}: missing {len(missing)} tensor(s) that {config_path.name} implies: "
-                              f"{_first(missing)}")
+                              f"{first_names(missing)}")
     unexpected = [hf_name(name) for name in views if name not in expected]
     if unexpected:
         raise CheckpointError(f"{path}: {len(unexpected)} unexpected tensor(s) for the model {config_path.name} "
-                              f"describes: {_first(unexpected)}")
+                              f"describes: {first_names(unexpected)}")
     order = {name: views[name] for name in expected}  # Meta's state_dict order
     raw = Checkpoint(path=path, tensors=order, dtypes=dtypes, mmap=shards[0][0].mmap)
     check_tensors(raw, args, source=config_path)

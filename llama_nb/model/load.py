@@ -40,7 +40,8 @@ from llama_nb.io.tokenizer import Tokenizer
 from llama_nb.model.batch import BatchEvent, generate_batch
 from llama_nb.model.generate import GenerationStats, TokenEvent, generate
 from llama_nb.model.parallel import Single, default_threads, group_from_environment, together
-from llama_nb.model.transformer import RunState, Transformer, Weights, check_ctx, check_slots, check_threads
+from llama_nb.model.transformer import (RunState, Transformer, Weights, check_ctx, check_slots, check_threads,
+                                        stored_format, stored_weight)
 from llama_nb.ops.opset import OpSet
 
 
@@ -89,12 +90,18 @@ def weight_bytes(files: ModelFiles, weight_format: str | None = None) -> int:
         if tensor.ndim == 1:
             total += 4 * tensor.size
         elif target is not None and name != "tok_embeddings.weight":
-            total += int(tensor.size * target.bytes_per_weight())
+            total += int(_n_weights(files, name) * target.bytes_per_weight())
         else:
             total += int(tensor.nbytes)
     if target is not None and files.tied_output:  # the output is a repacked copy of the embedding table
-        total += int(files.checkpoint.tensors["tok_embeddings.weight"].size * target.bytes_per_weight())
+        total += int(_n_weights(files, "tok_embeddings.weight") * target.bytes_per_weight())
     return total
+
+
+def _n_weights(files: ModelFiles, name: str) -> int:
+    """The weights a stored matrix holds (a GGUF block tensor's array counts bytes, not weights)."""
+    n, k = stored_weight(files.checkpoint.tensors[name], stored_format(files.checkpoint.dtypes[name])).shape
+    return n * k
 
 
 def available_memory() -> tuple[int, str] | None:

@@ -46,7 +46,7 @@ import numba
 import numpy as np
 
 from llama_nb.errors import CheckpointError, ContextLimitError, LlamaNbError
-from llama_nb.formats import Weight, WeightFormat, as_weight, format_of_checkpoint_dtype, repack
+from llama_nb.formats import Weight, WeightFormat, as_weight, format_of_checkpoint_dtype, formats, repack
 from llama_nb.io.params import ModelArgs
 from llama_nb.model.parallel import Part, Single, part_of
 from llama_nb.ops import cores, jit, registry
@@ -84,6 +84,21 @@ class TransformerBlock:
     ffn_norm: np.ndarray  # float32[D]
 
 
+def stored_format(dtype: str) -> WeightFormat | None:
+    """The format of a checkpoint tensor's dtype: a .pth dtype ("bfloat16"), or a weight format's
+    own name for the block formats a GGUF stores ("q8_0"); None when no format reads it."""
+    return format_of_checkpoint_dtype(dtype) or formats.get(dtype)
+
+
+def stored_weight(array: np.ndarray, fmt: WeightFormat) -> Weight:
+    """A checkpoint's 2-d tensor as a Weight of its stored format, without copying: a plain array
+    (as_weight), or a block format's raw blocks uint8[N, row bytes] (a GGUF's Q8_0, ...)."""
+    if fmt.block == 1:
+        return as_weight(array, fmt)
+    k = array.shape[1] * array.itemsize // fmt.block_bytes * fmt.block
+    return Weight(fmt, (int(array.shape[0]), k), array.view(fmt.dtype))
+
+
 @dataclass
 class Weights:
     tok_embeddings: Weight  # [V, D]
@@ -102,13 +117,13 @@ class Weights:
                 array, dtype = np.asarray(tensors[key]), dtypes[key]
             except KeyError:
                 raise CheckpointError(f"checkpoint has no tensor {key!r}") from None
-            fmt = format_of_checkpoint_dtype(dtype)
+            fmt = stored_format(dtype)
             if fmt is None:
                 raise CheckpointError(f"tensor {key!r} is {dtype}: no weight format reads it")
             return array, fmt
 
         def matrix(key: str) -> Weight:
-            weight = as_weight(*raw(key))
+            weight = stored_weight(*raw(key))
             return weight if weight_format is None else repack(weight, weight_format)
 
         def vector(key: str) -> np.ndarray:  # norms: float32, widened exactly
@@ -124,7 +139,7 @@ class Weights:
             )
             for i in range(args.n_layers)
         ]
-        embeddings = as_weight(*raw("tok_embeddings.weight"))
+        embeddings = stored_weight(*raw("tok_embeddings.weight"))
         if "output.weight" in tensors:
             output = matrix("output.weight")
         else:

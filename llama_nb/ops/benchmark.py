@@ -9,8 +9,10 @@ Used by bench/bench_ops.py and `llama-nb bench ops`. Every implementation is cal
 GB/s counts the bytes an op must move at least once and GFLOP/s its flops, both as the op's
 declaration says (llama_nb/ops/specs.py: every array it reads and writes once unless it declares
 otherwise: attention only the filled cache rows, embedding only the looked-up rows; multiply-adds
-count 2 flops). For linear the weights dominate. Linear is benchmarked for bf16 weights (the
-format of Meta's checkpoints) unless `formats` says otherwise.
+count 2 flops). For linear the weights dominate: a block format's bytes are its blocks (q8_0 1.0625
+bytes a weight, q4_k 0.5625, q6_k 0.8203), so its GB/s is the weights it streams. Linear is
+benchmarked for bf16 weights (the format of Meta's checkpoints) unless `formats` says otherwise
+(block formats on their own cases: K a multiple of their block).
 
 The same run measures the plain-read bandwidth of this machine: a Numba kernel summing a 512 MB
 uint16 array (larger than any cache), parallel over rows like the matvec. A matvec reads each weight
@@ -150,8 +152,9 @@ def run(
     rng = np.random.default_rng(seed)
     for slot in slots:
         chosen = [i for i in sorted(registry.impls[slot]) if impls is None or i in impls]
-        for case in bench_cases(slot[0]) if chosen else []:
-            args = make_inputs(slot[0], case, rng, get_format(slot[1]) if slot[1] else None)
+        fmt = get_format(slot[1]) if slot[1] else None
+        for case in bench_cases(slot[0], fmt) if chosen else []:
+            args = make_inputs(slot[0], case, rng, fmt)
             for impl in chosen:
                 row = bench_case(slot, impl, case, args, repeat)
                 result.rows.append(row)

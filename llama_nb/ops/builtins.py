@@ -8,3 +8,4 @@ this one, so building an OpSet (or importing llama_nb.ops) is what registers the
 from llama_nb.ops import specs  # noqa: F401  (declares the ops; must come first)
 from llama_nb.ops import bf16, embedding, rmsnorm, linear, rope, softmax, silu, attention, argmax  # noqa: F401,E401
 from llama_nb.ops import reference  # noqa: F401
+from llama_nb.ops import quant_linear  # noqa: F401  (the block formats q8_0, q4_k, q6_k and their kernels)

@@ -1,8 +1,9 @@
 """The case table of every op, derived from its declaration: used by tests/test_ops.py,
 bench/bench_ops.py and `llama-nb bench ops`.
 
-    ci_cases(op)                   the dims of the cases every CI run tests (spec.cases)
-    bench_cases(op)                those plus the benchmark-only ones (real 1B shapes, pp128)
+    ci_cases(op, fmt)              the dims of the cases every CI run tests (spec.cases; for a
+                                   block format spec.block_cases, and only cases its block fits)
+    bench_cases(op, fmt)           those plus the benchmark-only ones (real 1B shapes, pp128)
     make_inputs(op, case, rng, fmt)  seeded arguments in the op's order (OUT arrays NaN-filled, so
                                    an element a kernel forgets to write is caught; the weight in
                                    format `fmt`)
@@ -20,16 +21,27 @@ import numpy as np
 
 from llama_nb.formats import WeightFormat
 from llama_nb.ops import registry
-from llama_nb.ops.signature import INOUT, OUT
+from llama_nb.ops.signature import INOUT, OUT, evaluate
 
 
-def ci_cases(op: str) -> list[dict]:
-    return [dict(c) for c in registry.spec(op).cases]
+def _fits(spec, case: Mapping[str, int], fmt: WeightFormat | None) -> bool:
+    """Whether the case's weight has a K (its last dimension) that is a multiple of fmt's block."""
+    if fmt is None or fmt.block == 1 or spec.weight_arg is None:
+        return True
+    return evaluate(spec.args[spec.weight_arg].dims[-1], spec.full_dims(case)) % fmt.block == 0
 
 
-def bench_cases(op: str) -> list[dict]:
+def ci_cases(op: str, fmt: WeightFormat | None = None) -> list[dict]:
+    """The op's CI cases for weights in `fmt`: block formats take the op's block_cases when it has
+    them; either way only the cases whose weight fits the format's block."""
     spec = registry.spec(op)
-    return [dict(c) for c in spec.cases + spec.bench_only]
+    table = spec.block_cases if (fmt is not None and fmt.block > 1 and spec.block_cases) else spec.cases
+    return [dict(c) for c in table if _fits(spec, c, fmt)]
+
+
+def bench_cases(op: str, fmt: WeightFormat | None = None) -> list[dict]:
+    spec = registry.spec(op)
+    return ci_cases(op, fmt) + [dict(c) for c in spec.bench_only if _fits(spec, c, fmt)]
 
 
 def make_inputs(op: str, case: Mapping[str, int], rng: np.random.Generator, fmt: WeightFormat | None = None) -> tuple:

@@ -11,6 +11,7 @@ survive the conversions and every comparison, so `nnan`/`ninf`/`nsz` are never s
 CPU features. `HAS_AVX512_BF16`: whether the bf16 dot-product instruction may be compiled
 (NUMBA_CPU_FEATURES when set, for portable caches, else the host's; LLAMA_NB_NO_BF16DOT=1 forces
 the portable float32 path). Kernel files register their vdpbf16ps implementations only then.
+`HAS_AVX512_VNNI` likewise for vpdpbusd (LLAMA_NB_NO_VNNI=1: the portable int8 path).
 
 Going parallel. `parallel_pays(nbytes)`: an op runs its parallel kernel only when it moves at least
 PARALLEL_MIN_BYTES; below, its serial twin (the same code compiled serial). A parallel launch
@@ -121,6 +122,10 @@ def cpu_features() -> str:
 
 
 HAS_AVX512_BF16 = "+avx512bf16" in cpu_features().split(",") and os.environ.get("LLAMA_NB_NO_BF16DOT", "0") == "0"
+# vpdpbusd on 256-bit registers (AVX512_VNNI + AVX512VL) for the int8 products of the block formats;
+# LLAMA_NB_NO_VNNI=1 forces their portable int8 path (ops/simd_int8.py).
+HAS_AVX512_VNNI = {"+avx512vnni", "+avx512vl"} <= set(cpu_features().split(",")) and \
+    os.environ.get("LLAMA_NB_NO_VNNI", "0") == "0"
 
 # ------------------------------------------------------------------------------ going parallel
 
@@ -248,7 +253,7 @@ def warm(ops, formats: Iterable[str], model_dims: Mapping[str, int], used_ops: I
         for dims in warm_cases(impl, spec, model_dims):
             if prefill is not None and (dims.get("T", 1) > 1) != prefill:
                 continue
-            args = spec.make_args(dims, fmt=fmt_obj, weights_writeable=weights_writeable)
+            args = spec.make_args(_fit_block(spec, dims, fmt_obj), fmt=fmt_obj, weights_writeable=weights_writeable)
             try:
                 impl.fn(*args)
             except LlamaNbError:
@@ -260,6 +265,14 @@ def warm(ops, formats: Iterable[str], model_dims: Mapping[str, int], used_ops: I
                                    f"on its warm-up call: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}") from None
     for pair in _TWINS:  # the warm-up ran the serial or the parallel kernel: ready both
         pair.sync()
+
+
+def _fit_block(spec, dims: Mapping[str, int], fmt) -> dict[str, int]:
+    """dims with the weight's K (its last dimension, a name) rounded up to fmt's block (q4_k: 256)."""
+    k_name = spec.args[spec.weight_arg].dims[-1] if spec.weight_arg is not None else None
+    if fmt is None or fmt.block == 1 or k_name not in dims:
+        return dict(dims)
+    return {**dims, k_name: -(-dims[k_name] // fmt.block) * fmt.block}
 
 
 @njit(cache=CACHE)

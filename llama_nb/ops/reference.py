@@ -35,11 +35,12 @@ def round_activations(x: np.ndarray, act: str) -> np.ndarray:
     return bf16_to_f32_np(f32_to_bf16_np(x)) if act == "bf16" else x
 
 
-def _linear(act: str):
+def _linear(act: str, round_bf16=None):
     def linear(out, x, w, xq):
         # Round x to the activation type (bf16: then every product of two bf16 values is exact in
-        # float32), dequantize w in slabs of rows, then NumPy's float32 matmul.
-        xa = round_activations(x, act)
+        # float32; a format may say what its kernels round x to at bf16 instead: `round_bf16`),
+        # dequantize w in slabs of rows, then NumPy's float32 matmul.
+        xa = round_bf16(x) if (round_bf16 is not None and act == "bf16") else round_activations(x, act)
         rows_per_slab = max(1, _SLAB_BYTES // (4 * max(1, w.shape[1])))
         for n0 in range(0, w.shape[0], rows_per_slab):
             slab = w.dequantize(n0, min(n0 + rows_per_slab, w.shape[0]))
@@ -57,10 +58,12 @@ def dequantize(out, w):
     out[...] = w.dequantize()
 
 
-def register_format_references(fmt: str) -> None:
-    """Register the reference linear (every activation type), embedding and dequantize for `fmt`."""
+def register_format_references(fmt: str, round_bf16=None) -> None:
+    """Register the reference linear (every activation type), embedding and dequantize for `fmt`.
+    `round_bf16(x) -> float32[T, K]`: what the format's kernels round x to at activation type bf16
+    (the block formats: int8 blocks, llama_nb/quant/activations.py); None: bf16."""
     for act in ACTIVATIONS:
-        register("linear", "reference", format=fmt, act=act)(_linear(act))
+        register("linear", "reference", format=fmt, act=act)(_linear(act, round_bf16))
     register("embedding", "reference", format=fmt)(embedding)
     register("dequantize", "reference", format=fmt)(dequantize)
 

@@ -81,6 +81,9 @@ class OpSpec:
     requires       expressions of dims that must hold ("H % KVH == 0")
     may_alias      (out, in) pairs that may be the same array; every other pair must not overlap
     cases          dims of the test and benchmark cases; bench_only: those too slow for every CI run
+    block_cases    the cases for weight formats stored in blocks (block > 1: K a multiple of 32 or
+                   256), used instead of `cases` for them; cases whose weight does not fit a
+                   format's block are left out for it either way (llama_nb/ops/cases.py)
     tol            dict(rtol=, atol=) of any implementation against "reference" (0, 0: bit for bit)
     activations    True when implementations are registered per activation type (linear)
     returns        "int" when the op returns a value (argmax) instead of writing an output
@@ -97,6 +100,7 @@ class OpSpec:
     may_alias: tuple[tuple[str, str], ...] = ()
     cases: tuple[Mapping[str, int], ...] = ()
     bench_only: tuple[Mapping[str, int], ...] = ()
+    block_cases: tuple[Mapping[str, int], ...] = ()
     tol: Mapping[str, float] = field(default_factory=lambda: dict(rtol=0.0, atol=0.0))
     activations: bool = False
     returns: str | None = None
@@ -256,6 +260,10 @@ def _make_weight(arg: Arg, shape: tuple, dims, rng, fmt: WeightFormat, writeable
         # a huge plain weight: a pool of values made in the format, tiled (drawing and converting
         # 500M values would take a minute and 4 GB; a tiled pool costs a memcpy)
         pool = fmt.quantize(weight_values(rng, (1, POOL)))
+        weight = Weight(fmt, shape, np.resize(pool.data, fmt.data_shape(n, k)))
+    elif rng is not None and arg.values is None and n * k > POOL and not fmt.has_scales:
+        # a huge block-format weight: a pool of whole rows quantized once, the rows tiled
+        pool = fmt.quantize(weight_values(rng, (max(1, POOL // k), k)))
         weight = Weight(fmt, shape, np.resize(pool.data, fmt.data_shape(n, k)))
     else:
         values = arg.values(rng, shape, dims) if (rng is not None and arg.values is not None) else (

@@ -51,6 +51,15 @@ MATRIX_CASES = _cases(
     (1, 4096, 4096), (1, 4096, 14336), (8, 4096, 128256),       # 8B: wq/wo, w1/w3, output
     (1, 14336, 4096), (17, 1100, 71),                            # 8B w2; ragged T, N and K blocks
 )
+# The block formats (K a multiple of 32 for q8_0, 256 for q4_k/q6_k): one block, one super-block,
+# N past one 64-row task and not a multiple of it, several super-blocks, the 8B widths (K 4096, w2's
+# 14336) and ragged prefill chunks; q4_k's NumPy quantizer (~0.5 us a weight) keeps them small.
+MATRIX_BLOCK_CASES = _cases(
+    "T K N",
+    (1, 32, 5), (2, 96, 3),                                        # q8_0 only: 1 and 3 blocks
+    (1, 256, 1), (1, 256, 67), (3, 512, 33), (5, 768, 129),
+    (1, 4096, 130), (1, 14336, 70), (17, 1024, 65), (64, 512, 64),
+)
 MATRIX_BENCH = _cases(
     "T K N",
     (1, 2048, 2048), (1, 2048, 8192), (1, 2048, 128256), (64, 2048, 8192),  # 1B decode, a 1B prefill chunk
@@ -76,6 +85,7 @@ defop(OpSpec(
     "out = the float32 values of w (each format's own rule: llama_nb/formats.py).",
     (Arg("out", OUT, F32, ("N", "K")), Arg("w", WEIGHT, None, ("N", "K"))),
     cases=_cases("N K", (1, 1), (3, 64), (7, 4097), (4096, 4096)),
+    block_cases=_cases("N K", (1, 32), (1, 256), (3, 512), (70, 4096)),
     warm=dict(N=2, K=32),
 ))
 defop(OpSpec(
@@ -86,6 +96,7 @@ defop(OpSpec(
     bytes=lambda d, args: 2 * args[0].nbytes + args[2].nbytes,  # rows read (at most as wide as out), written
     validate=_tokens_in_range,
     cases=_cases("T V D", (1, 10, 8), (5, 37, 33), (4, 128256, 64), (3, 1000, 4096)),
+    block_cases=_cases("T V D", (1, 10, 32), (1, 10, 256), (5, 37, 512), (3, 300, 4096)),
     warm=dict(T=2, V=5, D=32),
 ))
 defop(OpSpec(
@@ -118,6 +129,7 @@ xq is room for x converted to what the kernel multiplies (4 bytes per element at
     activations=True,
     cases=MATRIX_CASES,
     bench_only=MATRIX_BENCH,
+    block_cases=MATRIX_BLOCK_CASES,
     # K-long dot products summed in another order (16 float32 lanes + FMA vs BLAS blocks): the error
     # of either is ~ eps * sqrt(K) * sum|x*w|; for these inputs (|x| <= 30, |w| <= 4, K <= 14336)
     # below 1e-4 absolute, on outputs of O(1..30).

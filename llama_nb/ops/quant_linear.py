@@ -1,0 +1,96 @@
+"""The ops of the block formats q8_0, q4_k, q6_k (llama_nb/quant): linear, embedding, dequantize.
+
+    linear[fmt/bf16]     numba       x rounded to int8 blocks of 32 into the scratch xq once
+                                     (ops/quant_act.py), then integer dot products
+                                     (ops/quant_dot.py): vpdpbusd where the CPU has AVX512_VNNI,
+                                     else the portable int8 dot
+                         numba_int8  the portable int8 dot, registered beside vpdpbusd to be
+                                     tested and compared (only where the CPU has VNNI)
+    linear[fmt/float32]  numba       x as it is, weights decoded inside the dot (ops/quant_f32.py)
+    embedding[fmt], dequantize[fmt]  numba: rows decoded as the NumPy reference decodes them
+    reference            dequantize, then NumPy's float32 product (ops/reference.py); at bf16 x
+                         first rounded to the same int8 blocks (llama_nb/quant/activations.py)
+
+At --precision bf16 these formats take int8 activations, as llama.cpp does for them (its
+vec_dot_type), not bf16 ones: that is what makes their decode bound by memory, not arithmetic.
+How far that rounding moves an output is llama_nb/quant/activations.py's `rounding_bound`.
+Every kernel is one source for decode and prefill; the parallel twin runs from PARALLEL_MIN_BYTES
+of weights on (ops/jit.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+
+from llama_nb import quant
+from llama_nb.formats import Weight
+from llama_nb.ops import quant_dot, quant_f32
+from llama_nb.ops.jit import HAS_AVX512_VNNI, njit_parallel, twins
+from llama_nb.ops.quant_act import quantize_activations
+from llama_nb.ops.quant_rows import dequantize_row_q4_k, dequantize_row_q6_k, dequantize_row_q8_0
+from llama_nb.ops.reference import register_format_references
+from llama_nb.ops.registry import register
+from llama_nb.quant.activations import round_activations
+
+FORMATS = (quant.Q8_0.name, quant.Q4_K.name, quant.Q6_K.name)
+
+
+def _int8_entry(kernel):
+    def linear_int8(out: np.ndarray, x: np.ndarray, w: Weight, xq: np.ndarray) -> None:
+        """out[T, N] = int8 blocks of x (into xq) . w's blocks, in integers; scaled in float32."""
+        if x.shape[0] == 0:
+            return
+        q, d, sums = quantize_activations(x, xq)
+        kernel.pick(w.nbytes)(out, q, d, sums, w.data)
+
+    return linear_int8
+
+
+def _f32_entry(kernel):
+    def linear_f32(out: np.ndarray, x: np.ndarray, w: Weight, xq: np.ndarray) -> None:
+        """out[T, N] = x[T, K] . dequantize(w)[N, K], decoded inside the dot."""
+        if x.shape[0] == 0:
+            return
+        kernel.pick(w.nbytes)(out, x, w.data)
+
+    return linear_f32
+
+
+def _row_ops(decode_row):
+    """embedding and dequantize for one format, from its row decoder."""
+
+    @twins
+    def embedding_rows(out, table, tokens):
+        for t in prange(tokens.shape[0]):
+            decode_row(out[t], table[tokens[t]])
+
+    @njit_parallel
+    def dequantize_rows(out, data):
+        for n in prange(data.shape[0]):
+            decode_row(out[n], data[n])
+
+    def embedding(out: np.ndarray, table: Weight, tokens: np.ndarray) -> None:
+        """out[t, :] = dequantize(table)[tokens[t], :]."""
+        embedding_rows.pick(2 * out.nbytes)(out, table.data, tokens)
+
+    def dequantize(out: np.ndarray, w: Weight) -> None:
+        """out = dequantize(w)."""
+        dequantize_rows(out, w.data)
+
+    return embedding, dequantize
+
+
+_ROW_DECODERS = {"q8_0": dequantize_row_q8_0, "q4_k": dequantize_row_q4_k, "q6_k": dequantize_row_q6_k}
+
+for _fmt in FORMATS:
+    _variants = quant_dot.KERNELS[_fmt]
+    _best = _variants["vnni"] if HAS_AVX512_VNNI else _variants["portable"]
+    register("linear", "numba", format=_fmt, act="bf16", default=True)(_int8_entry(_best))
+    if HAS_AVX512_VNNI:
+        register("linear", "numba_int8", format=_fmt, act="bf16")(_int8_entry(_variants["portable"]))
+    register("linear", "numba", format=_fmt, act="float32", default=True)(_f32_entry(quant_f32.KERNELS[_fmt]))
+    _embedding, _dequantize = _row_ops(_ROW_DECODERS[_fmt])
+    register("embedding", "numba", format=_fmt, default=True)(_embedding)
+    register("dequantize", "numba", format=_fmt, default=True)(_dequantize)
+    register_format_references(_fmt, round_bf16=round_activations)

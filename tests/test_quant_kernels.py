@@ -1,0 +1,80 @@
+"""The block-format kernels beyond the shared case table (tests/test_ops.py runs every one of them
+against its reference on linear's block_cases): the int8 activation rounding bit for bit, its
+stated bound against the float32 product, the parallel twins, and vpdpbusd really compiled."""
+
+import numba
+import numpy as np
+import pytest
+
+from llama_nb.formats import get_format
+from llama_nb.ops import jit, quant_dot, registry
+from llama_nb.ops.cases import assert_matches, call, make_inputs
+from llama_nb.ops.quant_act import quantize_activations
+from llama_nb.quant import activations
+
+FORMATS = ("q8_0", "q4_k", "q6_k")
+
+
+def _hard_x(rng, t=3, k=1024):
+    x = rng.standard_normal((t, k)).astype(np.float32)
+    x[0, :32] = 0.0  # an all-zero block
+    x[1, :32] = (np.arange(32) - 15.5) / 127 * 16.5 / 16.5  # halves of the step: roundf's ties
+    x[1, 32:64] = np.float32(127 / 127) * (np.arange(32) % 3 - 1) * 0.5  # amax 0.5: x * 254 = +-127, 0
+    x[2, ::37] = 30.0  # outliers
+    x[2, 64:96] = 1e-30  # tiny
+    return x
+
+
+def test_activation_rounding_kernel_equals_numpys_bit_for_bit(rng, monkeypatch):
+    x = _hard_x(rng)
+    xq = np.zeros(x.size * 4, np.uint8)
+    for rows, threshold in ((x[:1], jit.PARALLEL_MIN_BYTES), (x, 0)):  # the serial twin, then the parallel one
+        monkeypatch.setattr(jit, "PARALLEL_MIN_BYTES", threshold)
+        monkeypatch.setattr(jit, "_threads", 2)
+        q, d, sums = quantize_activations(rows, xq)
+        want_q, want_d = activations.quantize_activations(rows)
+        np.testing.assert_array_equal(q, want_q)
+        np.testing.assert_array_equal(d.view(np.uint32), want_d.view(np.uint32))
+        np.testing.assert_array_equal(sums, want_q.reshape(rows.shape[0], -1, 16).astype(np.int32).sum(axis=2))
+    assert np.abs(want_q).max() == 127
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_int8_activations_stay_within_their_stated_bound_of_float32(fmt, rng):
+    # llama_nb/quant/activations.py: rounding x to int8 blocks moves output n by at most
+    # sum_b d_b / 2 * sum_{k in b} |w[n, k]|; the kernels' float32 sums add linear's atol.
+    for case in (dict(T=1, K=4096, N=64), dict(T=5, K=768, N=33)):
+        out, x, w, xq = args = make_inputs("linear", case, rng, get_format(fmt))
+        exact = call("linear", registry.get("linear", "reference", format=fmt, act="float32"), args)[0]
+        for impl in sorted(set(registry.impls[("linear", fmt, "bf16")]) - {"reference"}):
+            got = call("linear", registry.get("linear", impl, format=fmt, act="bf16"), args)[0]
+            bound = activations.rounding_bound(x, w.dequantize()) + registry.spec("linear").tol["atol"]
+            assert np.all(np.abs(got - exact) <= bound), (fmt, impl, case)
+            assert not np.array_equal(got, exact)  # and it did round
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_parallel_kernels_match_the_reference(fmt, rng, monkeypatch):
+    # The case table's weights are below PARALLEL_MIN_BYTES: force the parallel twins here.
+    monkeypatch.setattr(jit, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(jit, "_threads", 2)
+    for case in (dict(T=1, K=512, N=200), dict(T=7, K=256, N=130)):
+        args = make_inputs("linear", case, rng, get_format(fmt))
+        for act in ("bf16", "float32"):
+            want = call("linear", registry.get("linear", "reference", format=fmt, act=act), args)
+            for impl in sorted(set(registry.impls[("linear", fmt, act)]) - {"reference"}):
+                got = call("linear", registry.get("linear", impl, format=fmt, act=act), args)
+                assert_matches("linear", got, want, f"{fmt}/{act}[{impl}] {case}")
+
+
+def test_vnni_kernels_exist_exactly_where_the_cpu_has_vnni_and_use_vpdpbusd(rng):
+    for fmt in FORMATS:
+        assert ("numba_int8" in registry.impls[("linear", fmt, "bf16")]) == jit.HAS_AVX512_VNNI
+        assert ("vnni" in quant_dot.KERNELS[fmt]) == jit.HAS_AVX512_VNNI
+    if jit.HAS_AVX512_VNNI:  # compiled afresh: Numba shows no assembly of a kernel loaded from its cache
+        out, x, w, xq = make_inputs("linear", dict(T=1, K=64, N=3), rng, get_format("q8_0"))
+        q, d, sums = quantize_activations(x, xq)
+        for variant, has_it in (("vnni", True), ("portable", False)):
+            fresh = numba.njit(quant_dot.KERNELS["q8_0"][variant].serial.py_func)
+            fresh(out, q, d, sums, w.data)
+            assert ("vpdpbusd" in "".join(fresh.inspect_asm().values())) == has_it, variant
