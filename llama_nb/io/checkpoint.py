@@ -109,9 +109,7 @@ def load_model_files(folder: str | Path, *, require_tokenizer: bool = True) -> M
     folder = Path(folder)
     check_folder(folder)
     if _is_hf_folder(folder):
-        from llama_nb.io.hf import load_hf_folder  # imports this module
-
-        return load_hf_folder(folder, require_tokenizer=require_tokenizer)
+        return _load_hf_folder(folder, require_tokenizer)
     args = ModelArgs.from_file(folder / PARAMS_NAME)
     tokenizer_path: Path | None = folder / TOKENIZER_NAME
     if not tokenizer_path.exists():
@@ -123,6 +121,23 @@ def load_model_files(folder: str | Path, *, require_tokenizer: bool = True) -> M
     checkpoint = load_pth(folder / CHECKPOINT_NAME)
     check_tensors(checkpoint, args, source=folder / PARAMS_NAME)
     return ModelFiles(folder=folder, args=args, checkpoint=checkpoint, tokenizer_path=tokenizer_path)
+
+
+def _load_hf_folder(folder: Path, require_tokenizer: bool) -> ModelFiles:
+    """A Hugging Face folder (llama_nb.io.hf), its tensors renamed to Meta's and checked as a .pth's
+    are, then wq/wk un-permuted. When refused and Meta's files are in original/, the error says so."""
+    from llama_nb.io.hf import read_hf_folder
+
+    try:
+        hf = read_hf_folder(folder, require_tokenizer=require_tokenizer)
+        check_tensors(hf.renamed, hf.args, source=hf.config_path)
+        return ModelFiles(folder=folder, args=hf.args, checkpoint=hf.checkpoint(), tokenizer_path=hf.tokenizer_path,
+                          read_tokenizer=hf.read_tokenizer)
+    except CheckpointError as exc:
+        if (folder / "original" / CHECKPOINT_NAME).is_file():
+            raise CheckpointError(f"{exc}; Meta's files are in its original/ subfolder: use --model "
+                                  f"{folder / 'original'}") from None
+        raise
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
