@@ -100,6 +100,16 @@ def test_only_wq_and_wk_are_copied(pairs):
         assert not any(np.shares_memory(tensor, m) for m in maps), name
 
 
+def test_hf_names_cover_exactly_metas_tensors():
+    from llama_nb.io.checkpoint import expected_shapes
+    from llama_nb.io.hf import hf_name, meta_name, meta_names
+
+    args = config_to_args(LLAMA31_8B, "c").args
+    for tied in (False, True):
+        assert meta_names(args, tied) == list(expected_shapes(args, tied_output=tied))
+    assert all(meta_name(hf_name(name)) == name for name in meta_names(args, False))
+
+
 def test_unpermute_inverts_hugging_faces_permute():
     w = torch.arange(6 * 8 * 5, dtype=torch.float32).reshape(6 * 8, 5)  # 6 heads of head_dim 8
     assert np.array_equal(unpermute(hfmodel.hf_permute(w, 6).numpy(), 6), w.numpy())

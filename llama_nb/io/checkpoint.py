@@ -49,7 +49,7 @@ def load_model_files(folder: str | Path, *, require_tokenizer: bool = True, rank
     check_folder(folder)
     if hf.is_hf_folder(folder):
         _one_process(folder, "a Hugging Face folder", ranks)
-        return hf.load_hf_folder(folder, require_tokenizer=require_tokenizer)
+        return _load_hf_folder(folder, require_tokenizer)
     args = ModelArgs.from_file(folder / PARAMS_NAME)
     tokenizer_path: Path | None = folder / TOKENIZER_NAME
     if not tokenizer_path.exists():
@@ -88,6 +88,21 @@ def _load_rank(folder: Path, paths: list[Path], args: ModelArgs, rank: int, rank
             raise CheckpointError(f"{paths[s]}: its dtypes differ from those of {paths[mine[0]].name}")
         shards.append(shard)
     return join_rank(paths, mine, shards, args)
+
+
+def _load_hf_folder(folder: Path, require_tokenizer: bool) -> ModelFiles:
+    """A Hugging Face folder (llama_nb.io.hf), its tensors renamed to Meta's and checked as a .pth's
+    are, then wq/wk un-permuted. When refused and Meta's files are in original/, the error says so."""
+    try:
+        read = hf.read_hf_folder(folder, require_tokenizer=require_tokenizer)
+        check_tensors(read.renamed, read.args, source=read.config_path)
+        return ModelFiles(folder=folder, args=read.args, checkpoint=read.checkpoint(),
+                          tokenizer_path=read.tokenizer_path, read_tokenizer=read.read_tokenizer)
+    except CheckpointError as exc:
+        if (folder / "original" / CHECKPOINT_NAME).is_file():
+            raise CheckpointError(f"{exc}; Meta's files are in its original/ subfolder: use --model "
+                                  f"{folder / 'original'}") from None
+        raise
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
@@ -147,7 +162,7 @@ def check_folder(folder: Path) -> None:
         return
     if (folder / CHECKPOINT_NAME).exists():  # not is_file(): a FIFO there is refused by load_pth, naming it
         return
-    if hf.is_hf_folder(folder):  # read by llama_nb.io.hf (which hints at original/ when it refuses one)
+    if hf.is_hf_folder(folder):  # read by llama_nb.io.hf (_load_hf_folder hints at original/ when it is refused)
         return
     if any(folder.glob("*.gguf")):  # read by llama_nb.io.gguf_model (one GGUF; several are refused there)
         gguf_model.gguf_in(folder)

@@ -10,8 +10,9 @@
         original/                           Meta's own files (consolidated.00.pth, params.json,
                                             tokenizer.model), when downloaded too
 
-`load_hf_folder` returns the same `ModelFiles` as a Meta folder, with Meta's tensor names, so
-everything downstream is unchanged:
+`read_hf_folder` reads it under Meta's tensor names; llama_nb.io.checkpoint.load_model_files checks
+those as it checks a .pth's and returns the same `ModelFiles` as for a Meta folder (with
+`HFFolder.checkpoint()`), so everything downstream is unchanged:
 
     model.embed_tokens.weight                          tok_embeddings.weight
     model.layers.{i}.self_attn.{q,k,v,o}_proj.weight   layers.{i}.attention.w{q,k,v,o}.weight
@@ -43,16 +44,17 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Callable
 from pathlib import Path
 
 import numpy as np
 
 from llama_nb.errors import CheckpointError, shown
-from llama_nb.io.model_files import CHECKPOINT_NAME, ModelFiles, check_tensors, expected_shapes, first_names
 from llama_nb.io.files import open_regular_file
 from llama_nb.io.hf_config import CONFIG_NAME, read_config
 from llama_nb.io.hf_tokenizer import GENERATION_CONFIG, TOKENIZER_JSON, read_hf_tokenizer
 from llama_nb.io.jsonfile import read_json
+from llama_nb.io.model_files import expected_shapes
 from llama_nb.io.params import ModelArgs
 from llama_nb.io.pth import Checkpoint
 from llama_nb.io.safetensors import load_safetensors
@@ -126,6 +128,37 @@ class HFCheckpoint(Checkpoint):
         return {name: read.get(name, tensor) for name, tensor in self.tensors.items()}
 
 
+@dataclass(frozen=True)
+class HFFolder:
+    """A Hugging Face folder read and renamed, before its q/k rows are un-permuted: `renamed` holds
+    every tensor as a view under Meta's name, in Meta's order (llama_nb.io.checkpoint checks it
+    like a .pth's; then `checkpoint()` makes the un-permuted HFCheckpoint)."""
+
+    args: ModelArgs
+    config_path: Path
+    renamed: Checkpoint
+    tokenizer_path: Path | None
+    read_tokenizer: Callable[[], Tokenizer]
+    shards: tuple[Checkpoint, ...]
+    source: dict[str, Checkpoint]  # Meta name -> the shard that holds it
+
+    def checkpoint(self) -> HFCheckpoint:
+        """wq and wk read with pread and un-permuted (the only copies); the rest stays views."""
+        order, dtypes = self.renamed.tensors, self.renamed.dtypes
+        tensors = dict(order)
+        for name in order:
+            if name.endswith(_PERMUTED):
+                shard = self.source[name]
+                one = Checkpoint(shard.path, {name: order[name]}, {name: dtypes[name]}, shard.mmap)
+                heads = self.args.n_heads if name.endswith("wq.weight") else self.args.n_kv_heads
+                tensors[name] = unpermute(one.read_tensors()[name], heads)
+        viewed = [name for name in order if not name.endswith(_PERMUTED)]
+        per_shard = [Checkpoint(shard.path, {n: order[n] for n in viewed if self.source[n] is shard}, dtypes,
+                                shard.mmap, shard.metadata) for shard in self.shards]
+        return HFCheckpoint(path=self.renamed.path, tensors=tensors, dtypes=dtypes, mmap=self.shards[0].mmap,
+                            metadata=dict(self.shards[0].metadata), shards=tuple(per_shard))
+
+
 def is_hf_folder(folder: Path) -> bool:
     """config.json beside safetensors weights: a Hugging Face folder. exists(), not is_file(): a
     FIFO there is refused by its reader, naming it."""
@@ -133,26 +166,15 @@ def is_hf_folder(folder: Path) -> bool:
         (folder / INDEX_NAME).exists() or any(folder.glob("*.safetensors")))
 
 
-def load_hf_folder(folder: Path, *, require_tokenizer: bool = True) -> ModelFiles:
-    """A Hugging Face folder as ModelFiles; one CheckpointError line on any problem, with a hint at
-    original/ when Meta's files are there."""
-    try:
-        return _load(folder, require_tokenizer)
-    except CheckpointError as exc:
-        if (folder / "original" / CHECKPOINT_NAME).is_file():
-            raise CheckpointError(f"{exc}; Meta's files are in its original/ subfolder: use --model "
-                                  f"{folder / 'original'}") from None
-        raise
-
-
 def load_hf_tokenizer(folder: Path) -> Tokenizer:
     """tokenizer.json, with generation_config.json's stop tokens."""
     return read_hf_tokenizer(folder / TOKENIZER_JSON, folder / GENERATION_CONFIG)
 
 
-def _load(folder: Path, require_tokenizer: bool) -> ModelFiles:
+def read_hf_folder(folder: Path, *, require_tokenizer: bool = True) -> HFFolder:
+    """Read config.json, the safetensors (checked against the index) and find tokenizer.json; one
+    CheckpointError line on any problem."""
     config = read_config(folder / CONFIG_NAME)
-    args = config.args
     tokenizer_path: Path | None = folder / TOKENIZER_JSON
     if tokenizer_path.exists():  # a FIFO or /dev/zero there is refused now, not when it is read
         open_regular_file(tokenizer_path, TOKENIZER_JSON).close()
@@ -160,16 +182,17 @@ def _load(folder: Path, require_tokenizer: bool) -> ModelFiles:
         raise CheckpointError(f"{tokenizer_path}: no such file (a Hugging Face folder has tokenizer.json)")
     else:
         tokenizer_path = None
-    shards, path = _shards(folder)
-    checkpoint = _meta_checkpoint(path, shards, args, config.tied, folder / CONFIG_NAME)
 
     def read_tokenizer() -> Tokenizer:
         if tokenizer_path is None:
             raise CheckpointError(f"{folder / TOKENIZER_JSON}: no such file (a Hugging Face folder has tokenizer.json)")
         return load_hf_tokenizer(folder)
 
-    return ModelFiles(folder=folder, args=args, checkpoint=checkpoint, tokenizer_path=tokenizer_path,
-                      read_tokenizer=read_tokenizer)
+    shards, path = _shards(folder)
+    renamed, source = _renamed(path, shards, config.args, config.tied, folder / CONFIG_NAME)
+    return HFFolder(args=config.args, config_path=folder / CONFIG_NAME, renamed=renamed,
+                    tokenizer_path=tokenizer_path, read_tokenizer=read_tokenizer,
+                    shards=tuple(shard for shard, _ in shards), source=source)
 
 
 def _shards(folder: Path) -> tuple[list[tuple[Checkpoint, set[str] | None]], Path]:
@@ -196,50 +219,48 @@ def _shards(folder: Path) -> tuple[list[tuple[Checkpoint, set[str] | None]], Pat
     return [(load_safetensors(folder / shard), names) for shard, names in by_shard.items()], index_path
 
 
-def _meta_checkpoint(path: Path, shards: list[tuple[Checkpoint, set[str] | None]], args: ModelArgs,
-                     tied: bool, config_path: Path) -> HFCheckpoint:
-    """Rename, check (names, shapes, dtypes: check_tensors), then un-permute wq and wk."""
+def meta_names(args: ModelArgs, tied: bool) -> list[str]:
+    """Every tensor a Llama of `args` has, by Meta's name, in Meta's state_dict order."""
+    return list(expected_shapes(args, tied_output=tied))
+
+
+def _names(names: list[str]) -> str:
+    """The first name (from a file: escaped) and how many more."""
+    return shown(names[0], quote=False) + (f" and {len(names) - 1} more" if len(names) > 1 else "")
+
+
+def _renamed(path: Path, shards: list[tuple[Checkpoint, set[str] | None]], args: ModelArgs,
+             tied: bool, config_path: Path) -> tuple[Checkpoint, dict[str, Checkpoint]]:
+    """Every shard's tensors under Meta's names (a view each), checked: the index agrees with the
+    shards, and the names are exactly those `args` implies (said in Hugging Face's names)."""
     views: dict[str, np.ndarray] = {}
     dtypes: dict[str, str] = {}
     source: dict[str, Checkpoint] = {}
     for shard, names in shards:
         if names is not None and set(shard.keys()) != names:
-            stray = sorted(set(shard.keys()) - names) or sorted(names - set(shard.keys()))
-            verb = "holds" if set(shard.keys()) - names else "lacks"
-            raise CheckpointError(f"{shard.path}: {verb} {first_names(stray)}, which the index "
-                                  f"{'does not put there' if verb == 'holds' else 'puts there'}")
+            stray = sorted(set(shard.keys()) - names)
+            if stray:
+                raise CheckpointError(f"{shard.path}: holds {_names(stray)}, which the index does not put there")
+            raise CheckpointError(f"{shard.path}: lacks {_names(sorted(names - set(shard.keys())))}, which the "
+                                  f"index puts there")
         for hf in shard.keys():
             meta = meta_name(hf)
-            if meta is None or (meta == "output.weight" and tied):
-                if meta is None:
-                    raise CheckpointError(f"{shard.path}: tensor {shown(hf)} is not part of a Llama 3.x model")
+            if meta is None:
+                raise CheckpointError(f"{shard.path}: tensor {shown(hf)} is not part of a Llama 3.x model")
+            if meta == "output.weight" and tied:
                 continue  # tied: lm_head, when saved, is the embedding table; transformers ignores it too
-            if meta in views:  # two HF names for one tensor cannot happen (the table is one-to-one)
-                raise CheckpointError(f"{shard.path}: tensor {shown(hf)} appears twice")
             views[meta], dtypes[meta], source[meta] = shard.tensors[hf], shard.dtypes[hf], shard
     if args.n_layers > len(views):  # each layer is 9 tensors: listing 2**31 layers' names would hang
         raise CheckpointError(f"{path}: {config_path.name} says num_hidden_layers={args.n_layers} but the file(s) "
                               f"hold only {len(views)} tensors")
-    expected = expected_shapes(args, tied_output=tied)
+    expected = meta_names(args, tied)
     missing = [hf_name(name) for name in expected if name not in views]
     if missing:
         raise CheckpointError(f"{path}: missing {len(missing)} tensor(s) that {config_path.name} implies: "
-                              f"{first_names(missing)}")
-    unexpected = [hf_name(name) for name in views if name not in expected]
+                              f"{_names(missing)}")
+    unexpected = sorted(set(views) - set(expected))
     if unexpected:
         raise CheckpointError(f"{path}: {len(unexpected)} unexpected tensor(s) for the model {config_path.name} "
-                              f"describes: {first_names(unexpected)}")
-    order = {name: views[name] for name in expected}  # Meta's state_dict order
-    raw = Checkpoint(path=path, tensors=order, dtypes=dtypes, mmap=shards[0][0].mmap)
-    check_tensors(raw, args, source=config_path)
-    tensors = dict(order)
-    for name in order:
-        if name.endswith(_PERMUTED):
-            one = Checkpoint(source[name].path, {name: order[name]}, {name: dtypes[name]}, source[name].mmap)
-            heads = args.n_heads if name.endswith("wq.weight") else args.n_kv_heads
-            tensors[name] = unpermute(one.read_tensors()[name], heads)
-    viewed = [name for name in order if not name.endswith(_PERMUTED)]
-    per_shard = [Checkpoint(shard.path, {n: order[n] for n in viewed if source[n] is shard}, dtypes, shard.mmap,
-                            shard.metadata) for shard, _ in shards]
-    return HFCheckpoint(path=path, tensors=tensors, dtypes=dtypes, mmap=shards[0][0].mmap,
-                        metadata=dict(shards[0][0].metadata), shards=tuple(per_shard))
+                              f"describes: {_names([hf_name(name) for name in unexpected])}")
+    order = {name: views[name] for name in expected}
+    return Checkpoint(path=path, tensors=order, dtypes=dtypes, mmap=shards[0][0].mmap), source
