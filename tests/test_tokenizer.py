@@ -414,3 +414,5 @@ def test_from_ranks_is_the_same_tokenizer():
         Tokenizer.from_ranks(tok.mergeable_ranks, no_eot, "elsewhere.json")
     with pytest.raises(CheckpointError, match="overlap"):
         Tokenizer.from_ranks(tok.mergeable_ranks, dict(tok.special_tokens, extra=5), "elsewhere.json")
+    with pytest.raises(CheckpointError, match="special token id 1099511627776 is more than"):  # not a 8 TB table
+        Tokenizer.from_ranks(tok.mergeable_ranks, dict(tok.special_tokens, extra=2**40), "elsewhere.json")

@@ -197,6 +197,7 @@ def _show(raw: bytes) -> str:
     return shown(raw.rstrip(b"\r\n").decode("utf-8", errors="replace"))
 
 
+MAX_SPECIAL_SPAN = 1 << 20  # special ids lie within this many ids after the ranks (Llama 3: 256)
 # The special tokens Tokenizer gives names to (bos_id, eot_id, ...): a Llama 3 tokenizer has them all.
 REQUIRED_SPECIAL_TOKENS = ("<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>", "<|eom_id|>",
                            "<|python_tag|>", "<|finetune_right_pad_id|>")
@@ -235,6 +236,9 @@ class Tokenizer:
         ids = list(special_tokens.values())
         if len(set(ids)) != len(ids) or min(ids, default=len(mergeable_ranks)) < len(mergeable_ranks):
             raise CheckpointError(f"{source}: special token ids repeat or overlap the {len(mergeable_ranks)} BPE ranks")
+        if max(ids, default=0) >= len(mergeable_ranks) + MAX_SPECIAL_SPAN:  # the id table is as long as the largest id
+            raise CheckpointError(f"{source}: special token id {max(ids)} is more than {MAX_SPECIAL_SPAN} past the "
+                                  f"{len(mergeable_ranks)} BPE ranks")
         absent = [name for name in REQUIRED_SPECIAL_TOKENS if name not in special_tokens]
         if absent:
             raise CheckpointError(f"{source}: no special token {absent[0]} (not a Llama 3 tokenizer)")
