@@ -23,7 +23,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from llama_nb.cli._options import CtxOpt, ImplOpt, MmapOpt, ModelOpt, PrecisionOpt, QuietOpt, ThreadsOpt, VerboseOpt
+from llama_nb.cli._options import CtxOpt, ImplOpt, KvCacheOpt, MmapOpt, ModelOpt, PrecisionOpt, QuietOpt, ThreadsOpt, VerboseOpt
 from llama_nb.cli.run import MaxTokensOpt, SeedOpt, TemperatureOpt, TopKOpt, TopPOpt, check_sampling_options
 from llama_nb.errors import LlamaNbError
 
@@ -93,6 +93,7 @@ def chat(
     impl: ImplOpt = None,
     threads: ThreadsOpt = None,
     precision: PrecisionOpt = "bf16",
+    kv_cache: KvCacheOpt = None,
     mmap: MmapOpt = False,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
@@ -111,7 +112,8 @@ def chat(
     from llama_nb.model.conversation import Conversation
 
     check_sampling_options(temperature, top_k, top_p)
-    llm = load_for_cli(model, impl=impl, ctx=ctx, threads=threads, precision=precision, mmap=mmap, quiet=quiet)
+    llm = load_for_cli(model, impl=impl, ctx=ctx, threads=threads, precision=precision, kv_cache=kv_cache, mmap=mmap,
+                       quiet=quiet)
     settings = Settings(temperature, top_k, top_p, seed, max_tokens)
     conversation = Conversation(llm.chat_format, ctx=llm.ctx, system=system)
     session = Session(llm, conversation, settings, quiet=quiet, verbose=verbose)

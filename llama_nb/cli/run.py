@@ -17,7 +17,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from llama_nb.cli._options import (CtxOpt, ImplOpt, JsonOpt, MmapOpt, ModelOpt, PrecisionOpt, QuietOpt,
+from llama_nb.cli._options import (CtxOpt, ImplOpt, JsonOpt, KvCacheOpt, MmapOpt, ModelOpt, PrecisionOpt, QuietOpt,
                                    ThreadsOpt, VerboseOpt, resolve_model_dir)
 from llama_nb.errors import LlamaNbError, UnknownImplError, UnknownOpError
 
@@ -49,6 +49,7 @@ def run(
     impl: ImplOpt = None,
     threads: ThreadsOpt = None,
     precision: PrecisionOpt = "bf16",
+    kv_cache: KvCacheOpt = None,
     mmap: MmapOpt = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -66,7 +67,8 @@ def run(
     """
     text = read_prompt(prompt, file)
     check_sampling_options(temperature, top_k, top_p)  # before the slow load
-    llm = load_for_cli(model, impl=impl, ctx=ctx, threads=threads, precision=precision, mmap=mmap, quiet=quiet or json_out)
+    llm = load_for_cli(model, impl=impl, ctx=ctx, threads=threads, precision=precision, kv_cache=kv_cache, mmap=mmap,
+                       quiet=quiet or json_out)
     prompt_ids = llm.encode_prompt(text, chat=chat, system=system)
     code = stream(llm, prompt_ids, max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
                   mode="json" if json_out else None, quiet=quiet, verbose=verbose)
@@ -105,7 +107,7 @@ def check_sampling_options(temperature: float, top_k: int | None, top_p: float |
 
 
 def load_for_cli(model: Path | None, *, impl: str | None, ctx: int, threads: int | None, precision: str = "bf16",
-                 mmap: bool = False, quiet: bool = False):
+                 kv_cache: str | None = None, mmap: bool = False, quiet: bool = False):
     """Resolve the folder, load and compile. On a terminal a spinner on stderr says which of the
     two is going on, and only when it takes long enough to see: reading 16 GB of weights takes
     seconds, and so does compiling the kernels on the first run (later runs load them from the
@@ -119,7 +121,7 @@ def load_for_cli(model: Path | None, *, impl: str | None, ctx: int, threads: int
             with _spinner(f"loading {folder} ..."):
                 try:
                     llm = llama_nb.load_model(folder, impl=impl, ctx=ctx, threads=threads, precision=precision,
-                                              mmap=mmap)
+                                              mmap=mmap, kv_cache=kv_cache)
                 except LlamaNbError as exc:
                     # a message naming an option, or an op/impl name from --impl: a bad option value
                     if str(exc).startswith("--") or isinstance(exc, (UnknownOpError, UnknownImplError)):

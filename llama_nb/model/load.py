@@ -11,10 +11,12 @@ memory the system says is available (MemAvailable in /proc/meminfo, or $LLAMA_NB
     weights    the tensors, in their stored format or the one they are repacked into: read into
                memory by default; with --mmap the file's pages, which every decode step reads
                all of (if they do not fit in RAM they are re-read from disk each step)
-    KV cache   n_layers * 2 * n_kv_heads * ctx * head_dim * 4 bytes  (float32; 1.07 GB for the 8B
-               at --ctx 4096, 34 GB at 131072)
+    KV cache   n_layers * 2 * n_kv_heads * ctx * head_dim * 2 bytes  (bf16, precision bf16's default:
+               0.54 GB for the 8B at --ctx 4096, 17.2 GB at 131072; the 1B 4.3 GB at 131072), or
+               * 4 bytes with --kv-cache f32 (precision float32's default: 34.4 GB for the 8B at 131072)
     buffers    everything else RunState allocates (activations for one prefill chunk, the logits,
-               the ops' scratch) and the RoPE tables: RunState.shapes says what, in one place
+               the ops' scratch, none of which grows with --ctx) and the RoPE tables (ctx * head_dim
+               * 4 bytes): RunState.shapes says what, in one place
 
 NumPy's zeros() only reserves the KV cache: without this check a too-large --ctx would "load" and
 then be killed by the OOM killer mid-answer.
@@ -37,7 +39,7 @@ from llama_nb.io.checkpoint import ModelFiles, load_model_files
 from llama_nb.io.params import ModelArgs
 from llama_nb.io.tokenizer import Tokenizer
 from llama_nb.model.generate import GenerationStats, TokenEvent, generate
-from llama_nb.model.transformer import RunState, Transformer, Weights, check_ctx, check_threads
+from llama_nb.model.transformer import RunState, Transformer, Weights, check_ctx, check_threads, kv_cache_type
 from llama_nb.ops.opset import OpSet
 
 
@@ -59,20 +61,20 @@ class MemoryNeed:
         return self.weights + self.kv_cache + self.buffers
 
 
-def memory_need(args: ModelArgs, ctx: int, weight_bytes: int, max_batch: int = 256) -> MemoryNeed:
-    """What Transformer(args, ctx=ctx, max_batch=max_batch) allocates (RunState.shapes, and the RoPE
-    tables cos/sin float32[ctx, Dh/2]), plus the weights."""
+def memory_need(args: ModelArgs, ctx: int, weight_bytes: int, max_batch: int = 256, kv_cache: str = "bf16") -> MemoryNeed:
+    """What Transformer(args, ctx=ctx, max_batch=max_batch, kv_cache=kv_cache) allocates
+    (RunState.shapes, and the RoPE tables cos/sin float32[ctx, Dh/2]), plus the weights."""
 
     def allocated(n_ctx: int) -> tuple[int, int]:
-        shapes = RunState.shapes(args, max(1, min(max_batch, n_ctx)), n_ctx)
+        shapes = RunState.shapes(args, max(1, min(max_batch, n_ctx)), n_ctx, kv_cache)
         size = {name: int(np.prod(shape)) * dtype.itemsize for name, (shape, dtype) in shapes.items()}
         cache = size.pop("cache_k") + size.pop("cache_v")
         return cache, sum(size.values()) + 2 * 4 * (args.head_dim // 2) * n_ctx
 
-    kv_cache, buffers = allocated(ctx)
-    far = sum(allocated(ctx + 1024))  # what one more position costs, on average (scratch grows in steps)
-    return MemoryNeed(weights=int(weight_bytes), kv_cache=kv_cache, buffers=buffers,
-                      kv_per_position=max(1, (far - kv_cache - buffers) // 1024))
+    cache_bytes, buffers = allocated(ctx)
+    far = sum(allocated(ctx + 1024))  # what one more position costs, on average (the RoPE tables grow too)
+    return MemoryNeed(weights=int(weight_bytes), kv_cache=cache_bytes, buffers=buffers,
+                      kv_per_position=max(1, (far - cache_bytes - buffers) // 1024))
 
 
 def weight_bytes(files: ModelFiles, weight_format: str | None = None) -> int:
@@ -218,6 +220,7 @@ def load_model(
     mmap: bool = False,
     precision: str | None = None,
     weight_format: str | None = None,
+    kv_cache: str | None = None,
 ) -> Llama:
     """Load Meta's model folder (consolidated.00.pth, params.json, tokenizer.model).
 
@@ -236,6 +239,8 @@ def load_model(
                come in from the page cache (or the disk) as the first pass touches them.
     weight_format  None (default): the weights in the format the checkpoint stores; or the name of
                a registered format (llama_nb.formats) to repack every matrix into at load time.
+    kv_cache   "bf16" or "f32": the KV cache's element type (None: bf16 at precision bf16, f32 at
+               precision float32). bf16 halves the cache (and the bytes decode attention reads).
     """
     t0 = time.perf_counter()
     ops = opset_for(impl, precision, timed=True)  # before reading anything: a typo fails at once
@@ -243,11 +248,13 @@ def load_model(
     if weight_format is not None:
         get_format(weight_format)
     check_ctx(ctx)
+    kv_cache = kv_cache_type(kv_cache, ops.precision)
     files = load_model_files(Path(path))
     tokenizer = files.load_tokenizer()
-    check_memory(memory_need(files.args, ctx, weight_bytes(files, weight_format), max_batch), ctx, str(path))
+    need = memory_need(files.args, ctx, weight_bytes(files, weight_format), max_batch, kv_cache)
+    check_memory(need, ctx, f"{path} (KV cache {kv_cache})")
     model = build_transformer(files, ops, ctx=ctx, max_batch=max_batch, mmap=mmap, threads=threads,
-                              weight_format=weight_format)
+                              weight_format=weight_format, kv_cache=kv_cache)
     return Llama(model, tokenizer, Path(path), time.perf_counter() - t0, files.checkpoint.dtypes)
 
 
@@ -261,10 +268,11 @@ def opset_for(impl: str | Mapping[str, str] | OpSet | None, precision: str | Non
 
 
 def build_transformer(files: ModelFiles, ops: OpSet, *, ctx: int, max_batch: int, mmap: bool,
-                      threads: int | None = None, weight_format: str | None = None) -> Transformer:
+                      threads: int | None = None, weight_format: str | None = None,
+                      kv_cache: str | None = None) -> Transformer:
     """The Transformer over a checked folder's weights: read into memory, or with mmap=True the
     views of the file's map (see load_model), repacked into `weight_format` if one is given."""
     tensors = files.checkpoint.tensors if mmap else files.checkpoint.read_tensors()
     target = get_format(weight_format) if weight_format is not None else None
     weights = Weights.from_tensors(tensors, files.checkpoint.dtypes, files.args, target)
-    return Transformer(files.args, weights, ops, ctx=ctx, max_batch=max_batch, threads=threads)
+    return Transformer(files.args, weights, ops, ctx=ctx, max_batch=max_batch, threads=threads, kv_cache=kv_cache)
