@@ -82,9 +82,9 @@ def _append_bf16(cache, rows, start_pos):
 
 @njit_inline
 def _fold_scores(probs, scores, n, running, i, first):
-    """The online-softmax step of head i for a block of n scores: probs[:n] = exp(scores - m),
-    running[:, i] = (m, l) updated; returns (c, keep): the block's value rows weigh probs * c
-    and the output so far is scaled by keep (see the module docstring)."""
+    """The online-softmax step of head i for a block of n scores: probs[:n] = exp(scores - m) / l,
+    the weights of the block's value rows, with running[:, i] = (m, l) updated; returns keep, the
+    factor of the output so far (see the module docstring)."""
     m = row_max(scores[:n])
     if not first:
         m = max(m, running[0, i])
@@ -97,19 +97,23 @@ def _fold_scores(probs, scores, n, running, i, first):
         keep = np.float32(carried / total)
     running[0, i] = m
     running[1, i] = np.float32(total)
-    return np.float32(1.0 / total), keep
+    scale = np.float32(1.0 / total)
+    for j in range(n):  # once per block, not once per 16 columns of the value sum
+        probs[j] *= scale
+    return keep
 
 
 @njit_inline
 def _fold_block_4(out_t, h0, heads, scores, probs, running, values, b0, n, first):
     """Fold keys b0 .. b0+n-1 (their scores, already / sqrt(Dh), in scores[i, :n]) into out_t[h0 + i]
-    for i < heads (<= 4): the four heads' value sums share each loaded value row."""
+    for i < heads (<= 4): the four heads' value sums share each loaded value row (the weights
+    exp(s - m) * float32(1 / l) are the products the two-pass softmax used: the same bits)."""
     head_dim = values.shape[1]
     last = heads - 1
-    c0, k0 = _fold_scores(probs[0], scores[0], n, running, 0, first)  # rows past `last` repeat it
-    c1, k1 = _fold_scores(probs[1], scores[1], n, running, 1, first) if last >= 1 else (c0, k0)
-    c2, k2 = _fold_scores(probs[2], scores[2], n, running, 2, first) if last >= 2 else (c1, k1)
-    c3, k3 = _fold_scores(probs[3], scores[3], n, running, 3, first) if last >= 3 else (c2, k2)
+    k0 = _fold_scores(probs[0], scores[0], n, running, 0, first)  # rows past `last` repeat it
+    k1 = _fold_scores(probs[1], scores[1], n, running, 1, first) if last >= 1 else k0
+    k2 = _fold_scores(probs[2], scores[2], n, running, 2, first) if last >= 2 else k1
+    k3 = _fold_scores(probs[3], scores[3], n, running, 3, first) if last >= 3 else k2
     p0, p1, p2, p3 = probs[0], probs[min(1, last)], probs[min(2, last)], probs[min(3, last)]
     o0, o1, o2, o3 = out_t[h0], out_t[h0 + min(1, last)], out_t[h0 + min(2, last)], out_t[h0 + min(3, last)]
     for col in range(0, head_dim, 16):
@@ -121,10 +125,10 @@ def _fold_block_4(out_t, h0, heads, scores, probs, running, values, b0, n, first
             a3 = f32x16_fma(a3, f32x16_load(o3, col), f32x16_splat(k3))
         for j in range(n):
             v = load16_f32(values[b0 + j], col)
-            a0 = f32x16_fma(a0, f32x16_splat(p0[j] * c0), v)
-            a1 = f32x16_fma(a1, f32x16_splat(p1[j] * c1), v)
-            a2 = f32x16_fma(a2, f32x16_splat(p2[j] * c2), v)
-            a3 = f32x16_fma(a3, f32x16_splat(p3[j] * c3), v)
+            a0 = f32x16_fma(a0, f32x16_splat(p0[j]), v)
+            a1 = f32x16_fma(a1, f32x16_splat(p1[j]), v)
+            a2 = f32x16_fma(a2, f32x16_splat(p2[j]), v)
+            a3 = f32x16_fma(a3, f32x16_splat(p3[j]), v)
         f32x16_store(o0, col, a0)
         if heads > 1:
             f32x16_store(o1, col, a1)
@@ -154,11 +158,11 @@ def _attention(out, q, k_cache, v_cache, start_pos, rows, running):
                 for d in range(head_dim):
                     dot += qv[d] * widen(kj[d])
                 scores[j] = dot / sqrt_dim
-            c, keep = _fold_scores(probs, scores, n, mine, 0, b0 == 0)
+            keep = _fold_scores(probs, scores, n, mine, 0, b0 == 0)
             for d in range(head_dim):
                 dst[d] = dst[d] * keep if b0 > 0 else np.float32(0.0)
             for j in range(n):
-                weight, vj = probs[j] * c, values[b0 + j]
+                weight, vj = probs[j], values[b0 + j]
                 for d in range(head_dim):
                     dst[d] += weight * widen(vj[d])
 
