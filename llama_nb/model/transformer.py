@@ -20,10 +20,10 @@ Every buffer is preallocated in `RunState`, sized from the ops' declarations: ac
 declares. The KV cache is bf16 (uint16 bits, rounded to nearest even as each token's k and v
 are appended) at precision bf16, float32 at precision float32, or either by `kv_cache`
 ("--kv-cache f32|bf16"); its element type picks the attention op ("attention" or
-"attention_bf16kv": ops/specs.py). After warm-up, forward() allocates no array (tests/test_alloc.py counts). Prefill runs
-the prompt as batched passes of at most `max_batch` tokens; decode one token at a time. Logits
-are computed for the last position only, and checked: non-finite logits stop with an error that
-names the first layer whose output went non-finite.
+"attention_bf16kv": ops/specs.py). After warm-up, forward() allocates no array
+(tests/test_alloc.py counts). Prefill runs the prompt as batched passes of at most `max_batch`
+tokens; decode one token at a time. Logits are computed for the last position only, and checked:
+non-finite logits stop with an error that names the first layer whose output went non-finite.
 """
 
 from __future__ import annotations
