@@ -107,6 +107,8 @@ def chat(
       llama-nb chat --system "You are a pirate" --temperature 0.7 --seed 1
 
       printf 'Hello\\n/stats\\n' | llama-nb chat -n 16
+
+      printf 'Hello\\n' | llama-nb chat -n 8 --kv-cache f32
     """
     from llama_nb.cli.run import load_for_cli
     from llama_nb.model.conversation import Conversation

@@ -101,6 +101,8 @@ def menu(
     [dim]Example:[/]
 
       printf '1\\nq\\n' | llama-nb menu -n 16
+
+      printf '1\\nq\\n' | llama-nb menu -n 8 --kv-cache f32
     """
     from rich.console import Console
 

@@ -64,6 +64,8 @@ def run(
       llama-nb run "Hello" --chat --system "Be brief" --temperature 0.8 --seed 42 -n 16
 
       echo "And Moses said" | llama-nb run - -n 16 --quiet
+
+      llama-nb run "And it came to pass" -n 8 --ctx 131072 --kv-cache f32
     """
     text = read_prompt(prompt, file)
     check_sampling_options(temperature, top_k, top_p)  # before the slow load
