@@ -63,6 +63,22 @@ def bf16_linear_inputs():
         layers.F = F
 
 
+@contextlib.contextmanager
+def bf16_kv_cache():
+    """Within: Meta's model rounds its cached keys and values to bf16 (nearest even, torch's
+    rounding), as llama_nb's bf16 KV cache stores them. Meta's Attention.forward reads both from
+    its cache through `repeat_kv` only, and rounding on the way out equals rounding on the way in
+    (the same values, rounded once), so `repeat_kv` is swapped for the duration."""
+    import llama_models.llama3.model as meta_model
+
+    repeat_kv = meta_model.repeat_kv
+    meta_model.repeat_kv = lambda x, n_rep: repeat_kv(x.to(torch.bfloat16).to(x.dtype), n_rep)
+    try:
+        yield
+    finally:
+        meta_model.repeat_kv = repeat_kv
+
+
 class MetaReference:
     """Meta's Transformer loaded from a model folder in Meta's format, in float32 (or, with
     dtype=torch.bfloat16, entirely in bf16: weights, activations and KV cache, as Meta's own

@@ -17,6 +17,7 @@ from llama_nb.cli import app
 from llama_nb.cli.bench import parse_counts
 from llama_nb.model.bench import decode, load_transformer
 from llama_nb.errors import LlamaNbError
+from llama_nb.formats import bf16_to_f32_np
 from llama_nb.io import pth_write
 from llama_nb.io.params import ModelArgs
 from tests.tinymodel import write_tiny_model
@@ -60,7 +61,7 @@ def test_bench_model_json(folder):
     assert tg["weights_gbps"] == pytest.approx([ts * data["decode_bytes"] / 1e9 for ts in tg["samples_ts"]])
     # KV cache: float32 keys and values for every layer, kv head and position of the longest test
     p = data["params"]
-    assert data["kv_cache_bytes"] == 2 * 4 * p["n_layers"] * p["n_kv_heads"] * (p["dim"] // p["n_heads"]) * 5
+    assert data["kv_cache_bytes"] == 2 * 2 * p["n_layers"] * p["n_kv_heads"] * (p["dim"] // p["n_heads"]) * 5  # bf16
     assert data["peak_rss_bytes"] >= data["weights_bytes"]
     assert data["compile_seconds"] > 0 and data["warmup_seconds"] > 0
 
@@ -121,3 +122,32 @@ def test_parse_counts_follows_llama_bench():
     assert parse_counts("64, 64,0,16", "-n") == [64, 16]
     with pytest.raises(LlamaNbError):
         parse_counts("-3", "-p")
+
+
+def test_bench_model_decodes_at_context_depths(folder):
+    result = invoke("bench", "model", "--model", folder, "-p", 0, "-n", 2, "-r", 1, "--at", "70,130", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["kv_cache"] == "bf16"
+    assert [(t["name"], t["depth"]) for t in data["tests"]] == [("tg2", 0), ("tg2 @ d70", 70), ("tg2 @ d130", 130)]
+    args = ModelArgs(**{k: v for k, v in data["params"].items() if k in ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size")})
+    for t in data["tests"]:  # the cache a decode pass reads (bf16: 2 bytes) at its middle position
+        per_position = 2 * args.n_layers * 2 * args.n_kv_heads * args.head_dim
+        assert t["kv_gbps"] == pytest.approx([ts * per_position * (t["depth"] + 1) / 1e9 for ts in t["samples_ts"]])
+    table = invoke("bench", "model", "--model", folder, "-p", 0, "-n", 2, "-r", 1, "--at", 40, "--kv-cache", "f32")
+    assert table.exit_code == 0, table.output
+    assert "tg2 @ d40" in table.stdout and "KV GB/s" in table.stdout and "KV cache f32" in table.stdout
+    refused = invoke("bench", "model", "--model", folder, "-p", 4, "-n", 0, "--at", 40)
+    assert isinstance(refused.exception, LlamaNbError) and "needs -n" in str(refused.exception)
+
+
+def test_fill_cache_writes_the_positions_asked_for(folder):
+    model = load_transformer(folder, ctx=64)
+    from llama_nb.model.bench import fill_cache
+
+    fill_cache(model, 40)
+    for cache in (model.state.cache_k, model.state.cache_v):
+        assert cache.dtype == np.uint16
+        values = bf16_to_f32_np(cache[:, :, :40])
+        assert 0.5 < values.std() < 2 and np.isfinite(values).all()
+        assert not cache[:, :, 40:].any()

@@ -112,25 +112,40 @@ def test_reference_linear_softmax_silu_embedding_argmax_match_torch(rng):
         assert registry.get("argmax", "reference")(x) == torch.argmax(_t(x)).item(), case
 
 
-def test_reference_attention_matches_metas_attention_math(rng):
+@pytest.mark.parametrize("op", ["attention", "attention_bf16kv"])
+def test_reference_attention_matches_metas_attention_math(op, rng):
     # Meta's Attention.forward after the cache update: repeat_kv, scores / sqrt(Dh) + causal mask
-    # (built as in Transformer.forward for chunked prefill), softmax in float32, @ values.
-    for case in [(5, 32, 8, 128, 128, 37), (3, 4, 1, 16, 32, 9), (1, 4, 2, 8, 16, 5)]:
+    # (built as in Transformer.forward for chunked prefill), softmax in float32, @ values. The bf16
+    # cache holds the new rows rounded to nearest even (torch's own rounding), read back widened.
+    stored = (lambda x: x.numpy()) if op == "attention" else (lambda x: x.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16))
+    widened = (lambda c: c) if op == "attention" else bf16_to_f32_np
+    for case in [(5, 32, 8, 128, 128, 37), (3, 4, 1, 16, 32, 9), (1, 4, 2, 8, 16, 5), (2, 4, 2, 16, 200, 150)]:
         dims = dict(zip(("T", "H", "KVH", "Dh", "S", "start_pos"), case))
-        out, q, k, v, k_cache, v_cache, start_pos, blocks, rows = make_inputs("attention", dims, rng)
+        out, q, k, v, k_cache, v_cache, start_pos, *scratch = make_inputs(op, dims, rng)
         n_tokens, n_heads, n_kv, head_dim, _, _ = case
         n_ctx = start_pos + n_tokens
         k_cache, v_cache = k_cache.copy(), v_cache.copy()
-        registry.get("attention", "reference")(out, q, k, v, k_cache, v_cache, start_pos, blocks, rows)
-        np.testing.assert_array_equal(k_cache[:, start_pos:n_ctx], k.transpose(1, 0, 2))  # appended
-        np.testing.assert_array_equal(v_cache[:, start_pos:n_ctx], v.transpose(1, 0, 2))
+        registry.get(op, "reference")(out, q, k, v, k_cache, v_cache, start_pos, *scratch)
+        np.testing.assert_array_equal(k_cache[:, start_pos:n_ctx], stored(_t(k.transpose(1, 0, 2))))  # appended
+        np.testing.assert_array_equal(v_cache[:, start_pos:n_ctx], stored(_t(v.transpose(1, 0, 2))))
+        k_cache, v_cache = widened(k_cache), widened(v_cache)
         keys = repeat_kv(_t(k_cache[:, :n_ctx]).transpose(0, 1)[None], n_heads // n_kv).transpose(1, 2)
         values = repeat_kv(_t(v_cache[:, :n_ctx]).transpose(0, 1)[None], n_heads // n_kv).transpose(1, 2)
         xq = _t(q)[None].transpose(1, 2)  # [1, H, T, Dh]
         mask = torch.hstack([torch.zeros(n_tokens, start_pos), torch.triu(torch.full((n_tokens, n_tokens), float("-inf")), 1)])
         scores = torch.matmul(xq, keys.transpose(2, 3)) / np.sqrt(head_dim) + mask
         want = torch.matmul(F.softmax(scores.float(), dim=-1), values).transpose(1, 2)[0].numpy()
-        np.testing.assert_allclose(out, want, **_tol("attention"), err_msg=str(case))
+        np.testing.assert_allclose(out, want, **_tol(op), err_msg=str(case))
+
+
+def test_attention_kernels_read_no_cache_row_past_the_context(rng):
+    # cache rows past start_pos + T hold NaN (ops/inputs.py): one read of them would make out NaN;
+    # and the result must not depend on how many threads ran it (scratch per thread)
+    for op in ("attention", "attention_bf16kv"):
+        for case in ci_cases(op):
+            args = make_inputs(op, case, rng)
+            (out, _, _) = call(op, registry.get(op, "numba"), args)
+            assert np.isfinite(out).all(), (op, case)
 
 
 # ---------------------------------------------------------------------- checks and aliasing
@@ -144,8 +159,9 @@ def _w(n, k, dtype=np.uint16):
 
 def _attention_args(T, H, KVH, Dh, S, start_pos):
     z = lambda *shape: np.zeros(shape, _F)  # noqa: E731
+    scratch = registry.spec("attention").scratch_shapes(dict(H=H, KVH=KVH, Dh=Dh, S=S, T=T))
     return (z(T, H, Dh), z(T, H, Dh), z(T, KVH, Dh), z(T, KVH, Dh), z(KVH, S, Dh), z(KVH, S, Dh), start_pos,
-            z(KVH, (S + 15) // 16, Dh, 16), z(numba.config.NUMBA_NUM_THREADS, 2, 4, max((S + 15) // 16 * 16, Dh)))
+            *(np.zeros(shape, dtype) for shape, dtype in scratch.values()))
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,6 @@
 """The logits of the tiny test models and the demo model, at both precisions, are bit for bit those
-recorded before the weight-format redesign (tests/pinned_logits.py says how they were made).
+recorded before the weight-format redesign (precision bf16's: since its bf16 KV cache;
+tests/pinned_logits.py says how they were made).
 
 On a CPU whose features differ from the recording's (CI runs on the recording's kind), the kernels
 may sum in other lanes, so bit equality is not promised there: these two tests are skipped, and

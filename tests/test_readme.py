@@ -26,6 +26,7 @@ NOT_RUN = {
     "llama-nb quantize models-original/Meta-Llama-3.1-8B-Instruct --type q4_k_m -o llama-3.1-8b-instruct-Q4_K_M.gguf   # needs Meta's weights": "Meta's weights",
     "llama-nb bench ops                                  # slow: every op x implementation over the case table": "minutes",
     "llama-nb bench model --shape llama3.2-1b            # slow: writes 2.5 GB of random 1B-shaped weights": "2.5 GB",
+    "llama-nb bench model --shape llama3.2-1b -p 0 -n 32 --at 1024,8192,32768    # slow: decode at long contexts of the 1B": "minutes",
     "llama-nb bench model --model models-original/Meta-Llama-3.1-8B-Instruct -p 0 -n 128 --json   # needs Meta's weights": "Meta's weights",
     'huggingface-cli download meta-llama/Llama-3.1-8B-Instruct --exclude "original/*" --local-dir models/Llama-3.1-8B-Instruct   # needs Meta\'s weights': "a 16 GB download",
     'llama-nb run "The capital of France is" --model models/Llama-3.1-8B-Instruct   # needs Meta\'s weights': "Meta's weights",

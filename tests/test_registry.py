@@ -24,7 +24,7 @@ from llama_nb.ops.registry import get, register
 
 EXPECTED_OPS = {
     "bf16_to_f32", "f32_to_bf16", "dequantize", "embedding", "rmsnorm", "linear",
-    "rope", "softmax", "silu", "attention", "argmax",
+    "rope", "softmax", "silu", "attention", "attention_bf16kv", "argmax",
 }
 
 

@@ -63,6 +63,26 @@ PrecisionOpt = Annotated[
         "about 1.6x faster on CPUs with AVX512_BF16). float32: Meta's float32 model to within 1e-6.",
     ),
 ]
+def _kv_cache(value: str | None) -> str | None:
+    from llama_nb.model.transformer import KV_CACHES
+
+    if value is not None and value not in KV_CACHES:
+        raise typer.BadParameter(f"must be {' or '.join(KV_CACHES)}, got {value!r}")
+    return value
+
+
+KvCacheOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--kv-cache",
+        callback=_kv_cache,
+        metavar="f32|bf16",
+        help="The KV cache's element type: bf16 (keys and values rounded to bf16 as they are stored: "
+        "half the memory and half the bytes decode attention reads) or f32 [default: bf16 at "
+        "--precision bf16, f32 at --precision float32].",
+        show_default=False,
+    ),
+]
 MmapOpt = Annotated[
     bool,
     typer.Option(

@@ -3,6 +3,7 @@
     llama-nb bench ops [--op linear] [--impl numba] [--format q8_0] [--threads 2] [--repeat 5]
     llama-nb bench model --model DIR [-p 128,512] [-n 128] [-r 5] [--json]
     llama-nb bench model --shape llama3.2-1b        # random weights of that shape, written once
+    llama-nb bench model --shape llama3.2-1b -p 0 -n 32 --at 1024,8192,32768   # decode at long contexts
 
 `bench model` follows llama-bench's conventions (ppN, tgN, -r repetitions after an untimed warm-up;
 llama_nb/model/bench.py says exactly what is timed); decode is also shown as GB/s of weights
@@ -17,7 +18,8 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from llama_nb.cli._options import ImplOpt, JsonOpt, MmapOpt, ModelOpt, PrecisionOpt, ThreadsOpt, resolve_model_dir
+from llama_nb.cli._options import (ImplOpt, JsonOpt, KvCacheOpt, MmapOpt, ModelOpt, PrecisionOpt, ThreadsOpt,
+                                   resolve_model_dir)
 from llama_nb.errors import LlamaNbError
 from llama_nb.model.bench import ModelBench, TestResult, mean, run_model_bench, stddev
 
@@ -62,15 +64,18 @@ def model_bench_table(r: ModelBench):
     def pm(xs):
         return f"{mean(xs):.2f} ± {stddev(xs):.2f}" if xs else ""
 
-    title = (f"{r.shape or r.model}  (threads {r.threads}, precision {r.precision}, weights {r.weights_bytes / 1e9:.2f} GB "
+    title = (f"{r.shape or r.model}  (threads {r.threads}, precision {r.precision}, KV cache {r.kv_cache}, "
+             f"weights {r.weights_bytes / 1e9:.2f} GB "
              f"in {r.weights_in}, decode streams {r.decode_bytes / 1e9:.2f} GB/token)")
     table = Table(title=title, title_justify="left")
-    for col in ("test", "tokens/s", "weights GB/s", "plain-read GB/s", "of read bw"):
+    depth = any(t.depth for t in r.tests)  # the KV cache read matters at a long context only
+    for col in ("test", "tokens/s", "weights GB/s") + (("KV GB/s",) if depth else ()) + ("plain-read GB/s", "of read bw"):
         table.add_column(col, justify="left" if col == "test" else "right")
     for t in r.tests:
-        frac = [w / b for w, b in zip(t.weights_gbps, t.read_gbps)]
-        table.add_row(t.name, pm(t.samples_ts), pm(t.weights_gbps), pm(t.read_gbps),
-                      f"{mean(frac):.0%} ± {stddev(frac):.0%}" if frac else "")
+        streamed = [w + kv for w, kv in zip(t.weights_gbps, t.kv_gbps)] if depth else t.weights_gbps
+        frac = [w / b for w, b in zip(streamed, t.read_gbps)]
+        table.add_row(t.name, pm(t.samples_ts), pm(t.weights_gbps), *((pm(t.kv_gbps),) if depth else ()),
+                      pm(t.read_gbps), f"{mean(frac):.0%} ± {stddev(frac):.0%}" if frac else "")
     return table
 
 
@@ -119,7 +124,9 @@ def bench_model(
     impl: ImplOpt = None,
     threads: ThreadsOpt = None,
     batch: Annotated[int, typer.Option("-b", "--batch", min=1, help="Most tokens per prefill pass (llama-bench's -ub).")] = 512,
+    at: Annotated[str, typer.Option("--at", "-d", "--n-depth", help="Context positions to decode at too (tgN @ dD, llama-bench's -d), comma-separated, e.g. 1024,8192,32768: the KV cache is filled to D directly, then N tokens are decoded; 0 or empty skips.")] = "",
     precision: PrecisionOpt = "bf16",
+    kv_cache: KvCacheOpt = None,
     mmap: MmapOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -127,7 +134,8 @@ def bench_model(
 
     Token ids only (no tokenizer, no sampling; greedy argmax included in tg); JIT warm-up excluded
     and reported separately; decode also as GB/s of weights streamed and as a fraction of the
-    plain-read bandwidth measured in the same run; peak resident memory vs weights + KV cache."""
+    plain-read bandwidth measured in the same run; peak resident memory vs weights + KV cache.
+    --at D: decode also at context position D (tgN @ dD), the KV cache filled to D directly."""
     from rich.console import Console
 
     from llama_nb.io.pth_write import ensure_shape_model
@@ -135,7 +143,9 @@ def bench_model(
     err = Console(stderr=True, highlight=False)
     if model is not None and shape is not None:
         raise LlamaNbError("--model and --shape: give one of them")
-    prompts, gens = parse_counts(n_prompt, "-p"), parse_counts(n_gen, "-n")
+    prompts, gens, depths = parse_counts(n_prompt, "-p"), parse_counts(n_gen, "-n"), parse_counts(at, "--at")
+    if depths and not gens:
+        raise LlamaNbError(f"--at {at}: decode at those positions needs -n, the tokens to generate there")
     if not prompts and not gens:
         raise LlamaNbError("-p 0 -n 0: nothing to run; give a prompt length or a number of tokens to generate")
     if shape is not None:
@@ -150,7 +160,8 @@ def bench_model(
             err.print(f"{test.name}: {test.avg_ts:.2f} ± {test.stddev_ts:.2f} tokens/s", markup=False)
 
     result = run_model_bench(folder, prompts, gens, repetitions, impl=impl, threads=threads, max_batch=batch,
-                             shape=shape, precision=precision, mmap=mmap, progress=progress)
+                             shape=shape, precision=precision, mmap=mmap, progress=progress, depths=depths,
+                             kv_cache=kv_cache)
     if json_out:
         typer.echo(json.dumps(result.to_json(), indent=2))
         return

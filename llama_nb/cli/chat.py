@@ -27,8 +27,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from llama_nb.cli._options import (CtxOpt, DateOpt, ImplOpt, MmapOpt, ModelOpt, PrecisionOpt, QuietOpt, ThreadsOpt,
-                                   ToolFileOpt, ToolFormatOpt, ToolsOpt, VerboseOpt, chat_tools)
+from llama_nb.cli._options import (CtxOpt, DateOpt, ImplOpt, KvCacheOpt, MmapOpt, ModelOpt, PrecisionOpt, QuietOpt,
+                                   ThreadsOpt, ToolFileOpt, ToolFormatOpt, ToolsOpt, VerboseOpt, chat_tools)
 from llama_nb.cli.run import MaxTokensOpt, SeedOpt, TemperatureOpt, TopKOpt, TopPOpt, check_sampling_options
 from llama_nb.errors import LlamaNbError
 
@@ -103,6 +103,7 @@ def chat(
     impl: ImplOpt = None,
     threads: ThreadsOpt = None,
     precision: PrecisionOpt = "bf16",
+    kv_cache: KvCacheOpt = None,
     mmap: MmapOpt = False,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
@@ -118,13 +119,15 @@ def chat(
       printf 'Hello\\n/stats\\n' | llama-nb chat -n 16
 
       printf 'Search the news\\n/tool {"results": []}\\n' | llama-nb chat --tools brave_search --date 2026-12-02 -n 8
+      printf 'Hello\\n' | llama-nb chat -n 8 --kv-cache f32
     """
     from llama_nb.cli.run import load_for_cli
     from llama_nb.model.conversation import Conversation
 
     check_sampling_options(temperature, top_k, top_p)
     offered, day = chat_tools(tools, tool_file, date, tool_format)
-    llm = load_for_cli(model, impl=impl, ctx=ctx, threads=threads, precision=precision, mmap=mmap, quiet=quiet)
+    llm = load_for_cli(model, impl=impl, ctx=ctx, threads=threads, precision=precision, kv_cache=kv_cache, mmap=mmap,
+                       quiet=quiet)
     settings = Settings(temperature, top_k, top_p, seed, max_tokens)
     conversation = Conversation(llm.chat_format, ctx=llm.ctx, system=system, tools=offered, date=day,
                                 tool_format=tool_format)

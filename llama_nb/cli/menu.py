@@ -21,7 +21,7 @@ from typing import Annotated
 
 import typer
 
-from llama_nb.cli._options import CtxOpt, ImplOpt, MmapOpt, ModelOpt, PrecisionOpt, QuietOpt, ThreadsOpt, VerboseOpt
+from llama_nb.cli._options import CtxOpt, ImplOpt, KvCacheOpt, MmapOpt, ModelOpt, PrecisionOpt, QuietOpt, ThreadsOpt, VerboseOpt
 from llama_nb.cli.run import MaxTokensOpt, SeedOpt, TemperatureOpt
 from llama_nb.errors import LlamaNbError
 
@@ -90,6 +90,7 @@ def menu(
     impl: ImplOpt = None,
     threads: ThreadsOpt = None,
     precision: PrecisionOpt = "bf16",
+    kv_cache: KvCacheOpt = None,
     mmap: MmapOpt = False,
     plain: Annotated[bool, typer.Option("--plain", help="Stream plain text instead of the live view.")] = False,
     quiet: QuietOpt = False,
@@ -100,6 +101,8 @@ def menu(
     [dim]Example:[/]
 
       printf '1\\nq\\n' | llama-nb menu -n 16
+
+      printf '1\\nq\\n' | llama-nb menu -n 8 --kv-cache f32
     """
     from rich.console import Console
 
@@ -112,7 +115,8 @@ def menu(
     settings = Settings(temperature=temperature, seed=seed, max_tokens=max_tokens)
     console = Console()
     console.print("[bold]Welcome to llama-nb[/], the Numba re-imagining of Llama Nuts and Bolts!")
-    llm = load_for_cli(model, impl=impl, ctx=ctx, threads=threads, precision=precision, mmap=mmap, quiet=quiet)
+    llm = load_for_cli(model, impl=impl, ctx=ctx, threads=threads, precision=precision, kv_cache=kv_cache, mmap=mmap,
+                       quiet=quiet)
     console.print(f"Model [bold]{_escape(str(llm.folder))}[/] loaded in {llm.load_seconds:.2f} s, "
                   f"kernels ready in {llm.compile_seconds:.2f} s.\n")
     mode = "plain" if plain or not console.is_terminal else "live"

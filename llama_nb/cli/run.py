@@ -17,8 +17,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from llama_nb.cli._options import (CtxOpt, DateOpt, ImplOpt, JsonOpt, MmapOpt, ModelOpt, PrecisionOpt, QuietOpt,
-                                   ThreadsOpt, ToolFileOpt, ToolFormatOpt, ToolsOpt, VerboseOpt, chat_tools,
+from llama_nb.cli._options import (CtxOpt, DateOpt, ImplOpt, JsonOpt, KvCacheOpt, MmapOpt, ModelOpt, PrecisionOpt,
+                                   QuietOpt, ThreadsOpt, ToolFileOpt, ToolFormatOpt, ToolsOpt, VerboseOpt, chat_tools,
                                    resolve_model_dir)
 from llama_nb.errors import LlamaNbError, UnknownImplError, UnknownOpError
 
@@ -54,6 +54,7 @@ def run(
     impl: ImplOpt = None,
     threads: ThreadsOpt = None,
     precision: PrecisionOpt = "bf16",
+    kv_cache: KvCacheOpt = None,
     mmap: MmapOpt = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -70,11 +71,13 @@ def run(
       echo "And Moses said" | llama-nb run - -n 16 --quiet
 
       llama-nb run "What is new today?" --tools brave_search,code_interpreter --date 2026-12-02 -n 16 --json
+      llama-nb run "And it came to pass" -n 8 --ctx 131072 --kv-cache f32
     """
     text = read_prompt(prompt, file)
     check_sampling_options(temperature, top_k, top_p)  # before the slow load
     offered, day = chat_tools(tools, tool_file, date, tool_format)
-    llm = load_for_cli(model, impl=impl, ctx=ctx, threads=threads, precision=precision, mmap=mmap, quiet=quiet or json_out)
+    llm = load_for_cli(model, impl=impl, ctx=ctx, threads=threads, precision=precision, kv_cache=kv_cache, mmap=mmap,
+                       quiet=quiet or json_out)
     text = llm.model.group.share(text)  # under mpirun: rank 0's (only it has stdin)
     chat = chat or system is not None or bool(offered) or day is not None
     prompt_ids = llm.encode_prompt(text, chat=chat, system=system, tools=offered, date=day, tool_format=tool_format)
@@ -115,7 +118,7 @@ def check_sampling_options(temperature: float, top_k: int | None, top_p: float |
 
 
 def load_for_cli(model: Path | None, *, impl: str | None, ctx: int, threads: int | None, precision: str = "bf16",
-                 mmap: bool = False, quiet: bool = False, slots: int = 1):
+                 kv_cache: str | None = None, mmap: bool = False, quiet: bool = False, slots: int = 1):
     """Resolve the folder, load and compile. On a terminal a spinner on stderr says which of the
     two is going on, and only when it takes long enough to see: reading 16 GB of weights takes
     seconds, and so does compiling the kernels on the first run (later runs load them from the
@@ -129,7 +132,7 @@ def load_for_cli(model: Path | None, *, impl: str | None, ctx: int, threads: int
             with _spinner(f"loading {folder} ..."):
                 try:
                     llm = llama_nb.load_model(folder, impl=impl, ctx=ctx, threads=threads, precision=precision,
-                                              mmap=mmap, slots=slots)
+                                              mmap=mmap, slots=slots, kv_cache=kv_cache)
                 except LlamaNbError as exc:
                     # a message naming an option, or an op/impl name from --impl: a bad option value
                     if str(exc).startswith("--") or isinstance(exc, (UnknownOpError, UnknownImplError)):

@@ -11,10 +11,13 @@ memory the system says is available (MemAvailable in /proc/meminfo, or $LLAMA_NB
     weights    the tensors, in their stored format or the one they are repacked into: read into
                memory by default; with --mmap the file's pages, which every decode step reads
                all of (if they do not fit in RAM they are re-read from disk each step)
-    KV cache   n_layers * 2 * n_kv_heads * ctx * head_dim * 4 bytes  (float32; 1.07 GB for the 8B
-               at --ctx 4096, 34 GB at 131072), once per sequence slot (`slots`: `serve --parallel`)
+    KV cache   n_layers * 2 * n_kv_heads * ctx * head_dim * 2 bytes  (bf16, precision bf16's default:
+               0.54 GB for the 8B at --ctx 4096, 17.2 GB at 131072; the 1B 4.3 GB at 131072), or
+               * 4 bytes with --kv-cache f32 (precision float32's default: 34.4 GB for the 8B at 131072);
+               once per sequence slot (`slots`: `serve --parallel`)
     buffers    everything else RunState allocates (activations for one prefill chunk, the logits,
-               the ops' scratch) and the RoPE tables: RunState.shapes says what, in one place
+               the ops' scratch, none of which grows with --ctx) and the RoPE tables (ctx * head_dim
+               * 4 bytes): RunState.shapes says what, in one place
 
 NumPy's zeros() only reserves the KV cache: without this check a too-large --ctx would "load" and
 then be killed by the OOM killer mid-answer.
@@ -41,7 +44,7 @@ from llama_nb.model.batch import BatchEvent, generate_batch
 from llama_nb.model.generate import GenerationStats, TokenEvent, generate
 from llama_nb.model.parallel import Single, default_threads, group_from_environment, together
 from llama_nb.model.transformer import (RunState, Transformer, Weights, check_ctx, check_slots, check_threads,
-                                        stored_format, stored_weight)
+                                        kv_cache_type, stored_format, stored_weight)
 from llama_nb.ops.opset import OpSet
 
 
@@ -64,21 +67,21 @@ class MemoryNeed:
 
 
 def memory_need(args: ModelArgs, ctx: int, weight_bytes: int, max_batch: int = 256, slots: int = 1,
-                part=None) -> MemoryNeed:
-    """What Transformer(args, ctx=ctx, max_batch=max_batch, slots=slots) allocates (RunState.shapes,
-    and the RoPE tables cos/sin float32[ctx, Dh/2]), plus the weights; `part`: one rank's share
-    (model/parallel.py)."""
+                part=None, kv_cache: str = "bf16") -> MemoryNeed:
+    """What Transformer(args, ctx=ctx, max_batch=max_batch, slots=slots, kv_cache=kv_cache)
+    allocates (RunState.shapes, and the RoPE tables cos/sin float32[ctx, Dh/2]), plus the weights;
+    `part`: one rank's share (model/parallel.py)."""
 
     def allocated(n_ctx: int) -> tuple[int, int]:
-        shapes = RunState.shapes(args, max(1, min(max_batch, n_ctx)), n_ctx, slots, part)
+        shapes = RunState.shapes(args, max(1, min(max_batch, n_ctx)), n_ctx, slots, part, kv_cache)
         size = {name: int(np.prod(shape)) * dtype.itemsize for name, (shape, dtype) in shapes.items()}
         cache = size.pop("cache_k") + size.pop("cache_v")
         return cache, sum(size.values()) + 2 * 4 * (args.head_dim // 2) * n_ctx
 
-    kv_cache, buffers = allocated(ctx)
-    far = sum(allocated(ctx + 1024))  # what one more position costs, on average (scratch grows in steps)
-    return MemoryNeed(weights=int(weight_bytes), kv_cache=kv_cache, buffers=buffers,
-                      kv_per_position=max(1, (far - kv_cache - buffers) // 1024))
+    cache_bytes, buffers = allocated(ctx)
+    far = sum(allocated(ctx + 1024))  # what one more position costs, on average (the RoPE tables grow too)
+    return MemoryNeed(weights=int(weight_bytes), kv_cache=cache_bytes, buffers=buffers,
+                      kv_per_position=max(1, (far - cache_bytes - buffers) // 1024))
 
 
 def weight_bytes(files: ModelFiles, weight_format: str | None = None) -> int:
@@ -239,6 +242,7 @@ def load_model(
     weight_format: str | None = None,
     slots: int = 1,
     group: Single | None = None,
+    kv_cache: str | None = None,
 ) -> Llama:
     """Load Meta's model folder (consolidated.00.pth, params.json, tokenizer.model).
 
@@ -262,6 +266,8 @@ def load_model(
                is a rank of, when an MPI launcher started it, else Single: this process alone).
                Each rank loads its shards of a model-parallel folder; an error on any rank is
                raised on every rank (AgreedError), so that all of them stop.
+    kv_cache   "bf16" or "f32": the KV cache's element type (None: bf16 at precision bf16, f32 at
+               precision float32). bf16 halves the cache (and the bytes decode attention reads).
     """
     t0 = time.perf_counter()
     ops = opset_for(impl, precision, timed=True)  # before reading anything: a typo fails at once
@@ -270,6 +276,7 @@ def load_model(
         get_format(weight_format)
     check_ctx(ctx)
     check_slots(slots)
+    kv_cache = kv_cache_type(kv_cache, ops.precision)
     group = group if group is not None else group_from_environment()
     threads = default_threads(group, threads)
 
@@ -278,9 +285,9 @@ def load_model(
         tokenizer = files.load_tokenizer()
         what = str(path) if group.size == 1 else f"rank {group.rank} of {group.size} of {path}"
         check_memory(memory_need(files.args, ctx, weight_bytes(files, weight_format), max_batch, slots,
-                                 group.part(files.args)), ctx, what)
+                                 group.part(files.args), kv_cache), ctx, f"{what} (KV cache {kv_cache})")
         model = build_transformer(files, ops, ctx=ctx, max_batch=max_batch, mmap=mmap, threads=threads,
-                                  weight_format=weight_format, slots=slots, group=group)
+                                  weight_format=weight_format, slots=slots, group=group, kv_cache=kv_cache)
         return files, tokenizer, model
 
     files, tokenizer, model = together(group, build)
@@ -298,7 +305,7 @@ def opset_for(impl: str | Mapping[str, str] | OpSet | None, precision: str | Non
 
 def build_transformer(files: ModelFiles, ops: OpSet, *, ctx: int, max_batch: int, mmap: bool,
                       threads: int | None = None, weight_format: str | None = None, slots: int = 1,
-                      group: Single | None = None) -> Transformer:
+                      group: Single | None = None, kv_cache: str | None = None) -> Transformer:
     """The Transformer over a checked folder's weights: read into memory, or with mmap=True the
     views of the file's map (see load_model), repacked into `weight_format` if one is given."""
     joined = isinstance(files.checkpoint, RankTensors)  # several shards of a rank: joined, in memory
@@ -306,4 +313,4 @@ def build_transformer(files: ModelFiles, ops: OpSet, *, ctx: int, max_batch: int
     target = get_format(weight_format) if weight_format is not None else None
     weights = Weights.from_tensors(tensors, files.checkpoint.dtypes, files.args, target)
     return Transformer(files.args, weights, ops, ctx=ctx, max_batch=max_batch, threads=threads, slots=slots,
-                       group=group)
+                       group=group, kv_cache=kv_cache)

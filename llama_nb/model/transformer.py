@@ -17,10 +17,13 @@ token's cache entry does not depend on whether it came in a prompt or was genera
 
 Every buffer is preallocated in `RunState`, sized from the ops' declarations: activations for
 `max_batch` tokens, the KV cache (its layout is the attention op's), and the scratch each op
-declares. After warm-up, forward() allocates no array (tests/test_alloc.py counts). Prefill runs
-the prompt as batched passes of at most `max_batch` tokens; decode one token at a time. Logits
-are computed for the last position only, and checked: non-finite logits stop with an error that
-names the first layer whose output went non-finite.
+declares. The KV cache is bf16 (uint16 bits, rounded to nearest even as each token's k and v
+are appended) at precision bf16, float32 at precision float32, or either by `kv_cache`
+("--kv-cache f32|bf16"); its element type picks the attention op ("attention" or
+"attention_bf16kv": ops/specs.py). After warm-up, forward() allocates no array
+(tests/test_alloc.py counts). Prefill runs the prompt as batched passes of at most `max_batch`
+tokens; decode one token at a time. Logits are computed for the last position only, and checked:
+non-finite logits stop with an error that names the first layer whose output went non-finite.
 
 Several sequences in one pass (`forward_batch`, the server's batched decode): the KV cache has
 `slots` independent sequences, cache[slot, layer] one [KVH, ctx, Dh] block each. A pass takes
@@ -53,8 +56,22 @@ from llama_nb.ops import cores, jit, registry
 from llama_nb.ops.opset import OpSet
 from llama_nb.ops.rope_tables import rope_tables
 
-# Every op forward() and the sampler call: what warm-up compiles.
+# Every op forward() and the sampler call: what warm-up compiles ("attention" is the chosen cache
+# type's attention op: KV_CACHES).
 USED_OPS = ("embedding", "rmsnorm", "linear", "rope", "attention", "silu", "argmax", "softmax")
+
+# --kv-cache: the element type of the KV cache, and the attention op that reads it
+KV_CACHES = {"f32": (np.dtype(np.float32), "attention"), "bf16": (np.dtype(np.uint16), "attention_bf16kv")}
+
+
+def kv_cache_type(kv_cache: str | None, precision: str) -> str:
+    """The KV cache type: `kv_cache` ("f32" or "bf16") if given, else the precision's: bf16 -> bf16,
+    float32 -> f32 (Meta's float32 model keeps its cache in float32)."""
+    if kv_cache is None:
+        return "bf16" if precision == "bf16" else "f32"
+    if kv_cache not in KV_CACHES:
+        raise LlamaNbError(f"--kv-cache must be one of {', '.join(KV_CACHES)}; got {kv_cache!r}")
+    return kv_cache
 
 
 class NonFiniteError(LlamaNbError):
@@ -176,13 +193,15 @@ class RunState:
     (model/load.py's memory check adds it up before anything large exists)."""
 
     @staticmethod
-    def shapes(args: ModelArgs, max_batch: int, ctx: int, slots: int = 1,
-               part: Part | None = None) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    def shapes(args: ModelArgs, max_batch: int, ctx: int, slots: int = 1, part: Part | None = None,
+               kv_cache: str = "f32") -> dict[str, tuple[tuple[int, ...], np.dtype]]:
         """`slots`: sequences the KV cache holds (forward_batch); `part`: the share of one rank of
-        several (model/parallel.py): its heads, FFN columns and vocab slice; None: the whole model."""
+        several (model/parallel.py): its heads, FFN columns and vocab slice, None: the whole model;
+        `kv_cache`: the cache's element type (KV_CACHES)."""
         part = part if part is not None else part_of(args, 0, 1)
         D, H, KVH, Dh, F = args.dim, part.n_heads, part.n_kv_heads, args.head_dim, part.hidden_dim
         T, f32 = max_batch, np.dtype(np.float32)
+        cache_dtype, attention_op = KV_CACHES[kv_cache]
         shapes = {
             "x": ((T, D), f32),  # residual stream
             "xb": ((T, D), f32),  # normed input of a sub-block
@@ -196,21 +215,23 @@ class RunState:
             "hb3": ((T, F), f32),  # silu(w1 x) * w3 x (its own buffer: see ops/silu.py)
             "last": ((slots, D), f32),  # final norm of each sequence's last position
             "logits": ((slots, args.vocab_size), f32),
-            # KV cache, one [KVH, ctx, Dh] block per sequence slot and layer (the attention op's layout)
-            "cache_k": ((slots, args.n_layers, KVH, ctx, Dh), f32),
-            "cache_v": ((slots, args.n_layers, KVH, ctx, Dh), f32),
+            # KV cache, one [KVH, ctx, Dh] block per sequence slot and layer (the attention op's
+            # layout), float32 or bf16
+            "cache_k": ((slots, args.n_layers, KVH, ctx, Dh), cache_dtype),
+            "cache_v": ((slots, args.n_layers, KVH, ctx, Dh), cache_dtype),
         }
         if part.size > 1:  # this rank's logits, all-gathered into "logits"
             shapes["logits_part"] = ((slots, part.vocab_size), f32)
         dims = {"T": T, "K": max(D, H * Dh, F), "N": max(D, F, part.vocab_size), "H": H, "KVH": KVH, "Dh": Dh, "S": ctx}
-        for op in ("linear", "attention"):
+        for prefix, op in (("linear", "linear"), ("attention", attention_op)):  # either cache: "attention.*"
             for name, (shape, dtype) in registry.spec(op).scratch_shapes(dims).items():
-                shapes[f"{op}.{name}"] = (shape, dtype)
+                shapes[f"{prefix}.{name}"] = (shape, dtype)
         return shapes
 
-    def __init__(self, args: ModelArgs, max_batch: int, ctx: int, slots: int = 1, part: Part | None = None):
-        self.max_batch, self.slots = max_batch, slots
-        for name, (shape, dtype) in self.shapes(args, max_batch, ctx, slots, part).items():
+    def __init__(self, args: ModelArgs, max_batch: int, ctx: int, slots: int = 1, part: Part | None = None,
+                 kv_cache: str = "f32"):
+        self.max_batch, self.slots, self.kv_cache = max_batch, slots, kv_cache
+        for name, (shape, dtype) in self.shapes(args, max_batch, ctx, slots, part, kv_cache).items():
             make = _off_the_weights_alias if "." in name else np.zeros  # "op.name": an op's scratch
             setattr(self, name.replace(".", "_"), make(shape, dtype))
 
@@ -240,6 +261,7 @@ class Transformer:
     ops        OpSet: the implementation chosen for every op and weight format, and the precision
     ctx        context length: KV cache size and the largest position + 1
     max_batch  the largest number of tokens in one batched pass (prefill chunk)
+    kv_cache   "bf16" or "f32": the KV cache's element type (None: the precision's, kv_cache_type)
     threads    Numba threads for this model's passes; set around each pass only, so two models in
                one process keep their own. None (default): all cores, less those another process
                keeps busy (ops/cores.py), asked before each pass
@@ -249,14 +271,18 @@ class Transformer:
     """
 
     def __init__(self, args: ModelArgs, weights: Weights, ops: OpSet, ctx: int = 4096, max_batch: int = 256,
-                 threads: int | None = None, slots: int = 1, group: Single | None = None):
+                 threads: int | None = None, slots: int = 1, group: Single | None = None,
+                 kv_cache: str | None = None):
         self.args, self.weights, self.ops, self.ctx = args, weights, ops, check_ctx(ctx)
         self.threads = check_threads(threads)  # the most a pass uses
         self.auto_threads = threads is None
         self.slots = check_slots(slots)
         self.group = group if group is not None else Single()
         self.part = self.group.part(args)
-        self.state = RunState(args, min(max_batch, ctx), ctx, slots, self.part)
+        self.kv_cache = kv_cache_type(kv_cache, ops.precision)
+        self.attention_op = KV_CACHES[self.kv_cache][1]
+        self.attend = getattr(ops, self.attention_op)  # one sequence's attention over its cache views
+        self.state = RunState(args, min(max_batch, ctx), ctx, slots, self.part, self.kv_cache)
         self.rope_cos, self.rope_sin = rope_tables(args.head_dim, ctx, args.rope_theta, args.rope_scaling)
         # seconds spent in each layer's attention [:, 0] and feed-forward [:, 1] in the last pass
         self.layer_seconds = np.zeros((args.n_layers, 2))
@@ -401,8 +427,8 @@ class Transformer:
         for slot, lo, hi, start_pos in spans:
             ops.rope(q3[lo:hi], self.rope_cos, self.rope_sin, start_pos)
             ops.rope(k3[lo:hi], self.rope_cos, self.rope_sin, start_pos)
-            ops.attention(att3[lo:hi], q3[lo:hi], k3[lo:hi], v3[lo:hi], s.cache_k[slot, layer], s.cache_v[slot, layer],
-                          start_pos, s.attention_key_blocks, s.attention_rows)
+            self.attend(att3[lo:hi], q3[lo:hi], k3[lo:hi], v3[lo:hi], s.cache_k[slot, layer], s.cache_v[slot, layer],
+                        start_pos, s.attention_key_tile, s.attention_rows, s.attention_running)
         ops.linear(s.xb2[:T], att, w.wo, xq)
         self.group.allreduce(s.xb2[:T])
 
@@ -441,7 +467,8 @@ class Transformer:
         t0 = time.perf_counter()
         writeable = self.weights.tok_embeddings.data.flags.writeable
         with jit.threads(self.threads):
-            jit.warm_model(self.ops, self.weights.formats(), {"Dh": self.args.head_dim}, writeable, USED_OPS)
+            used = tuple(self.attention_op if op == "attention" else op for op in USED_OPS)
+            jit.warm_model(self.ops, self.weights.formats(), {"Dh": self.args.head_dim}, writeable, used)
         self.ops.reset_timings()
         return time.perf_counter() - t0
 

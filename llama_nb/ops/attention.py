@@ -9,40 +9,47 @@ p = start_pos + t and query head h, with kv head g = h // (H // KVH):
 out         float32[T, H, Dh]
 q           float32[T, H, Dh]     queries after rope
 k, v        float32[T, KVH, Dh]   the new keys (after rope) and values
-k_cache     float32[KVH, S, Dh]   keys after rope; rows 0 .. start_pos-1 filled by earlier calls
-v_cache     float32[KVH, S, Dh]
+k_cache     [KVH, S, Dh]          keys after rope; rows 0 .. start_pos-1 filled by earlier calls:
+v_cache                           float32 (op "attention") or bf16 bits in uint16 (op
+                                  "attention_bf16kv": k, v rounded to nearest even when appended,
+                                  widened exactly, `<< 16`, when read)
 start_pos   int                   >= 0; T > 1 with start_pos > 0 is a chunked prefill
-key_blocks  float32[KVH, ceil(S/16), Dh, 16]   scratch: the keys re-laid for the prefill kernel
-rows        float32[threads, 2, 4, >= 16 ceil(S/16)]  scratch: per thread 4 rows of scores and 4
-                                  of probabilities (numba.get_thread_id() picks the thread's own)
+key_tile    float32[threads, KEY_BLOCK/16, Dh, 16]   scratch: one key block re-laid (prefill)
+rows        float32[threads, 2, 4, KEY_BLOCK]        scratch: 4 rows of scores and 4 of probabilities
+running     float32[threads, QUERY_TILE, 2, 4]       scratch: running max and sum per (token, head)
+numba.get_thread_id() picks each thread's own scratch. No scratch grows with the context S.
 The H // KVH query heads of a group read the same k_cache[g] / v_cache[g] rows in place; nothing
-is copied per head (Meta's repeat_kv is a broadcast, not a copy, here).
+is copied per head (Meta's repeat_kv is a broadcast, not a copy, here). One kernel source serves
+both cache types: simd.load16_f32 and bf16.widen read float32 as it is and widen bf16 bits.
 
-Softmax in two passes over a per-thread float32 scores row of p + 1 entries: scores and their
-max, then exp and sum (float64 sum, rounded once), then the weighted sum of value rows. An online
-(one-pass) softmax would save the buffer but rescales the Dh-long accumulator on every new max.
+Online softmax over key blocks of KEY_BLOCK positions (flash attention), with the output kept
+normalised: after block b, with m_b the running max and l_b = sum_{j in blocks <= b} exp(s_j - m_b),
+    out_b = out_{b-1} * (l_{b-1} exp(m_{b-1} - m_b) / l_b) + sum_{j in block b} (exp(s_j - m_b) / l_b) v_j
+so the last block leaves the softmax-weighted sum itself, and out[t, h] is the accumulator (no
+Dh-long scratch). Within a block: the block's scores, their max, exp (softmax.py's vectorised
+passes) and a float64 sum, rounded once. A context of one block (<= KEY_BLOCK positions) is the
+plain two-pass softmax, exactly as before this scheme (the pinned logits did not move).
 
-Three kernels:
+Four kernels:
 - head_dim not a multiple of 16 (no Llama; odd test shapes): _attention, plain loops, parallel
   over (token, head) pairs.
-- decode (T = 1): _attention_decode, tasks (kv group, up to 4 of its heads), each key and value
-  row loaded once for the 4 heads and the four value sums sharing each load (_weigh_values_4).
-  Only KVH tasks (8 for Llama 3) but the decode cache read drops 4x: 8B heads at a 4K context
-  0.93 -> 0.51 ms per layer, at 1K 0.14 -> 0.085 ms (2 threads, median of 15).
-- prefill (T > 1, head_dim % 16 == 0): _attention_tiled. Each group's keys are first transposed
-  (into the key_blocks scratch) in blocks of 16 positions, kt[g, b, d, i] = k_cache[g, 16 b + i, d], so one 16-lane vector
-  holds dimension d of 16 keys: a query's scores against 16 keys are head_dim FMAs of a
-  broadcast q[d] with kt[g, b, d], no sums across lanes. Tasks are (kv group, token, up to 4
-  heads of the group): the heads of a group read the same keys and values and see the same
-  causal range, so each loaded key block and value row feeds 4 queries. The softmax passes are
-  softmax.py's (vectorised exp into a separate buffer, float64 sum). The transposition costs one
-  pass over the cache per call (KVH / (T H) of the arithmetic: 1/8 at T = 2 for Llama 3).
-Measured at Llama 3.2 1B width (H 32, KVH 8, Dh 64), prefill from position 0, 2 threads, one
-process, alternating, best of 7: T = 128 1.33 -> 0.59 ms, T = 512 22.7 -> 6.8 ms per layer; 8B
-heads (Dh 128) T = 128: 2.31 -> 0.91 ms. Whole model, Llama 3.2 1B pp512: attention was 372 ms of
-2210 (17%), the seven matmuls 1808.
-(Before these two, the (token, head) kernel did every shape, its scores four keys at a time on
-explicit vectors: T = 512 took 21 ms per layer.)
+- decode (T = 1): _attention_decode, tasks (kv group, up to 4 of its heads): each key and value
+  row is loaded once for the 4 heads (GQA: Llama 3's groups are 4 heads, so the cache is streamed
+  exactly once) and the four value sums share each load. KVH tasks (8 for Llama 3) over the cores.
+- decode over a bf16 cache: _attention_decode_bf16, the same tasks with less arithmetic per key
+  (scores of 4 keys x 4 heads in 16 accumulators summed by one f32x16_sums, the softmax passes on
+  16 lanes at once, the value sums 32 columns per pass), so the cache read keeps up with memory:
+  1B heads at 32K positions, one thread, best of 15, busy machine: 11.5 -> 5.4 ms (12.5 GB/s of
+  cache, the plain read of the same run 10.1 GB/s). Its sums differ from _attention_decode's in
+  the last bits, which is why the float32 cache (Meta's numerics, pinned bit for bit) keeps that one.
+- prefill (T > 1, head_dim % 16 == 0): _attention_tiled, tasks (kv group, QUERY_TILE tokens, up
+  to 4 heads of the group). Each key block is first transposed into the thread's key_tile,
+  kt[b, d, i] = k_cache[g, b0 + 16 b + i, d], so one 16-lane vector holds dimension d of 16 keys:
+  a query's scores against 16 keys are head_dim FMAs of a broadcast q[d] with kt[b, d], no sums
+  across lanes; the transposition is shared by the tile's QUERY_TILE x 4 queries.
+(Before the online softmax, the prefill kernel transposed the whole cache into a scratch of
+[KVH, S/16, Dh, 16] and every kernel kept score rows of S entries per thread: 32 MB of scratch
+for the 8B at 131072 positions, growing with --ctx.)
 """
 
 from __future__ import annotations
@@ -53,120 +60,186 @@ import numba
 import numpy as np
 from numba import prange
 
+from llama_nb.ops.bf16 import f32_to_bf16, widen
+from llama_nb.ops.fastexp import exp_nonpositive
 from llama_nb.ops.jit import njit_inline, njit_parallel, njit_serial, twins, twins_dot
 from llama_nb.ops.registry import register
-from llama_nb.ops.simd import f32x16_fma, f32x16_load, f32x16_splat, f32x16_store, f32x16_sum, f32x16_zero
+from llama_nb.ops.simd import (f32x16_fma, f32x16_lane, f32x16_load, f32x16_max, f32x16_splat, f32x16_store, f32x16_sum,
+                               f32x16_sums, f32x16_zero, load16_f32)
 from llama_nb.ops.softmax import exp_shifted, row_max, sum64
+from llama_nb.ops.specs import KEY_BLOCK, QUERY_TILE
 
 
 @njit_serial
-def _append(k_cache, v_cache, k, v, start_pos):
-    """k_cache[g, start_pos + t, :] = k[t, g, :], and the same for v."""
-    for t in range(k.shape[0]):
-        for g in range(k.shape[1]):
-            for d in range(k.shape[2]):  # element by element: a slice copy may take a temporary
-                k_cache[g, start_pos + t, d] = k[t, g, d]
-                v_cache[g, start_pos + t, d] = v[t, g, d]
+def _append_f32(cache, rows, start_pos):
+    """cache[g, start_pos + t, :] = rows[t, g, :] (float32 cache)."""
+    for t in range(rows.shape[0]):
+        for g in range(rows.shape[1]):
+            for d in range(rows.shape[2]):  # element by element: a slice copy may take a temporary
+                cache[g, start_pos + t, d] = rows[t, g, d]
+
+
+@njit_serial
+def _append_bf16(cache, rows, start_pos):
+    """cache[g, start_pos + t, :] = bf16(rows[t, g, :]), round to nearest even (uint16 cache)."""
+    for t in range(rows.shape[0]):
+        for g in range(rows.shape[1]):
+            for d in range(rows.shape[2]):
+                cache[g, start_pos + t, d] = f32_to_bf16(rows[t, g, d])
+
+
+@njit_inline
+def _fold_scores(probs, scores, n, running, i, first):
+    """The online-softmax step of head i for a block of n scores: probs[:n] = exp(scores - m) / l,
+    the weights of the block's value rows, with running[:, i] = (m, l) updated; returns keep, the
+    factor of the output so far (see the module docstring)."""
+    m = row_max(scores[:n])
+    if not first:
+        m = max(m, running[0, i])
+    exp_shifted(probs[:n], scores[:n], m)
+    total = sum64(probs[:n])  # float64
+    keep = np.float32(0.0)
+    if not first:
+        carried = float(running[1, i]) * math.exp(float(running[0, i]) - float(m))
+        total += carried
+        keep = np.float32(carried / total)
+    running[0, i] = m
+    running[1, i] = np.float32(total)
+    scale = np.float32(1.0 / total)
+    for j in range(n):  # once per block, not once per 16 columns of the value sum
+        probs[j] *= scale
+    return keep
+
+
+@njit_inline
+def _fold_block_4(out_t, h0, heads, scores, probs, running, values, b0, n, first):
+    """Fold keys b0 .. b0+n-1 (their scores, already / sqrt(Dh), in scores[i, :n]) into out_t[h0 + i]
+    for i < heads (<= 4): the four heads' value sums share each loaded value row (the weights
+    exp(s - m) * float32(1 / l) are the products the two-pass softmax used: the same bits)."""
+    head_dim = values.shape[1]
+    last = heads - 1
+    k0 = _fold_scores(probs[0], scores[0], n, running, 0, first)  # rows past `last` repeat it
+    k1 = _fold_scores(probs[1], scores[1], n, running, 1, first) if last >= 1 else k0
+    k2 = _fold_scores(probs[2], scores[2], n, running, 2, first) if last >= 2 else k1
+    k3 = _fold_scores(probs[3], scores[3], n, running, 3, first) if last >= 3 else k2
+    p0, p1, p2, p3 = probs[0], probs[min(1, last)], probs[min(2, last)], probs[min(3, last)]
+    o0, o1, o2, o3 = out_t[h0], out_t[h0 + min(1, last)], out_t[h0 + min(2, last)], out_t[h0 + min(3, last)]
+    for col in range(0, head_dim, 16):
+        a0 = a1 = a2 = a3 = f32x16_zero()
+        if not first:  # out_t holds the output so far (garbage before the first block: never read)
+            a0 = f32x16_fma(a0, f32x16_load(o0, col), f32x16_splat(k0))
+            a1 = f32x16_fma(a1, f32x16_load(o1, col), f32x16_splat(k1))
+            a2 = f32x16_fma(a2, f32x16_load(o2, col), f32x16_splat(k2))
+            a3 = f32x16_fma(a3, f32x16_load(o3, col), f32x16_splat(k3))
+        for j in range(n):
+            v = load16_f32(values[b0 + j], col)
+            a0 = f32x16_fma(a0, f32x16_splat(p0[j]), v)
+            a1 = f32x16_fma(a1, f32x16_splat(p1[j]), v)
+            a2 = f32x16_fma(a2, f32x16_splat(p2[j]), v)
+            a3 = f32x16_fma(a3, f32x16_splat(p3[j]), v)
+        f32x16_store(o0, col, a0)
+        if heads > 1:
+            f32x16_store(o1, col, a1)
+        if heads > 2:
+            f32x16_store(o2, col, a2)
+        if heads > 3:
+            f32x16_store(o3, col, a3)
 
 
 @twins_dot
-def _attention(out, q, k_cache, v_cache, start_pos, rows):
+def _attention(out, q, k_cache, v_cache, start_pos, rows, running):
     n_tokens, n_heads, head_dim = q.shape
     group = n_heads // k_cache.shape[0]
     sqrt_dim = np.float32(math.sqrt(head_dim))  # Meta divides the scores by sqrt(head_dim)
     for th in prange(n_tokens * n_heads):
         t, h = th // n_heads, th % n_heads
         keys, values = k_cache[h // group], v_cache[h // group]
-        qv = q[t, h]
+        qv, dst = q[t, h], out[t, h]
         n_ctx = start_pos + t + 1  # causal: positions 0 .. p
-        mine = rows[numba.get_thread_id(), 0]  # this thread's rows of scratch
-        scores = mine[0, :n_ctx]
-        top = np.float32(-np.inf)
-        for j in range(n_ctx):
-            kj = keys[j]
-            dot = np.float32(0.0)
-            for d in range(head_dim):
-                dot += qv[d] * kj[d]
-            s = dot / sqrt_dim
-            scores[j] = s
-            top = max(top, s)
-        total = 0.0  # float64
-        for j in range(n_ctx):
-            e = np.exp(scores[j] - top)
-            scores[j] = e
-            total += e
-        inv_total = np.float32(1.0 / total)
-        dst = out[t, h]  # q[t, h] is fully read by now: out may even alias q
-        acc = mine[1, :head_dim]
-        acc[:] = 0.0
-        for j in range(n_ctx):
-            weight, vj = scores[j] * inv_total, values[j]
-            for d in range(head_dim):
-                acc[d] += weight * vj[d]
-        for d in range(head_dim):
-            dst[d] = acc[d]
-
-
-@njit_parallel
-def _transpose_keys(kt, k_cache, n_keys):
-    """kt[g, b, d, i] = k_cache[g, 16 b + i, d] for the first n_keys positions (zeros past them, to
-    the end of the last block)."""
-    n_kv, _, head_dim = k_cache.shape
-    n_blocks = (n_keys + 15) // 16
-    for gb in prange(n_kv * n_blocks):
-        g, b = gb // n_blocks, gb % n_blocks
-        block = kt[g, b]
-        filled = min(16, n_keys - b * 16)
-        for i in range(16):
-            if i < filled:
-                key = k_cache[g, b * 16 + i]
+        tid = numba.get_thread_id()  # this thread's scratch
+        scores, probs, mine = rows[tid, 0, 0], rows[tid, 1, 0], running[tid, 0]
+        for b0 in range(0, n_ctx, KEY_BLOCK):
+            n = min(KEY_BLOCK, n_ctx - b0)
+            for j in range(n):
+                kj = keys[b0 + j]
+                dot = np.float32(0.0)
                 for d in range(head_dim):
-                    block[d, i] = key[d]
+                    dot += qv[d] * widen(kj[d])
+                scores[j] = dot / sqrt_dim
+            keep = _fold_scores(probs, scores, n, mine, 0, b0 == 0)
+            for d in range(head_dim):
+                dst[d] = dst[d] * keep if b0 > 0 else np.float32(0.0)
+            for j in range(n):
+                weight, vj = probs[j], values[b0 + j]
+                for d in range(head_dim):
+                    dst[d] += weight * widen(vj[d])
+
+
+@njit_inline
+def _transpose_block(kt, keys, b0, filled):
+    """kt[b, d, i] = keys[b0 + 16 b + i, d] (widened) for the block's first `filled` keys, zeros
+    past them to the end of their 16-key group."""
+    head_dim = keys.shape[1]
+    for b in range((filled + 15) // 16):
+        block = kt[b]
+        for i in range(16):
+            if b * 16 + i < filled:
+                key = keys[b0 + b * 16 + i]
+                for d in range(head_dim):
+                    block[d, i] = widen(key[d])
             else:
                 for d in range(head_dim):
                     block[d, i] = 0.0
 
 
 @njit_parallel
-def _attention_tiled(out, q, k_cache, v_cache, start_pos, kt, rows):
+def _attention_tiled(out, q, k_cache, v_cache, start_pos, key_tile, rows, running):
     n_tokens, n_heads, head_dim = q.shape
     n_kv = k_cache.shape[0]
     group = n_heads // n_kv
-    _transpose_keys(kt, k_cache, start_pos + n_tokens)
     sqrt_dim = np.float32(math.sqrt(head_dim))  # Meta divides the scores by sqrt(head_dim)
     chunks = (group + 3) // 4  # up to 4 heads of a group per task
-    for task in prange(n_kv * n_tokens * chunks):
-        g, rest = task // (n_tokens * chunks), task % (n_tokens * chunks)
-        t, h0 = rest // chunks, g * group + (rest % chunks) * 4
+    tiles = (n_tokens + QUERY_TILE - 1) // QUERY_TILE
+    for task in prange(n_kv * tiles * chunks):
+        g, rest = task // (tiles * chunks), task % (tiles * chunks)
+        t0, h0 = (rest // chunks) * QUERY_TILE, g * group + (rest % chunks) * 4
+        t_end = min(t0 + QUERY_TILE, n_tokens)
         heads = min(4, (g + 1) * group - h0)
-        n_ctx = start_pos + t + 1  # causal: positions 0 .. p, the same for every head here
-        n_blocks = (n_ctx + 15) // 16
-        # Rows 1..3 of a task with fewer heads repeat its last head: computed, never stored.
-        last = heads - 1
-        q0, q1, q2, q3 = q[t, h0], q[t, h0 + min(1, last)], q[t, h0 + min(2, last)], q[t, h0 + min(3, last)]
-        scores, probs = rows[numba.get_thread_id(), 0], rows[numba.get_thread_id(), 1]  # this thread's rows
-        for b in range(n_blocks):
-            keys = kt[g, b]
-            a0 = a1 = a2 = a3 = f32x16_zero()
-            for d in range(head_dim):
-                kd = f32x16_load(keys[d], 0)
-                a0 = f32x16_fma(a0, f32x16_splat(q0[d]), kd)
-                a1 = f32x16_fma(a1, f32x16_splat(q1[d]), kd)
-                a2 = f32x16_fma(a2, f32x16_splat(q2[d]), kd)
-                a3 = f32x16_fma(a3, f32x16_splat(q3[d]), kd)
-            f32x16_store(scores[0], b * 16, a0)
-            f32x16_store(scores[1], b * 16, a1)
-            f32x16_store(scores[2], b * 16, a2)
-            f32x16_store(scores[3], b * 16, a3)
-        for i in range(heads):
-            row = scores[i, :n_ctx]
-            for j in range(n_ctx):
-                row[j] = row[j] / sqrt_dim
-        _weigh_values_4(out[t], h0, heads, scores, probs, v_cache[g], n_ctx)  # q[t, h0..] read: out may alias q
+        last = heads - 1  # rows past it repeat the last head: computed, never stored
+        keys, values = k_cache[g], v_cache[g]
+        tid = numba.get_thread_id()  # this thread's scratch
+        kt, scores, probs = key_tile[tid], rows[tid, 0], rows[tid, 1]
+        n_tile = start_pos + t_end  # the tile's last token sees positions 0 .. n_tile - 1
+        for b0 in range(0, n_tile, KEY_BLOCK):
+            _transpose_block(kt, keys, b0, min(KEY_BLOCK, n_tile - b0))
+            for t in range(t0, t_end):
+                n_ctx = start_pos + t + 1  # causal: positions 0 .. p, the same for every head here
+                if n_ctx <= b0:
+                    continue
+                n = min(KEY_BLOCK, n_ctx - b0)
+                q0, q1, q2, q3 = q[t, h0], q[t, h0 + min(1, last)], q[t, h0 + min(2, last)], q[t, h0 + min(3, last)]
+                for b in range((n + 15) // 16):
+                    block = kt[b]
+                    a0 = a1 = a2 = a3 = f32x16_zero()
+                    for d in range(head_dim):
+                        kd = f32x16_load(block[d], 0)
+                        a0 = f32x16_fma(a0, f32x16_splat(q0[d]), kd)
+                        a1 = f32x16_fma(a1, f32x16_splat(q1[d]), kd)
+                        a2 = f32x16_fma(a2, f32x16_splat(q2[d]), kd)
+                        a3 = f32x16_fma(a3, f32x16_splat(q3[d]), kd)
+                    f32x16_store(scores[0], b * 16, a0)
+                    f32x16_store(scores[1], b * 16, a1)
+                    f32x16_store(scores[2], b * 16, a2)
+                    f32x16_store(scores[3], b * 16, a3)
+                for i in range(heads):
+                    row = scores[i, :n]
+                    for j in range(n):
+                        row[j] = row[j] / sqrt_dim
+                _fold_block_4(out[t], h0, heads, scores, probs, running[tid, t - t0], values, b0, n, b0 == 0)
 
 
 @twins
-def _attention_decode(out, q, k_cache, v_cache, start_pos, rows):
+def _attention_decode(out, q, k_cache, v_cache, start_pos, rows, running):
     """T = 1: tasks (kv group, up to 4 of its heads); each key and value row is loaded once for the
     4 heads (the per-(token, head) kernel streams a group's cache once per head)."""
     n_heads, head_dim = q.shape[1], q.shape[2]
@@ -182,68 +255,167 @@ def _attention_decode(out, q, k_cache, v_cache, start_pos, rows):
         last = heads - 1  # rows past it repeat the last head: computed, never stored
         q0, q1, q2, q3 = q[0, h0], q[0, h0 + min(1, last)], q[0, h0 + min(2, last)], q[0, h0 + min(3, last)]
         keys, values = k_cache[g], v_cache[g]
-        scores, probs = rows[numba.get_thread_id(), 0], rows[numba.get_thread_id(), 1]  # this thread's rows
-        for j in range(n_ctx):
-            key = keys[j]
-            a0 = a1 = a2 = a3 = f32x16_zero()
-            for c in range(0, head_dim, 16):
-                kc = f32x16_load(key, c)
-                a0 = f32x16_fma(a0, f32x16_load(q0, c), kc)
-                a1 = f32x16_fma(a1, f32x16_load(q1, c), kc)
-                a2 = f32x16_fma(a2, f32x16_load(q2, c), kc)
-                a3 = f32x16_fma(a3, f32x16_load(q3, c), kc)
-            scores[0, j] = f32x16_sum(a0) / sqrt_dim
-            scores[1, j] = f32x16_sum(a1) / sqrt_dim
-            scores[2, j] = f32x16_sum(a2) / sqrt_dim
-            scores[3, j] = f32x16_sum(a3) / sqrt_dim
-        _weigh_values_4(out[0], h0, heads, scores, probs, values, n_ctx)
+        tid = numba.get_thread_id()  # this thread's scratch
+        scores, probs, mine = rows[tid, 0], rows[tid, 1], running[tid, 0]
+        for b0 in range(0, n_ctx, KEY_BLOCK):
+            n = min(KEY_BLOCK, n_ctx - b0)
+            for j in range(n):
+                key = keys[b0 + j]
+                a0 = a1 = a2 = a3 = f32x16_zero()
+                for c in range(0, head_dim, 16):
+                    kc = load16_f32(key, c)
+                    a0 = f32x16_fma(a0, f32x16_load(q0, c), kc)
+                    a1 = f32x16_fma(a1, f32x16_load(q1, c), kc)
+                    a2 = f32x16_fma(a2, f32x16_load(q2, c), kc)
+                    a3 = f32x16_fma(a3, f32x16_load(q3, c), kc)
+                scores[0, j] = f32x16_sum(a0) / sqrt_dim
+                scores[1, j] = f32x16_sum(a1) / sqrt_dim
+                scores[2, j] = f32x16_sum(a2) / sqrt_dim
+                scores[3, j] = f32x16_sum(a3) / sqrt_dim
+            _fold_block_4(out[0], h0, heads, scores, probs, mine, values, b0, n, b0 == 0)
+
+
+@twins
+def _attention_decode_bf16(out, q, k_cache, v_cache, start_pos, rows, running):
+    """T = 1 over a bf16 cache: as _attention_decode, with the arithmetic per key cut to what a
+    cache read at the memory's bandwidth leaves room for. Scores of 4 keys x 4 heads at a time: 16
+    accumulators, every loaded key chunk feeding 4 heads, their lane sums in one f32x16_sums (lane
+    4 h + k: head h, key k of the four), so scores[16 jb + 4 h + k] is head h's score of key
+    4 jb + k. The softmax passes run on all 16 lanes at once (per-lane max, exp, float32 sums of at
+    most KEY_BLOCK / 4 terms per lane), each head's max and sum taken over its 4 lanes."""
+    n_heads, head_dim = q.shape[1], q.shape[2]
+    n_kv = k_cache.shape[0]
+    group = n_heads // n_kv
+    sqrt_dim = np.float32(math.sqrt(head_dim))
+    chunks = (group + 3) // 4
+    n_ctx = start_pos + 1
+    for task in prange(n_kv * chunks):
+        g = task // chunks
+        h0 = g * group + (task % chunks) * 4
+        heads = min(4, (g + 1) * group - h0)
+        last = heads - 1  # rows past it repeat the last head: computed, never stored
+        q0, q1, q2, q3 = q[0, h0], q[0, h0 + min(1, last)], q[0, h0 + min(2, last)], q[0, h0 + min(3, last)]
+        o0, o1, o2, o3 = out[0, h0], out[0, h0 + min(1, last)], out[0, h0 + min(2, last)], out[0, h0 + min(3, last)]
+        keys, values = k_cache[g], v_cache[g]
+        tid = numba.get_thread_id()  # this thread's scratch
+        w = rows[tid, 0].reshape(4 * KEY_BLOCK)  # scores, then weights, 16 per 4 keys
+        lane_max, lane_scale, mine = rows[tid, 1, 0], rows[tid, 1, 1], running[tid, 0]
+        for b0 in range(0, n_ctx, KEY_BLOCK):
+            n = min(KEY_BLOCK, n_ctx - b0)
+            first = b0 == 0
+            top = f32x16_splat(np.float32(-np.inf))
+            for jb in range((n + 3) // 4):
+                j0 = b0 + 4 * jb
+                end = b0 + n - 1  # keys past it (the last group's): the last key again, masked below
+                r0, r1, r2, r3 = keys[j0], keys[min(j0 + 1, end)], keys[min(j0 + 2, end)], keys[min(j0 + 3, end)]
+                s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = f32x16_zero()
+                s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = f32x16_zero()
+                for c in range(0, head_dim, 16):
+                    k0, k1, k2, k3 = load16_f32(r0, c), load16_f32(r1, c), load16_f32(r2, c), load16_f32(r3, c)
+                    x = f32x16_load(q0, c)
+                    s00, s01, s02, s03 = f32x16_fma(s00, x, k0), f32x16_fma(s01, x, k1), f32x16_fma(s02, x, k2), f32x16_fma(s03, x, k3)
+                    x = f32x16_load(q1, c)
+                    s10, s11, s12, s13 = f32x16_fma(s10, x, k0), f32x16_fma(s11, x, k1), f32x16_fma(s12, x, k2), f32x16_fma(s13, x, k3)
+                    x = f32x16_load(q2, c)
+                    s20, s21, s22, s23 = f32x16_fma(s20, x, k0), f32x16_fma(s21, x, k1), f32x16_fma(s22, x, k2), f32x16_fma(s23, x, k3)
+                    x = f32x16_load(q3, c)
+                    s30, s31, s32, s33 = f32x16_fma(s30, x, k0), f32x16_fma(s31, x, k1), f32x16_fma(s32, x, k2), f32x16_fma(s33, x, k3)
+                f32x16_store(w, 16 * jb, f32x16_sums((s00, s01, s02, s03, s10, s11, s12, s13,
+                                                      s20, s21, s22, s23, s30, s31, s32, s33)))
+                for lane in range(16):
+                    w[16 * jb + lane] = w[16 * jb + lane] / sqrt_dim if j0 + (lane & 3) <= end else -np.inf
+                top = f32x16_max(f32x16_load(w, 16 * jb), top)
+            keep0 = keep1 = keep2 = keep3 = np.float32(0.0)
+            for i in range(4):  # each head's max over its 4 lanes, the running max included
+                m = max(max(f32x16_lane(top, 4 * i), f32x16_lane(top, 4 * i + 1)),
+                        max(f32x16_lane(top, 4 * i + 2), f32x16_lane(top, 4 * i + 3)))
+                if not first:
+                    m = max(m, mine[0, i])
+                for k in range(4):
+                    lane_max[4 * i + k] = m
+            total = f32x16_zero()
+            for jb in range((n + 3) // 4):
+                for lane in range(16):
+                    w[16 * jb + lane] = exp_nonpositive(w[16 * jb + lane] - lane_max[lane])
+                total = f32x16_fma(total, f32x16_load(w, 16 * jb), f32x16_splat(np.float32(1.0)))
+            for i in range(4):
+                block = (float(f32x16_lane(total, 4 * i)) + float(f32x16_lane(total, 4 * i + 1))
+                         + float(f32x16_lane(total, 4 * i + 2)) + float(f32x16_lane(total, 4 * i + 3)))
+                keep = np.float32(0.0)
+                if not first:
+                    carried = float(mine[1, i]) * math.exp(float(mine[0, i]) - float(lane_max[4 * i]))
+                    block += carried
+                    keep = np.float32(carried / block)
+                mine[0, i], mine[1, i] = lane_max[4 * i], np.float32(block)
+                for k in range(4):
+                    lane_scale[4 * i + k] = np.float32(1.0 / block)
+                if i == 0:
+                    keep0 = keep
+                elif i == 1:
+                    keep1 = keep
+                elif i == 2:
+                    keep2 = keep
+                else:
+                    keep3 = keep
+            for jb in range((n + 3) // 4):
+                for lane in range(16):
+                    w[16 * jb + lane] *= lane_scale[lane]
+            for col in range(0, head_dim, 32):  # 2 x 16 columns per pass: each weight loaded once per pass
+                a0 = b0_ = a1 = b1 = a2 = b2 = a3 = b3 = f32x16_zero()
+                two = col + 16 < head_dim  # head_dim % 32 == 16: the last pass has one 16-column half
+                c2 = col + 16 if two else col
+                if not first:  # the output so far (garbage before the first block: never read)
+                    a0, b0_ = f32x16_fma(a0, f32x16_load(o0, col), f32x16_splat(keep0)), f32x16_fma(b0_, f32x16_load(o0, c2), f32x16_splat(keep0))
+                    a1, b1 = f32x16_fma(a1, f32x16_load(o1, col), f32x16_splat(keep1)), f32x16_fma(b1, f32x16_load(o1, c2), f32x16_splat(keep1))
+                    a2, b2 = f32x16_fma(a2, f32x16_load(o2, col), f32x16_splat(keep2)), f32x16_fma(b2, f32x16_load(o2, c2), f32x16_splat(keep2))
+                    a3, b3 = f32x16_fma(a3, f32x16_load(o3, col), f32x16_splat(keep3)), f32x16_fma(b3, f32x16_load(o3, c2), f32x16_splat(keep3))
+                for j in range(n):
+                    at = 16 * (j >> 2) + (j & 3)  # head 0's weight of key j; head h's is 4 h further
+                    row = values[b0 + j]
+                    v, u = load16_f32(row, col), load16_f32(row, c2)
+                    x = f32x16_splat(w[at])
+                    a0, b0_ = f32x16_fma(a0, x, v), f32x16_fma(b0_, x, u)
+                    x = f32x16_splat(w[at + 4])
+                    a1, b1 = f32x16_fma(a1, x, v), f32x16_fma(b1, x, u)
+                    x = f32x16_splat(w[at + 8])
+                    a2, b2 = f32x16_fma(a2, x, v), f32x16_fma(b2, x, u)
+                    x = f32x16_splat(w[at + 12])
+                    a3, b3 = f32x16_fma(a3, x, v), f32x16_fma(b3, x, u)
+                _store_halves(o0, col, a0, b0_, two)
+                if heads > 1:
+                    _store_halves(o1, col, a1, b1, two)
+                if heads > 2:
+                    _store_halves(o2, col, a2, b2, two)
+                if heads > 3:
+                    _store_halves(o3, col, a3, b3, two)
 
 
 @njit_inline
-def _softmax_scale(probs, scores, n_ctx):
-    """probs[:n_ctx] = exp(scores - max); returns 1 / their sum (float64 sum, rounded once)."""
-    exp_shifted(probs[:n_ctx], scores[:n_ctx], row_max(scores[:n_ctx]))
-    return np.float32(1.0 / sum64(probs[:n_ctx]))
+def _store_halves(row, col, a, b, two):
+    """row[col : col + 16] = a, and row[col + 16 : col + 32] = b when `two`."""
+    f32x16_store(row, col, a)
+    if two:
+        f32x16_store(row, col + 16, b)
 
 
-@njit_inline
-def _weigh_values_4(out_t, h0, heads, scores, probs, values, n_ctx):
-    """out_t[h0 + i, :] = softmax(scores[i, :n_ctx]) @ values[:n_ctx] for i < heads (<= 4): the four
-    heads' value sums share each loaded value row. probs: 4 rows of scratch."""
-    head_dim = values.shape[1]
-    last = heads - 1
-    c0 = _softmax_scale(probs[0], scores[0], n_ctx)  # rows past `last` repeat it: never stored
-    c1 = _softmax_scale(probs[1], scores[1], n_ctx) if last >= 1 else c0
-    c2 = _softmax_scale(probs[2], scores[2], n_ctx) if last >= 2 else c1
-    c3 = _softmax_scale(probs[3], scores[3], n_ctx) if last >= 3 else c2
-    p0, p1, p2, p3 = probs[0], probs[min(1, last)], probs[min(2, last)], probs[min(3, last)]
-    for col in range(0, head_dim, 16):
-        a0 = a1 = a2 = a3 = f32x16_zero()
-        for j in range(n_ctx):
-            v = f32x16_load(values[j], col)
-            a0 = f32x16_fma(a0, f32x16_splat(p0[j] * c0), v)
-            a1 = f32x16_fma(a1, f32x16_splat(p1[j] * c1), v)
-            a2 = f32x16_fma(a2, f32x16_splat(p2[j] * c2), v)
-            a3 = f32x16_fma(a3, f32x16_splat(p3[j] * c3), v)
-        f32x16_store(out_t[h0], col, a0)
-        if heads > 1:
-            f32x16_store(out_t[h0 + 1], col, a1)
-        if heads > 2:
-            f32x16_store(out_t[h0 + 2], col, a2)
-        if heads > 3:
-            f32x16_store(out_t[h0 + 3], col, a3)
-
-
-@register("attention", "numba", switches={"T": (1,)})
 def attention(out: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray,
-              start_pos: int, key_blocks: np.ndarray, rows: np.ndarray) -> None:
-    """Append k, v at start_pos; causal GQA of q[T, H, Dh] over k_cache/v_cache[KVH, S, Dh]."""
+              start_pos: int, key_tile: np.ndarray, rows: np.ndarray, running: np.ndarray) -> None:
+    """Append k, v at start_pos; causal GQA of q[T, H, Dh] over k_cache/v_cache[KVH, S, Dh], a
+    float32 or a bf16 (uint16) cache."""
     start_pos = int(start_pos)
-    _append(k_cache, v_cache, k, v, start_pos)
-    cache_read = 2 * k_cache.shape[0] * (start_pos + q.shape[0]) * q.shape[2] * 4  # both caches' filled rows
+    append = _append_bf16 if k_cache.dtype == np.uint16 else _append_f32
+    append(k_cache, k, start_pos)
+    append(v_cache, v, start_pos)
+    cache_read = 2 * k_cache.shape[0] * (start_pos + q.shape[0]) * q.shape[2] * k_cache.itemsize  # filled rows
     if q.shape[2] % 16:
-        _attention.pick(cache_read)(out, q, k_cache, v_cache, start_pos, rows)
+        _attention.pick(cache_read)(out, q, k_cache, v_cache, start_pos, rows, running)
+    elif q.shape[0] == 1 and k_cache.dtype == np.uint16:
+        _attention_decode_bf16.pick(cache_read)(out, q, k_cache, v_cache, start_pos, rows, running)
     elif q.shape[0] == 1:
-        _attention_decode.pick(cache_read)(out, q, k_cache, v_cache, start_pos, rows)
+        _attention_decode.pick(cache_read)(out, q, k_cache, v_cache, start_pos, rows, running)
     else:
-        _attention_tiled(out, q, k_cache, v_cache, start_pos, key_blocks, rows)
+        _attention_tiled(out, q, k_cache, v_cache, start_pos, key_tile, rows, running)
+
+
+register("attention", "numba", switches={"T": (1,)})(attention)
+register("attention_bf16kv", "numba", switches={"T": (1,)})(attention)

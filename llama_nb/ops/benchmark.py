@@ -16,7 +16,9 @@ benchmarked for bf16 weights (the format of Meta's checkpoints) unless `formats`
 
 The same run measures the plain-read bandwidth of this machine: a Numba kernel summing a 512 MB
 uint16 array (larger than any cache), parallel over rows like the matvec. A matvec reads each weight
-once, so that bandwidth is its ceiling, and each linear row shows the fraction of it reached.
+once, so that bandwidth is its ceiling, and each linear row shows the fraction of it reached; so
+does each decode attention row (T = 1), which reads the filled KV cache once (the 32K-position
+cases: 64 MB of float32 cache or 32 MB of bf16 per call, beyond the L3 cache).
 To measure memory and not the L3 cache, weights smaller than 256 MB are replicated and the timed
 calls rotate through the copies, as a forward pass reads each layer's weights once per token.
 """
@@ -166,7 +168,8 @@ def run(
 
 def format_row(row: Row, read_gbps: float) -> str:
     gflops = f"{row.gflops:8.1f}" if row.flops else f"{'-':>8}"
-    frac = f"{row.gbps / read_gbps:6.0%}" if row.op.startswith("linear") else f"{'':>6}"
+    streams = row.op.startswith("linear") or (row.op.startswith("attention") and row.case.get("T") == 1)
+    frac = f"{row.gbps / read_gbps:6.0%}" if streams else f"{'':>6}"
     return f"{row.op:<20} {row.impl:<14} {format_case(row.case):<40} {row.ms:10.3f} {row.best_ms:10.3f} {row.gbps:8.1f} {gflops} {frac}"
 
 

@@ -89,6 +89,11 @@ def cache_rows(rng, shape, dims: Mapping[str, int]):
     return cache
 
 
+def cache_rows_bf16(rng, shape, dims: Mapping[str, int]):
+    """cache_rows as bf16 bits (uint16): the filled rows rounded to bf16, NaN bits beyond."""
+    return f32_to_bf16_np(cache_rows(rng, shape, dims))
+
+
 def token_ids(rng, shape, dims: Mapping[str, int]):
     """Ids in [0, V), the last row twice (the table's edge, and a repeat)."""
     tokens = rng.integers(0, dims["V"], size=shape).astype(np.int64)

@@ -102,23 +102,32 @@ def silu(out, a, b):
         out[...] = a / (np.float32(1.0) + np.exp(-a)) * b
 
 
-@register("attention", "reference")
-def attention(out, q, k, v, k_cache, v_cache, start_pos, key_blocks, rows):
-    # Append the new rows; then Meta's Attention.forward: repeat the kv heads, scores / sqrt(Dh)
-    # with a causal mask, softmax, the weighted sum of values.
-    n_tokens, n_heads, head_dim = q.shape
-    n_ctx = start_pos + n_tokens
-    k_cache[:, start_pos:n_ctx] = k.transpose(1, 0, 2)
-    v_cache[:, start_pos:n_ctx] = v.transpose(1, 0, 2)
-    group = n_heads // k_cache.shape[0]
-    keys = np.repeat(k_cache[:, :n_ctx], group, axis=0)  # [H, n_ctx, Dh]
-    values = np.repeat(v_cache[:, :n_ctx], group, axis=0)
-    scores = np.einsum("thd,hjd->htj", q, keys) / np.float32(np.sqrt(head_dim))  # [H, T, n_ctx]
-    future = np.arange(n_ctx)[None, :] > (start_pos + np.arange(n_tokens))[:, None]  # [T, n_ctx]
-    scores = np.where(future[None], np.float32(-np.inf), scores)
-    scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
-    scores /= scores.sum(axis=-1, keepdims=True)
-    out[...] = np.einsum("htj,hjd->thd", scores, values)
+def _attention(store, load):
+    """The attention reference for a cache whose element type `store` writes (from float32) and
+    `load` reads back (to float32)."""
+
+    def attention(out, q, k, v, k_cache, v_cache, start_pos, key_tile, rows, running):
+        # Append the new rows; then Meta's Attention.forward: repeat the kv heads, scores / sqrt(Dh)
+        # with a causal mask, softmax, the weighted sum of values.
+        n_tokens, n_heads, head_dim = q.shape
+        n_ctx = start_pos + n_tokens
+        k_cache[:, start_pos:n_ctx] = store(k.transpose(1, 0, 2))
+        v_cache[:, start_pos:n_ctx] = store(v.transpose(1, 0, 2))
+        group = n_heads // k_cache.shape[0]
+        keys = np.repeat(load(k_cache[:, :n_ctx]), group, axis=0)  # [H, n_ctx, Dh]
+        values = np.repeat(load(v_cache[:, :n_ctx]), group, axis=0)
+        scores = np.einsum("thd,hjd->htj", q, keys) / np.float32(np.sqrt(head_dim))  # [H, T, n_ctx]
+        future = np.arange(n_ctx)[None, :] > (start_pos + np.arange(n_tokens))[:, None]  # [T, n_ctx]
+        scores = np.where(future[None], np.float32(-np.inf), scores)
+        scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
+        scores /= scores.sum(axis=-1, keepdims=True)
+        out[...] = np.einsum("htj,hjd->thd", scores, values)
+
+    return attention
+
+
+register("attention", "reference")(_attention(lambda x: x, lambda c: c))  # float32 cache
+register("attention_bf16kv", "reference")(_attention(f32_to_bf16_np, bf16_to_f32_np))  # bf16 bits, rounded to nearest even
 
 
 @register("argmax", "reference")

@@ -38,12 +38,6 @@ def _positive_eps(args, dims) -> None:
         raise LlamaNbError(f"rmsnorm: eps must be > 0, got {args[3]}")
 
 
-def _attention_bytes(d, args) -> int:
-    # q, the new k and v, out, and the filled cache rows (each read once per kv group)
-    n_ctx = d["start_pos"] + d["T"]
-    return 4 * (2 * d["T"] * d["H"] * d["Dh"] + 2 * d["T"] * d["KVH"] * d["Dh"] + 2 * d["KVH"] * n_ctx * d["Dh"])
-
-
 MATRIX_CASES = _cases(
     "T K N",
     (1, 64, 32), (3, 4, 5), (1, 127, 61), (3, 4097, 33), (5, 255, 129),
@@ -172,43 +166,88 @@ defop(OpSpec(
     tol=dict(rtol=1e-5, atol=1e-7),  # exp(-|a|) rewritten (silu.py) vs the plain definition
     warm=dict(T=2, F=16),
 ))
-defop(OpSpec(
-    "attention",
-    """Causal grouped-query attention of T new tokens at positions start_pos.., over a KV cache it
+# The attention kernels' tiles (llama_nb/ops/attention.py): the online softmax folds keys in blocks
+# of KEY_BLOCK positions, and a prefill task takes QUERY_TILE tokens; the scratch is sized by them,
+# never by the context.
+KEY_BLOCK = 64
+QUERY_TILE = 16
+ATTENTION_MATH = """Causal grouped-query attention of T new tokens at positions start_pos.., over a KV cache it
 appends to. First k, v are written to rows start_pos .. start_pos+T-1 of k_cache, v_cache (the
 cache layout is this op's: [KVH, S, Dh], each head's positions contiguous). Then for token t
 (position p = start_pos + t) and head h, with kv head g = h // (H // KVH):
     s[j]       = q[t,h,:] . k_cache[g,j,:] / sqrt(Dh)        for j = 0 .. p
     out[t,h,:] = sum_j softmax(s)[j] * v_cache[g,j,:]
-K/V are read in place for every head of a group, never copied per head. key_blocks and rows are
-scratch: room for the keys re-laid in blocks of 16 positions, and per thread rows of scores.""",
-    (Arg("out", OUT, F32, ("T", "H", "Dh")), Arg("q", IN, F32, ("T", "H", "Dh"), v.queries, doc="queries after rope"),
-     Arg("k", IN, F32, ("T", "KVH", "Dh"), v.queries, doc="new keys after rope"),
-     Arg("v", IN, F32, ("T", "KVH", "Dh"), v.queries, doc="new values"),
-     Arg("k_cache", INOUT, F32, ("KVH", "S", "Dh"), v.cache_rows), Arg("v_cache", INOUT, F32, ("KVH", "S", "Dh"), v.cache_rows),
-     Arg("start_pos", PARAM, int),
-     Arg("key_blocks", SCRATCH, F32, ("KVH", "(S + 15) // 16", "Dh", 16)),
-     Arg("rows", SCRATCH, F32, ("threads", 2, 4, "max((S + 15) // 16 * 16, Dh)"))),
-    flops="4 * H * Dh * (T * start_pos + T * (T + 1) // 2)",  # q.k and the weighted sum, per visible key
-    bytes=_attention_bytes,
-    requires=("H % KVH == 0", "start_pos >= 0", "start_pos + T <= S"),
-    cases=_cases(
-        "T H KVH Dh S start_pos",
-        (1, 1, 1, 2, 1, 0),            # one token, one head, position 0
-        (1, 4, 2, 8, 16, 5),           # decode at start_pos > 0, GQA 4/2
-        (3, 4, 1, 16, 32, 9),          # MQA (KVH = 1), chunked prefill
-        (4, 6, 6, 10, 12, 2),          # MHA (KVH = H), odd Dh
-        (17, 8, 2, 64, 40, 3),         # tiled prefill: 17 tokens (ragged key blocks), after 3 cached
-        (2, 5, 1, 32, 40, 30),         # tiled, MQA with 5 heads per group: tasks of 4 and 1 heads
-        (1, 6, 1, 16, 40, 30),         # grouped decode: 6 heads per group, tasks of 4 and 2 heads
-        (6, 32, 8, 128, 64, 0),        # 8B GQA 32/8, Dh 128: prefill from position 0
-        (5, 32, 8, 128, 128, 37),      # 8B: chunked prefill (start_pos > 0)
-        (1, 32, 8, 128, 1024, 700),    # 8B: decode
-    ),
-    bench_only=_cases("T H KVH Dh S start_pos", (1, 32, 8, 128, 8192, 4095)),  # 8B decode at a 4K context
+K/V are read in place for every head of a group, never copied per head. One call is one
+sequence: its rows of q, k, v, its own cache, its own start_pos. key_tile, rows and running are
+per-thread scratch whose size does not depend on S: a block of keys re-laid for the prefill
+kernel, rows of scores and probabilities, the running max and sum of the online softmax."""
+
+
+def _attention_bytes(d, args) -> int:
+    # q, the new k and v, out (float32), and the filled cache rows, each read once per kv group
+    n_ctx = d["start_pos"] + d["T"]
+    cache_item = args[4].itemsize
+    return 4 * (2 * d["T"] * d["H"] * d["Dh"] + 2 * d["T"] * d["KVH"] * d["Dh"]) + cache_item * 2 * d["KVH"] * n_ctx * d["Dh"]
+
+
+def _attention_spec(name: str, cache_dtype, cache_values, how: str, bench_only: tuple, tol: dict) -> OpSpec:
+    """The attention op over a KV cache of one element type (float32, or bf16 bits in uint16)."""
+    return OpSpec(
+        name,
+        ATTENTION_MATH + "\n" + how,
+        (Arg("out", OUT, F32, ("T", "H", "Dh")), Arg("q", IN, F32, ("T", "H", "Dh"), v.queries, doc="queries after rope"),
+         Arg("k", IN, F32, ("T", "KVH", "Dh"), v.queries, doc="new keys after rope"),
+         Arg("v", IN, F32, ("T", "KVH", "Dh"), v.queries, doc="new values"),
+         Arg("k_cache", INOUT, cache_dtype, ("KVH", "S", "Dh"), cache_values),
+         Arg("v_cache", INOUT, cache_dtype, ("KVH", "S", "Dh"), cache_values),
+         Arg("start_pos", PARAM, int),
+         Arg("key_tile", SCRATCH, F32, ("threads", KEY_BLOCK // 16, "Dh", 16)),
+         Arg("rows", SCRATCH, F32, ("threads", 2, 4, KEY_BLOCK)),
+         Arg("running", SCRATCH, F32, ("threads", QUERY_TILE, 2, 4))),
+        flops="4 * H * Dh * (T * start_pos + T * (T + 1) // 2)",  # q.k and the weighted sum, per visible key
+        bytes=_attention_bytes,
+        requires=("H % KVH == 0", "start_pos >= 0", "start_pos + T <= S"),
+        cases=_cases(
+            "T H KVH Dh S start_pos",
+            (1, 1, 1, 2, 1, 0),            # one token, one head, position 0: one key
+            (1, 4, 2, 8, 16, 5),           # decode at start_pos > 0, GQA 4/2
+            (3, 4, 1, 16, 32, 9),          # MQA (KVH = 1), chunked prefill
+            (4, 6, 6, 10, 12, 2),          # MHA (KVH = H), odd Dh
+            (3, 6, 2, 10, 200, 150),       # odd Dh over 3 key blocks, the last ragged
+            (17, 8, 2, 64, 40, 3),         # tiled prefill: 17 tokens (two query tiles, ragged key groups)
+            (2, 5, 1, 32, 40, 30),         # tiled, MQA with 5 heads per group: tasks of 4 and 1 heads
+            (1, 6, 1, 16, 40, 30),         # grouped decode: 6 heads per group, tasks of 4 and 2 heads
+            (1, 4, 2, 32, 300, 250),       # decode over 4 key blocks, the last ragged (251 keys)
+            (37, 4, 2, 32, 300, 100),      # prefill of 37 tokens after 100: 3 query tiles x 3 key blocks
+            (20, 4, 4, 16, 64, 44),        # MHA prefill ending exactly at a key block (64 = KEY_BLOCK)
+            (6, 32, 8, 128, 64, 0),        # 8B GQA 32/8, Dh 128: prefill from position 0
+            (5, 32, 8, 128, 128, 37),      # 8B: chunked prefill (start_pos > 0)
+            (1, 32, 8, 128, 1024, 700),    # 8B: decode
+        ),
+        bench_only=bench_only,
+        tol=tol,
+        warm=dict(T=2, H=2, KVH=1, Dh=16, S=4, start_pos=0),
+    )
+
+
+defop(_attention_spec(
+    "attention", F32, v.cache_rows,
+    "The cache is float32: the keys and values as computed (--kv-cache f32; precision float32's default).",
+    _cases("T H KVH Dh S start_pos", (1, 32, 8, 128, 8192, 4095),  # 8B decode at a 4K context
+           (1, 32, 8, 64, 32768, 32767)),  # 1B decode at 32K positions: the cache streamed, 64 MB per layer
     # Dh-long dot products (reordered), exp, and a softmax-weighted sum of up to 1024 value rows.
-    tol=dict(rtol=1e-4, atol=1e-5),
-    warm=dict(T=2, H=2, KVH=1, Dh=16, S=4, start_pos=0),
+    dict(rtol=1e-4, atol=1e-5),
+))
+defop(_attention_spec(
+    "attention_bf16kv",
+    U16, v.cache_rows_bf16,
+    """The cache holds bf16 bits (uint16): k and v are rounded to the nearest bf16 (ties to even, as
+ops/bf16.py) when appended, and widened exactly when read (--kv-cache bf16; precision bf16's
+default). Half the bytes of the float32 cache: 128 KiB per position for Llama 3.1 8B.""",
+    _cases("T H KVH Dh S start_pos", (1, 32, 8, 128, 8192, 4095),
+           (1, 32, 8, 64, 32768, 32767)),  # 1B decode at 32K positions: 32 MB of cache per layer
+    # The reference rounds k, v the same way (bit for bit), so only the arithmetic's order differs.
+    dict(rtol=1e-4, atol=1e-5),
 ))
 defop(OpSpec(
     "argmax",
