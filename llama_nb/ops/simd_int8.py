@@ -163,15 +163,23 @@ def i32x8_zero(typingctx):
     return i32x8(), codegen
 
 
-@intrinsic
-def i32x8_sub(typingctx, a, b):
-    if not (a == i32x8 and b == i32x8):
-        return None
+def _lanewise(name: str, vector_type, op):
+    """An intrinsic (a, b) -> op(builder, a, b) on two vectors of vector_type."""
 
-    def codegen(context, builder, signature, args):
-        return builder.sub(args[0], args[1])
+    def typer(typingctx, a, b):
+        if not (a == vector_type and b == vector_type):
+            return None
 
-    return i32x8(a, b), codegen
+        def codegen(context, builder, signature, args):
+            return op(builder, args[0], args[1])
+
+        return vector_type(a, b), codegen
+
+    typer.__name__ = name
+    return intrinsic(typer)
+
+
+i32x8_sub = _lanewise("i32x8_sub", i32x8, lambda b, x, y: b.sub(x, y))
 
 
 @intrinsic
@@ -302,15 +310,7 @@ def f32x8_of(typingctx, t):
     return f32x8(t), codegen
 
 
-@intrinsic
-def f32x8_mul(typingctx, a, b):
-    if not (a == f32x8 and b == f32x8):
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.fmul(args[0], args[1])
-
-    return f32x8(a, b), codegen
+f32x8_mul = _lanewise("f32x8_mul", f32x8, lambda b, x, y: b.fmul(x, y))
 
 
 @intrinsic
