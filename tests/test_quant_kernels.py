@@ -31,11 +31,14 @@ def test_activation_rounding_kernel_equals_numpys_bit_for_bit(rng, monkeypatch):
     for rows, threshold in ((x[:1], jit.PARALLEL_MIN_BYTES), (x, 0)):  # the serial twin, then the parallel one
         monkeypatch.setattr(jit, "PARALLEL_MIN_BYTES", threshold)
         monkeypatch.setattr(jit, "_threads", 2)
-        q, d, sums = quantize_activations(rows, xq)
+        q, d, sums, dsum = quantize_activations(rows, xq)
         want_q, want_d = activations.quantize_activations(rows)
         np.testing.assert_array_equal(q, want_q)
         np.testing.assert_array_equal(d.view(np.uint32), want_d.view(np.uint32))
-        np.testing.assert_array_equal(sums, want_q.reshape(rows.shape[0], -1, 16).astype(np.int32).sum(axis=2))
+        want_sums = want_q.reshape(rows.shape[0], -1, 16).astype(np.int32).sum(axis=2)
+        np.testing.assert_array_equal(sums, want_sums)
+        want_dsum = want_d * want_sums.reshape(rows.shape[0], -1, 2).sum(axis=2).astype(np.float32)
+        np.testing.assert_array_equal(dsum.view(np.uint32), want_dsum.view(np.uint32))
     assert np.abs(want_q).max() == 127
 
 
@@ -73,8 +76,8 @@ def test_vnni_kernels_exist_exactly_where_the_cpu_has_vnni_and_use_vpdpbusd(rng)
         assert ("vnni" in quant_dot.KERNELS[fmt]) == jit.HAS_AVX512_VNNI
     if jit.HAS_AVX512_VNNI:  # compiled afresh: Numba shows no assembly of a kernel loaded from its cache
         out, x, w, xq = make_inputs("linear", dict(T=1, K=64, N=3), rng, get_format("q8_0"))
-        q, d, sums = quantize_activations(x, xq)
+        q, d, sums, dsum = quantize_activations(x, xq)
         for variant, has_it in (("vnni", True), ("portable", False)):
             fresh = numba.njit(quant_dot.KERNELS["q8_0"][variant].serial.py_func)
-            fresh(out, q, d, sums, w.data)
+            fresh(out, q, d, sums, dsum, w.data)
             assert ("vpdpbusd" in "".join(fresh.inspect_asm().values())) == has_it, variant

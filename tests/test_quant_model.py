@@ -10,6 +10,7 @@ from llama_nb.demo import demo_model_dir
 from llama_nb.errors import LlamaNbError
 from llama_nb.io.checkpoint import load_model_files
 from llama_nb.model.load import weight_bytes
+from llama_nb.ops import jit
 
 TEXT = ("In the beginning God created the heaven and the earth. And the earth was without form, and void; "
         "and darkness was upon the face of the deep. And the Spirit of God moved upon the face of the waters. "
@@ -30,6 +31,8 @@ def test_q8_0_demo_model_picks_the_bf16_models_greedy_tokens():
     assert q8.model.weights.formats() == {"q8_0", "bf16"}  # every matrix but the embedding table
     tokens = bf16.tokenizer.encode(TEXT, bos=True, eos=False)
     assert len(tokens) >= 200
+    q8.compile()  # the warm-up knows the format: after it, no pass compiles a kernel
+    compiled = _signatures()
     want = [int(np.argmax(bf16.forward([t], i))) for i, t in enumerate(tokens)]  # decode, one at a time
     got = [int(np.argmax(q8.forward([t], i))) for i, t in enumerate(tokens)]
     agreement = np.mean(np.array(got) == np.array(want))
@@ -40,6 +43,12 @@ def test_q8_0_demo_model_picks_the_bf16_models_greedy_tokens():
     q8_prefill = llama_nb.load_model(demo_model_dir(), ctx=512, weight_format="q8_0")
     decoded, prefilled = q8.forward([tokens[-1]], len(tokens) - 1), q8_prefill.forward(tokens, 0)
     assert np.argmax(prefilled) == np.argmax(decoded) and np.abs(prefilled - decoded).max() < 0.1
+    assert _signatures() == compiled
+
+
+def _signatures():
+    """Every compiled signature of every kernel pair (ops/jit.py's Twins), by kernel."""
+    return {id(pair): (tuple(pair.serial.signatures), tuple(pair.parallel.signatures)) for pair in jit._TWINS}
 
 
 def test_memory_accounting_counts_quantized_bytes():

@@ -7,8 +7,9 @@ T rows of K values:
     q     int8[T, K]          bytes 0 ..                the rounded values
     d     float32[T, K // 32]  bytes T*K ..             the block scales
     sums  int32[T, K // 16]    bytes T*K + T*K/8 ..     sum of q over each 16 values
+    dsum  float32[T, K // 32]  bytes T*K + 3*T*K/8 ..   d * (sum of q over the block), for Q4_K's mins
 
-1.375 bytes per element of the 4 declared. Compiled without fastmath: the rounding must be
+1.5 bytes per element of the 4 declared. Compiled without fastmath: the rounding must be
 bit for bit the reference's (an FMA or a reordered multiply would move ties).
 """
 
@@ -30,7 +31,7 @@ def _round_away(v):
 
 
 @twins
-def _quantize_rows(q, d, sums, x):
+def _quantize_rows(q, d, sums, dsum, x):
     n_tokens, k_in = x.shape
     for t in prange(n_tokens):
         row = x[t]
@@ -48,16 +49,19 @@ def _quantize_rows(q, d, sums, x):
                     q[t, i] = value
                     total += value
                 sums[t, 2 * b + half] = total
+            dsum[t, b] = scale * np.float32(sums[t, 2 * b] + sums[t, 2 * b + 1])
 
 
 def quantize_activations(x: np.ndarray, xq: np.ndarray):
-    """(q int8[T, K], d float32[T, K // 32], sums int32[T, K // 16]): views into xq, filled from x."""
+    """(q int8[T, K], d float32[T, K // 32], sums int32[T, K // 16], dsum float32[T, K // 32]):
+    views into xq, filled from x."""
     n_tokens, k_in = x.shape
     size = n_tokens * k_in
     q = xq[:size].view(np.int8).reshape(n_tokens, k_in)
     d = xq[size : size + size // 8].view(np.float32).reshape(n_tokens, k_in // ACT_BLOCK)
-    sums = xq[size + size // 8 : size + size // 8 + size // 4].view(np.int32).reshape(n_tokens, k_in // 16)
+    sums = xq[size + size // 8 : size + 3 * size // 8].view(np.int32).reshape(n_tokens, k_in // 16)
+    dsum = xq[size + 3 * size // 8 : size + size // 2].view(np.float32).reshape(n_tokens, k_in // ACT_BLOCK)
     # parallel only for megabytes of x: a launch costs more than a decode row or a small chunk
     # (measured on the busy dev box: 12 ms for 3 x 512 floats, as ops/jit.py warns)
-    _quantize_rows.pick(x.nbytes)(q, d, sums, x)
-    return q, d, sums
+    _quantize_rows.pick(x.nbytes)(q, d, sums, dsum, x)
+    return q, d, sums, dsum

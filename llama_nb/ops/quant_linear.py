@@ -41,8 +41,8 @@ def _int8_entry(kernel):
         """out[T, N] = int8 blocks of x (into xq) . w's blocks, in integers; scaled in float32."""
         if x.shape[0] == 0:
             return
-        q, d, sums = quantize_activations(x, xq)
-        kernel.pick(w.nbytes)(out, q, d, sums, w.data)
+        q, d, sums, dsum = quantize_activations(x, xq)
+        kernel.pick(w.nbytes)(out, q, d, sums, dsum, w.data)
 
     return linear_int8
 

@@ -23,6 +23,10 @@ sub-block, two Q6_K groups) multiplied into eight int32 lanes, then scaled into 
     f32x8_fma_i32_halves(acc, v, lo: float32, hi: float32)  lanes 0-3 scaled by lo, 4-7 by hi
                                                        (Q6_K: the two groups of 16 in 32 bytes)
     f32x8_sum(v) -> float32                            a fixed pairwise tree of the 8 lanes
+    f32x8_load(a: float32[:], i) -> f32x8              a[i : i + 8], unaligned
+    f32x8_of(t: 8-tuple of float32) -> f32x8           the tuple's values as lanes
+    f32x8_mul(a, b) -> f32x8                           lane by lane
+    f32x8_lane(v, i) -> float32                        v[i] (i in 0..7, not checked)
     half_load(a: uint8[:], i) -> float32               the IEEE half at bytes a[i], a[i + 1] (exact)
 
 `dot_u8s8_vnni` is LLVM's `llvm.x86.avx512.vpdpbusd.256` and must only be compiled where
@@ -159,15 +163,23 @@ def i32x8_zero(typingctx):
     return i32x8(), codegen
 
 
-@intrinsic
-def i32x8_sub(typingctx, a, b):
-    if not (a == i32x8 and b == i32x8):
-        return None
+def _lanewise(name: str, vector_type, op):
+    """An intrinsic (a, b) -> op(builder, a, b) on two vectors of vector_type."""
 
-    def codegen(context, builder, signature, args):
-        return builder.sub(args[0], args[1])
+    def typer(typingctx, a, b):
+        if not (a == vector_type and b == vector_type):
+            return None
 
-    return i32x8(a, b), codegen
+        def codegen(context, builder, signature, args):
+            return op(builder, args[0], args[1])
+
+        return vector_type(a, b), codegen
+
+    typer.__name__ = name
+    return intrinsic(typer)
+
+
+i32x8_sub = _lanewise("i32x8_sub", i32x8, lambda b, x, y: b.sub(x, y))
 
 
 @intrinsic
@@ -268,3 +280,46 @@ def half_load(typingctx, a, i):
         return builder.fpext(builder.bitcast(bits, ir.HalfType()), ir.FloatType())
 
     return types.float32(a, i), codegen
+
+
+@intrinsic
+def f32x8_load(typingctx, a, i):
+    if not (isinstance(a, types.Array) and a.ndim == 1 and a.dtype == types.float32 and a.layout in "CA"
+            and isinstance(i, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        ptr = builder.gep(ary.data, [args[1]])
+        return builder.load(builder.bitcast(ptr, _V_F32.as_pointer()), align=4)
+
+    return f32x8(a, i), codegen
+
+
+@intrinsic
+def f32x8_of(typingctx, t):
+    if not (isinstance(t, types.UniTuple) and t.count == 8 and t.dtype == types.float32):
+        return None
+
+    def codegen(context, builder, signature, args):
+        vec = ir.Constant(_V_F32, ir.Undefined)
+        for lane in range(8):
+            vec = builder.insert_element(vec, builder.extract_value(args[0], lane), ir.Constant(_I32, lane))
+        return vec
+
+    return f32x8(t), codegen
+
+
+f32x8_mul = _lanewise("f32x8_mul", f32x8, lambda b, x, y: b.fmul(x, y))
+
+
+@intrinsic
+def f32x8_lane(typingctx, v, i):
+    if not (v == f32x8 and isinstance(i, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        index = builder.trunc(args[1], _I32) if args[1].type.width > 32 else args[1]
+        return builder.extract_element(args[0], index)
+
+    return types.float32(v, i), codegen

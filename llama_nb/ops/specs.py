@@ -113,7 +113,11 @@ act is the activation type the implementation is registered for:
     float32  x as it is (Meta's model.py run in float32)
     bf16     x rounded to the nearest bf16 first (ties to even), as llama.cpp's bf16 path and the
              vdpbf16ps instruction compute it: products exact, sums float32; moves each output by
-             at most 2^-8 * sum_k |x[k] w[n,k]|
+             at most 2^-8 * sum_k |x[k] w[n,k]|. For the block formats (q8_0, q4_k, q6_k) bf16
+             means int8 blocks instead, as llama.cpp computes them: per 32 values d = max|x| / 127,
+             x ~ d * roundf(x / d); moves output n by at most sum_b d_b / 2 * sum_{k in b} |w[n,k]|
+             (llama_nb/quant/activations.py). Each implementation is checked against the reference
+             that rounds x the same way, within the tolerance below.
 T = 1 is decode (a matrix-vector product, bound by memory), T > 1 prefill (bound by arithmetic).
 xq is room for x converted to what the kernel multiplies (4 bytes per element at most).""",
     (Arg("out", OUT, F32, ("T", "N")), Arg("x", IN, F32, ("T", "K")),
