@@ -17,7 +17,7 @@ from llama_nb.errors import LlamaNbError
 from llama_nb.formats import bf16_to_f32_np, f32_to_bf16_np
 from llama_nb.io.pth_write import SHAPES
 from llama_nb.model.load import memory_need
-from llama_nb.model.transformer import RunState
+from llama_nb.model.state import RunState
 from llama_nb.ops.specs import KEY_BLOCK, QUERY_TILE
 from tests.tinymodel import write_tiny_model
 

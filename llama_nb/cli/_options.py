@@ -64,7 +64,7 @@ PrecisionOpt = Annotated[
     ),
 ]
 def _kv_cache(value: str | None) -> str | None:
-    from llama_nb.model.transformer import KV_CACHES
+    from llama_nb.model.state import KV_CACHES
 
     if value is not None and value not in KV_CACHES:
         raise typer.BadParameter(f"must be {' or '.join(KV_CACHES)}, got {value!r}")

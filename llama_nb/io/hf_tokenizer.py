@@ -46,7 +46,8 @@ from typing import Any
 
 from llama_nb.errors import CheckpointError, shown
 from llama_nb.io.jsonfile import read_json
-from llama_nb.io.tokenizer import MAX_BASE_TOKENS, PAT_STR, Tokenizer
+from llama_nb.io.tokenizer import PAT_STR, Tokenizer
+from llama_nb.io.tokenizer_model import MAX_BASE_TOKENS
 
 TOKENIZER_JSON = "tokenizer.json"
 GENERATION_CONFIG = "generation_config.json"

@@ -33,7 +33,7 @@ from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
-from llama_nb.errors import CheckpointError, LlamaNbError
+from llama_nb.errors import LlamaNbError
 from llama_nb.formats import get_format
 from llama_nb.io.chat import ChatFormat
 from llama_nb.io.checkpoint import ModelFiles, load_model_files
@@ -43,8 +43,9 @@ from llama_nb.io.tokenizer import Tokenizer
 from llama_nb.model.batch import BatchEvent, generate_batch
 from llama_nb.model.generate import GenerationStats, TokenEvent, generate
 from llama_nb.model.parallel import Single, default_threads, group_from_environment, together
-from llama_nb.model.transformer import (RunState, Transformer, Weights, check_ctx, check_slots, check_threads,
-                                        kv_cache_type, stored_format, stored_weight)
+from llama_nb.model.state import RunState, kv_cache_type
+from llama_nb.model.transformer import Transformer, check_ctx, check_slots, check_threads
+from llama_nb.model.weights import Weights, stored_format, stored_weight
 from llama_nb.ops.opset import OpSet
 
 

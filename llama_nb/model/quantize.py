@@ -34,7 +34,7 @@ from llama_nb.io.gguf import GGML_TYPE_IDS, GGML_TYPES, READ_TYPES
 from llama_nb.io.gguf_model import ROPE_FREQS, gguf_name, rope_divisors
 from llama_nb.io.gguf_tokenizer import tokenizer_metadata
 from llama_nb.io.gguf_write import TensorPlan, write_gguf
-from llama_nb.model.transformer import stored_format, stored_weight
+from llama_nb.model.weights import stored_format, stored_weight
 
 # --type -> llama.cpp's llama_ftype (general.file_type): LLAMA_FTYPE_MOSTLY_BF16, _Q8_0, _Q4_K_M
 FILE_TYPES = {"bf16": 32, "q8_0": 7, "q4_k_m": 15}

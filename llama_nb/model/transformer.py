@@ -4,7 +4,7 @@
     out = h + feed_forward(ffn_norm(h))             feed_forward(x) = w2(silu(w1 x) * (w3 x))
     logits = output(norm(out[last]))
 
-Weight matrices are `Weight`s (llama_nb/formats.py) in the format the checkpoint stores (bf16 for
+Weight matrices (`Weights`, model/weights.py) are `Weight`s (llama_nb/formats.py) in the format the checkpoint stores (bf16 for
 Meta's files) or the one they were repacked into at load; the model never branches on a format:
 every product is `ops.linear(out, x, w, xq)` and the OpSet dispatches on w's format. Norm weights
 are float32 (widened at load: exact). Attribute names mirror Meta's keys
@@ -15,7 +15,7 @@ activations rounded to bf16 before each product, llama.cpp's numerics, prefill o
 the CPU has it; "float32": Meta's float32 model). Prefill and decode round the same way, so a
 token's cache entry does not depend on whether it came in a prompt or was generated.
 
-Every buffer is preallocated in `RunState`, sized from the ops' declarations: activations for
+Every buffer is preallocated in `RunState` (model/state.py), sized from the ops' declarations: activations for
 `max_batch` tokens, the KV cache (its layout is the attention op's), and the scratch each op
 declares. The KV cache is bf16 (uint16 bits, rounded to nearest even as each token's k and v
 are appended) at precision bf16, float32 at precision float32, or either by `kv_cache`
@@ -42,17 +42,16 @@ With Single (the default) those calls do nothing.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Mapping
 
 import numba
 import numpy as np
 
-from llama_nb.errors import CheckpointError, ContextLimitError, LlamaNbError
-from llama_nb.formats import Weight, WeightFormat, as_weight, format_of_checkpoint_dtype, formats, repack
+from llama_nb.errors import ContextLimitError, LlamaNbError
 from llama_nb.io.params import ModelArgs
-from llama_nb.model.parallel import Part, Single, part_of
-from llama_nb.ops import cores, jit, registry
+from llama_nb.model.parallel import Single
+from llama_nb.model.state import KV_CACHES, RunState, kv_cache_type
+from llama_nb.model.weights import Attention, FeedForward, Weights
+from llama_nb.ops import cores, jit
 from llama_nb.ops.opset import OpSet
 from llama_nb.ops.rope_tables import rope_tables
 
@@ -60,197 +59,9 @@ from llama_nb.ops.rope_tables import rope_tables
 # type's attention op: KV_CACHES).
 USED_OPS = ("embedding", "rmsnorm", "linear", "rope", "attention", "silu", "argmax", "softmax")
 
-# --kv-cache: the element type of the KV cache, and the attention op that reads it
-KV_CACHES = {"f32": (np.dtype(np.float32), "attention"), "bf16": (np.dtype(np.uint16), "attention_bf16kv")}
-
-
-def kv_cache_type(kv_cache: str | None, precision: str) -> str:
-    """The KV cache type: `kv_cache` ("f32" or "bf16") if given, else the precision's: bf16 -> bf16,
-    float32 -> f32 (Meta's float32 model keeps its cache in float32)."""
-    if kv_cache is None:
-        return "bf16" if precision == "bf16" else "f32"
-    if kv_cache not in KV_CACHES:
-        raise LlamaNbError(f"--kv-cache must be one of {', '.join(KV_CACHES)}; got {kv_cache!r}")
-    return kv_cache
-
 
 class NonFiniteError(LlamaNbError):
     """The logits went NaN or infinite: the weights (or a kernel) produced garbage."""
-
-
-@dataclass
-class Attention:
-    wq: Weight  # [H*Dh, D]
-    wk: Weight  # [KVH*Dh, D]
-    wv: Weight  # [KVH*Dh, D]
-    wo: Weight  # [D, H*Dh]
-
-
-@dataclass
-class FeedForward:
-    w1: Weight  # [F, D]  gate
-    w2: Weight  # [D, F]  down
-    w3: Weight  # [F, D]  up
-
-
-@dataclass
-class TransformerBlock:
-    attention: Attention
-    feed_forward: FeedForward
-    attention_norm: np.ndarray  # float32[D]
-    ffn_norm: np.ndarray  # float32[D]
-
-
-def stored_format(dtype: str) -> WeightFormat | None:
-    """The format of a checkpoint tensor's dtype: a .pth dtype ("bfloat16"), or a weight format's
-    own name for the block formats a GGUF stores ("q8_0"); None when no format reads it."""
-    return format_of_checkpoint_dtype(dtype) or formats.get(dtype)
-
-
-def stored_weight(array: np.ndarray, fmt: WeightFormat) -> Weight:
-    """A checkpoint's 2-d tensor as a Weight of its stored format, without copying: a plain array
-    (as_weight), or a block format's raw blocks uint8[N, row bytes] (a GGUF's Q8_0, ...)."""
-    if fmt.block == 1:
-        return as_weight(array, fmt)
-    k = array.shape[1] * array.itemsize // fmt.block_bytes * fmt.block
-    return Weight(fmt, (int(array.shape[0]), k), array.view(fmt.dtype))
-
-
-@dataclass
-class Weights:
-    tok_embeddings: Weight  # [V, D]
-    layers: list[TransformerBlock]
-    norm: np.ndarray  # float32[D]
-    output: Weight  # [V, D]; the embedding table itself when tied (Llama 3.2 1B/3B) and not repacked
-
-    @classmethod
-    def from_tensors(cls, tensors: Mapping[str, np.ndarray], dtypes: Mapping[str, str], args: ModelArgs,
-                     weight_format: WeightFormat | None = None) -> "Weights":
-        """Pick Meta's tensors by key, as Weights of their stored format (no copy), or repacked
-        into `weight_format` (every matrix but the embedding table, which stays as stored)."""
-
-        def raw(key: str) -> tuple[np.ndarray, WeightFormat]:
-            try:
-                array, dtype = np.asarray(tensors[key]), dtypes[key]
-            except KeyError:
-                raise CheckpointError(f"checkpoint has no tensor {key!r}") from None
-            fmt = stored_format(dtype)
-            if fmt is None:
-                raise CheckpointError(f"tensor {key!r} is {dtype}: no weight format reads it")
-            return array, fmt
-
-        def matrix(key: str) -> Weight:
-            weight = stored_weight(*raw(key))
-            return weight if weight_format is None else repack(weight, weight_format)
-
-        def vector(key: str) -> np.ndarray:  # norms: float32, widened exactly
-            array, fmt = raw(key)
-            return np.ascontiguousarray(as_weight(array.reshape(1, -1), fmt).dequantize()[0])
-
-        layers = [
-            TransformerBlock(
-                attention=Attention(*(matrix(f"layers.{i}.attention.{n}.weight") for n in ("wq", "wk", "wv", "wo"))),
-                feed_forward=FeedForward(*(matrix(f"layers.{i}.feed_forward.{n}.weight") for n in ("w1", "w2", "w3"))),
-                attention_norm=vector(f"layers.{i}.attention_norm.weight"),
-                ffn_norm=vector(f"layers.{i}.ffn_norm.weight"),
-            )
-            for i in range(args.n_layers)
-        ]
-        embeddings = stored_weight(*raw("tok_embeddings.weight"))
-        if "output.weight" in tensors:
-            output = matrix("output.weight")
-        else:
-            output = embeddings if weight_format is None else repack(embeddings, weight_format)
-        return cls(embeddings, layers, vector("norm.weight"), output)
-
-    def matrices(self) -> list[Weight]:
-        """Every weight a decode pass streams, once each, in order (the output last)."""
-        out = []
-        for layer in self.layers:
-            a, f = layer.attention, layer.feed_forward
-            out += [a.wq, a.wk, a.wv, a.wo, f.w1, f.w2, f.w3]
-        return out + [self.output]
-
-    def formats(self) -> set[str]:
-        return {w.format.name for w in self.matrices() + [self.tok_embeddings]}
-
-    @property
-    def decode_bytes(self) -> int:
-        """Bytes one decode pass must read: every matrix and norm once (one row of the embedding)."""
-        norms = sum(l.attention_norm.nbytes + l.ffn_norm.nbytes for l in self.layers) + self.norm.nbytes
-        return sum(w.nbytes for w in self.matrices()) + norms
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes the weights occupy (a tied output is the embedding table: counted once)."""
-        tied = self.output is self.tok_embeddings
-        return self.decode_bytes + (0 if tied else self.tok_embeddings.nbytes)
-
-
-class RunState:
-    """Every buffer a forward pass uses, allocated once: activations for up to `max_batch` tokens
-    per pass, the KV cache, and each op's declared scratch. `shapes()` says what it will allocate
-    (model/load.py's memory check adds it up before anything large exists)."""
-
-    @staticmethod
-    def shapes(args: ModelArgs, max_batch: int, ctx: int, slots: int = 1, part: Part | None = None,
-               kv_cache: str = "f32") -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-        """`slots`: sequences the KV cache holds (forward_batch); `part`: the share of one rank of
-        several (model/parallel.py): its heads, FFN columns and vocab slice, None: the whole model;
-        `kv_cache`: the cache's element type (KV_CACHES)."""
-        part = part if part is not None else part_of(args, 0, 1)
-        D, H, KVH, Dh, F = args.dim, part.n_heads, part.n_kv_heads, args.head_dim, part.hidden_dim
-        T, f32 = max_batch, np.dtype(np.float32)
-        cache_dtype, attention_op = KV_CACHES[kv_cache]
-        shapes = {
-            "x": ((T, D), f32),  # residual stream
-            "xb": ((T, D), f32),  # normed input of a sub-block
-            "xb2": ((T, D), f32),  # output of a sub-block, added to x
-            "q": ((T, H * Dh), f32),  # queries, viewed as [T, H, Dh]
-            "k": ((T, KVH * Dh), f32),  # new keys, viewed as [T, KVH, Dh]
-            "v": ((T, KVH * Dh), f32),  # new values
-            "att": ((T, H * Dh), f32),  # attention output, before wo
-            "hb": ((T, F), f32),  # w1 x
-            "hb2": ((T, F), f32),  # w3 x
-            "hb3": ((T, F), f32),  # silu(w1 x) * w3 x (its own buffer: see ops/silu.py)
-            "last": ((slots, D), f32),  # final norm of each sequence's last position
-            "logits": ((slots, args.vocab_size), f32),
-            # KV cache, one [KVH, ctx, Dh] block per sequence slot and layer (the attention op's
-            # layout), float32 or bf16
-            "cache_k": ((slots, args.n_layers, KVH, ctx, Dh), cache_dtype),
-            "cache_v": ((slots, args.n_layers, KVH, ctx, Dh), cache_dtype),
-        }
-        if part.size > 1:  # this rank's logits, all-gathered into "logits"
-            shapes["logits_part"] = ((slots, part.vocab_size), f32)
-        dims = {"T": T, "K": max(D, H * Dh, F), "N": max(D, F, part.vocab_size), "H": H, "KVH": KVH, "Dh": Dh, "S": ctx}
-        for prefix, op in (("linear", "linear"), ("attention", attention_op)):  # either cache: "attention.*"
-            for name, (shape, dtype) in registry.spec(op).scratch_shapes(dims).items():
-                shapes[f"{prefix}.{name}"] = (shape, dtype)
-        return shapes
-
-    def __init__(self, args: ModelArgs, max_batch: int, ctx: int, slots: int = 1, part: Part | None = None,
-                 kv_cache: str = "f32"):
-        self.max_batch, self.slots, self.kv_cache = max_batch, slots, kv_cache
-        for name, (shape, dtype) in self.shapes(args, max_batch, ctx, slots, part, kv_cache).items():
-            make = _off_the_weights_alias if "." in name else np.zeros  # "op.name": an op's scratch
-            setattr(self, name.replace(".", "_"), make(shape, dtype))
-
-
-# Large NumPy arrays (the weights, read into memory; the activation buffers) start 16 bytes into a
-# page. A kernel that streams rows of w and of the converted activations at equal addresses modulo
-# 4096 suffers 4K aliasing: measured, the vdpbf16ps prefill tile at 128x2048x8192 ran 8.1 ms with
-# the bf16 bits of x at the weights' page offset and 6.5-6.7 ms half a page away. So the ops'
-# scratch (where linear puts the converted activations) starts at page offset 16 + 2048; the
-# other buffers, at numpy's (the outputs at the activations' own offset measured no slower).
-_SCRATCH_PAGE_OFFSET = 16 + 2048
-
-
-def _off_the_weights_alias(shape: tuple[int, ...], dtype) -> np.ndarray:
-    """np.zeros(shape, dtype), starting at _SCRATCH_PAGE_OFFSET into a page."""
-    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    raw = np.zeros(nbytes + 4096, np.uint8)
-    start = (_SCRATCH_PAGE_OFFSET - raw.ctypes.data) % 4096
-    return raw[start : start + nbytes].view(dtype).reshape(shape)
 
 
 class Transformer:
