@@ -109,10 +109,10 @@ def load_model_files(folder: str | Path, *, require_tokenizer: bool = True) -> M
     """Find, read and cross-check a Meta model folder (or a GGUF file, or a folder holding one:
     llama_nb.io.gguf_model); a one-line CheckpointError on any problem."""
     folder = Path(folder)
-    from llama_nb.io import gguf_model  # it builds on this module
+    from llama_nb.io import gguf_model
 
     if (gguf := gguf_model.gguf_in(folder)) is not None:
-        return gguf_model.load_gguf_files(gguf, require_tokenizer=require_tokenizer)
+        return ModelFiles(**gguf_model.load_gguf_files(gguf, expected_shapes, require_tokenizer=require_tokenizer))
     check_folder(folder)
     args = ModelArgs.from_file(folder / PARAMS_NAME)
     tokenizer_path: Path | None = folder / TOKENIZER_NAME

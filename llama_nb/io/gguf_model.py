@@ -38,14 +38,13 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from llama_nb.errors import CheckpointError, shown
 import llama_nb.quant  # noqa: F401 - registers q8_0, q4_k, q6_k (the block formats a GGUF stores)
 from llama_nb.formats import formats
-from llama_nb.io.checkpoint import ModelFiles, expected_shapes
 from llama_nb.io.files import open_regular_file
 from llama_nb.io.gguf import MAGIC, READ_TYPES, GGUFFile, read_gguf
 from llama_nb.io.gguf_tokenizer import read_tokenizer
@@ -112,8 +111,10 @@ def gguf_in(path: Path) -> Path | None:
     return found[0] if found else None
 
 
-def load_gguf_files(path: Path, *, require_tokenizer: bool = True) -> ModelFiles:
-    """Read and cross-check a GGUF model; a one-line CheckpointError on any problem."""
+def load_gguf_files(path: Path, expected_shapes: Callable[..., dict[str, tuple[int, ...]]], *,
+                    require_tokenizer: bool = True) -> dict[str, Any]:
+    """Read and cross-check a GGUF model: the fields of its llama_nb.io.checkpoint.ModelFiles (which
+    passes its `expected_shapes`: the tensors Meta's model has); a one-line CheckpointError on any problem."""
     gguf = read_gguf(path)
     args = model_args(gguf)
     tensors, dtypes = {}, {}
@@ -129,14 +130,14 @@ def load_gguf_files(path: Path, *, require_tokenizer: bool = True) -> ModelFiles
                                   f"{', '.join(readable)}")
         tensors[meta] = gguf.array(name)
         dtypes[meta] = _PLAIN_DTYPES.get(info.type_name, READ_TYPES[info.type_name])
-    _check_shapes(gguf, args, tensors)
+    _check_shapes(gguf, args, tensors, expected_shapes)
     checkpoint = Checkpoint(path=path, tensors=tensors, dtypes=dtypes, mmap=gguf.mmap)
     if require_tokenizer or "tokenizer.ggml.model" in gguf.metadata:
         read_tokenizer_fn = lambda: read_tokenizer(gguf.metadata, path)  # noqa: E731
     else:
         read_tokenizer_fn = None
-    return ModelFiles(folder=path, args=args, checkpoint=checkpoint,
-                      tokenizer_path=path if read_tokenizer_fn else None, read_tokenizer=read_tokenizer_fn, gguf=gguf)
+    return dict(folder=path, args=args, checkpoint=checkpoint, tokenizer_path=path if read_tokenizer_fn else None,
+                read_tokenizer=read_tokenizer_fn, gguf=gguf)
 
 
 def load_gguf_tokenizer(path: Path):
@@ -144,7 +145,7 @@ def load_gguf_tokenizer(path: Path):
     return read_tokenizer(read_gguf(path).metadata, path)
 
 
-def _check_shapes(gguf: GGUFFile, args: ModelArgs, tensors: dict[str, np.ndarray]) -> None:
+def _check_shapes(gguf: GGUFFile, args: ModelArgs, tensors: dict[str, np.ndarray], expected_shapes) -> None:
     """Exactly the tensors `args` implies, each of the implied logical shape."""
     if 9 * args.n_layers > len(tensors):  # before listing 9 names per layer: block_count may be 2^32 - 1
         raise CheckpointError(f"{gguf.path}: llama.block_count={args.n_layers} but the file holds only "
