@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 
 import llama_nb
-import llama_nb.model.transformer
 from llama_nb.demo import demo_model_dir
 from llama_nb.errors import CheckpointError, LlamaNbError
 from llama_nb.io.checkpoint import load_model_files, load_tokenizer
@@ -26,6 +25,7 @@ from llama_nb.io.gguf_model import ROPE_FREQS, gguf_name, rope_scaling_of
 from llama_nb.io.params import ModelArgs, RopeScaling
 from llama_nb.io.tokenizer import Tokenizer
 from llama_nb.model.quantize import quantize_model, tensor_type, use_more_bits
+from llama_nb.model.weights import stored_format, stored_weight
 from tests.gguf_oracle import llama_cpp_rope_factors, oracle_names, write_oracle_gguf
 from tests.tinymodel import write_tiny_model
 
@@ -254,8 +254,7 @@ def test_our_quantized_files_read_back_in_gguf_reader(wide, tmp_path, ftype):
         assert t.tensor_type.name == tensor_type(m, tuple(reversed(t.shape.tolist())), n_layers, ftype, files.tied_output)
         if len(t.shape) == 1:
             continue
-        mine = llama_nb.model.transformer.stored_weight(files.checkpoint.tensors[m],
-                                                        llama_nb.model.transformer.stored_format(files.checkpoint.dtypes[m]))
+        mine = stored_weight(files.checkpoint.tensors[m], stored_format(files.checkpoint.dtypes[m]))
         assert np.array_equal(mine.dequantize(), gguf.quants.dequantize(t.data, t.tensor_type)), t.name
         if t.tensor_type.name == "Q8_0":
             values = (meta.checkpoint.tensors[m].astype(np.uint32) << 16).view(np.float32)

@@ -33,7 +33,7 @@ import torch
 
 from llama_nb.errors import CheckpointError, LlamaNbError
 from llama_nb.io import files as io_files
-from llama_nb.io import tokenizer as io_tokenizer
+from llama_nb.io import tokenizer_model
 from llama_nb.io.checkpoint import load_model_files
 from llama_nb.io.params import ModelArgs
 from llama_nb.io.pth import load_pth
@@ -199,7 +199,7 @@ def test_tokenizer_stops_at_the_vocab_size_of_params_json(tmp_path):
 
 
 def test_tokenizer_without_vocab_size_stops_at_max_base_tokens(tmp_path, monkeypatch):
-    monkeypatch.setattr(io_tokenizer, "MAX_BASE_TOKENS", 300)
+    monkeypatch.setattr(tokenizer_model, "MAX_BASE_TOKENS", 300)
     path = tmp_path / "tokenizer.model"
     path.write_bytes(b"\n".join(tokenizer_lines(400)) + b"\n")
     one_line_error(load_ranks, path, named=path, phrases=[":301: more than 300 tokens; no Llama tokenizer"])
