@@ -68,15 +68,9 @@ class MissingTensorError(CheckpointError, KeyError):
         return str(self.args[0])
 
 
-@dataclass(frozen=True, eq=False)
-class Checkpoint:
-    """The tensors of one .pth file, each a read-only view into `mmap` (one map of the file)."""
-
-    path: Path
-    tensors: dict[str, np.ndarray]  # name -> view, in the order the file saved them
-    dtypes: dict[str, str]  # name -> "bfloat16" | "float16" | "float32"
-    mmap: np.memmap = field(repr=False)  # uint8[file size], mode "r"
-    metadata: dict[str, Any] = field(default_factory=dict)  # non-tensor leaves (rare: "epoch": 3)
+class TensorTable:
+    """Name -> array lookup over `self.tensors` (and `self.path` for the error), shared by
+    Checkpoint and the checkpoints that stand in for one (io/shards.py's RankTensors)."""
 
     def __getitem__(self, name: str) -> np.ndarray:
         try:
@@ -103,6 +97,17 @@ class Checkpoint:
     def nbytes(self) -> int:
         """Bytes the tensors span (a storage shared by two tensors is counted twice)."""
         return sum(t.nbytes for t in self.tensors.values())
+
+
+@dataclass(frozen=True, eq=False)
+class Checkpoint(TensorTable):
+    """The tensors of one .pth file, each a read-only view into `mmap` (one map of the file)."""
+
+    path: Path
+    tensors: dict[str, np.ndarray]  # name -> view, in the order the file saved them
+    dtypes: dict[str, str]  # name -> "bfloat16" | "float16" | "float32"
+    mmap: np.memmap = field(repr=False)  # uint8[file size], mode "r"
+    metadata: dict[str, Any] = field(default_factory=dict)  # non-tensor leaves (rare: "epoch": 3)
 
     def read_tensors(self) -> dict[str, np.ndarray]:
         """Every tensor read from the file into an array of its own (same names, dtypes, shapes).

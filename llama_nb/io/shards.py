@@ -36,7 +36,7 @@ import numpy as np
 
 from llama_nb.errors import CheckpointError, LlamaNbError, shown
 from llama_nb.io.params import ModelArgs
-from llama_nb.io.pth import Checkpoint
+from llama_nb.io.pth import Checkpoint, TensorTable
 
 SHARD_NAME = re.compile(r"consolidated\.(\d+)\.pth")
 DIM0 = ("wq", "wk", "wv", "w1", "w3", "output", "tok_embeddings")
@@ -103,8 +103,8 @@ def rank_shards(folder: Path, n_shards: int, args: ModelArgs, rank: int, ranks: 
     return list(range(rank * k, (rank + 1) * k))
 
 
-class RankTensors:
-    """The tensors of one rank, to be joined from its k > 1 shards (quacks like io.pth.Checkpoint).
+class RankTensors(TensorTable):
+    """The tensors of one rank, to be joined from its k > 1 shards (a TensorTable, as io.pth.Checkpoint).
 
     `tensors` are stand-ins of the joined tensors' shapes and dtypes (broadcast zeros: no memory),
     what the memory check and `llama-nb info` need; `read_tensors()` joins them, each into an
@@ -133,25 +133,6 @@ class RankTensors:
             else:
                 joined[name] = np.concatenate([sh.tensors[name] for sh in self._pieces(name)], axis=dim)
         return joined
-
-    def __contains__(self, name: object) -> bool:
-        return name in self.tensors
-
-    def __iter__(self):
-        return iter(self.tensors)
-
-    def __len__(self) -> int:
-        return len(self.tensors)
-
-    def keys(self):
-        return self.tensors.keys()
-
-    def items(self):
-        return self.tensors.items()
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.nbytes for t in self.tensors.values())
 
 
 def join_rank(paths: list[Path], mine: list[int], shards: list[Checkpoint], args: ModelArgs) -> Checkpoint | RankTensors:
