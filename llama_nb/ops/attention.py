@@ -36,12 +36,10 @@ Four kernels:
 - decode (T = 1): _attention_decode, tasks (kv group, up to 4 of its heads): each key and value
   row is loaded once for the 4 heads (GQA: Llama 3's groups are 4 heads, so the cache is streamed
   exactly once) and the four value sums share each load. KVH tasks (8 for Llama 3) over the cores.
-- decode over a bf16 cache: _attention_decode_bf16, the same tasks with less arithmetic per key
-  (scores of 4 keys x 4 heads in 16 accumulators summed by one f32x16_sums, the softmax passes on
-  16 lanes at once, the value sums 32 columns per pass), so the cache read keeps up with memory:
-  1B heads at 32K positions, one thread, best of 15, busy machine: 11.5 -> 5.4 ms (12.5 GB/s of
-  cache, the plain read of the same run 10.1 GB/s). Its sums differ from _attention_decode's in
-  the last bits, which is why the float32 cache (Meta's numerics, pinned bit for bit) keeps that one.
+- decode over a bf16 cache: attention_bf16.py's attention_decode_bf16, the same tasks with the
+  arithmetic per key cut to what a cache read at the memory's bandwidth leaves room for (its
+  module docstring). Its sums differ from _attention_decode's in the last bits, which is why the
+  float32 cache (Meta's numerics, pinned bit for bit) keeps that one.
 - prefill (T > 1, head_dim % 16 == 0): _attention_tiled, tasks (kv group, QUERY_TILE tokens, up
   to 4 heads of the group). Each key block is first transposed into the thread's key_tile,
   kt[b, d, i] = k_cache[g, b0 + 16 b + i, d], so one 16-lane vector holds dimension d of 16 keys:
@@ -60,12 +58,11 @@ import numba
 import numpy as np
 from numba import prange
 
+from llama_nb.ops.attention_bf16 import attention_decode_bf16
 from llama_nb.ops.bf16 import f32_to_bf16, widen
-from llama_nb.ops.fastexp import exp_nonpositive
 from llama_nb.ops.jit import njit_inline, njit_parallel, njit_serial, twins, twins_dot
 from llama_nb.ops.registry import register
-from llama_nb.ops.simd import (f32x16_fma, f32x16_lane, f32x16_load, f32x16_max, f32x16_splat, f32x16_store, f32x16_sum,
-                               f32x16_sums, f32x16_zero, load16_f32)
+from llama_nb.ops.simd import f32x16_fma, f32x16_load, f32x16_splat, f32x16_store, f32x16_sum, f32x16_zero, load16_f32
 from llama_nb.ops.softmax import exp_shifted, row_max, sum64
 from llama_nb.ops.specs import KEY_BLOCK, QUERY_TILE
 
@@ -275,129 +272,6 @@ def _attention_decode(out, q, k_cache, v_cache, start_pos, rows, running):
             _fold_block_4(out[0], h0, heads, scores, probs, mine, values, b0, n, b0 == 0)
 
 
-@twins
-def _attention_decode_bf16(out, q, k_cache, v_cache, start_pos, rows, running):
-    """T = 1 over a bf16 cache: as _attention_decode, with the arithmetic per key cut to what a
-    cache read at the memory's bandwidth leaves room for. Scores of 4 keys x 4 heads at a time: 16
-    accumulators, every loaded key chunk feeding 4 heads, their lane sums in one f32x16_sums (lane
-    4 h + k: head h, key k of the four), so scores[16 jb + 4 h + k] is head h's score of key
-    4 jb + k. The softmax passes run on all 16 lanes at once (per-lane max, exp, float32 sums of at
-    most KEY_BLOCK / 4 terms per lane), each head's max and sum taken over its 4 lanes."""
-    n_heads, head_dim = q.shape[1], q.shape[2]
-    n_kv = k_cache.shape[0]
-    group = n_heads // n_kv
-    sqrt_dim = np.float32(math.sqrt(head_dim))
-    chunks = (group + 3) // 4
-    n_ctx = start_pos + 1
-    for task in prange(n_kv * chunks):
-        g = task // chunks
-        h0 = g * group + (task % chunks) * 4
-        heads = min(4, (g + 1) * group - h0)
-        last = heads - 1  # rows past it repeat the last head: computed, never stored
-        q0, q1, q2, q3 = q[0, h0], q[0, h0 + min(1, last)], q[0, h0 + min(2, last)], q[0, h0 + min(3, last)]
-        o0, o1, o2, o3 = out[0, h0], out[0, h0 + min(1, last)], out[0, h0 + min(2, last)], out[0, h0 + min(3, last)]
-        keys, values = k_cache[g], v_cache[g]
-        tid = numba.get_thread_id()  # this thread's scratch
-        w = rows[tid, 0].reshape(4 * KEY_BLOCK)  # scores, then weights, 16 per 4 keys
-        lane_max, lane_scale, mine = rows[tid, 1, 0], rows[tid, 1, 1], running[tid, 0]
-        for b0 in range(0, n_ctx, KEY_BLOCK):
-            n = min(KEY_BLOCK, n_ctx - b0)
-            first = b0 == 0
-            top = f32x16_splat(np.float32(-np.inf))
-            for jb in range((n + 3) // 4):
-                j0 = b0 + 4 * jb
-                end = b0 + n - 1  # keys past it (the last group's): the last key again, masked below
-                r0, r1, r2, r3 = keys[j0], keys[min(j0 + 1, end)], keys[min(j0 + 2, end)], keys[min(j0 + 3, end)]
-                s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = f32x16_zero()
-                s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = f32x16_zero()
-                for c in range(0, head_dim, 16):
-                    k0, k1, k2, k3 = load16_f32(r0, c), load16_f32(r1, c), load16_f32(r2, c), load16_f32(r3, c)
-                    x = f32x16_load(q0, c)
-                    s00, s01, s02, s03 = f32x16_fma(s00, x, k0), f32x16_fma(s01, x, k1), f32x16_fma(s02, x, k2), f32x16_fma(s03, x, k3)
-                    x = f32x16_load(q1, c)
-                    s10, s11, s12, s13 = f32x16_fma(s10, x, k0), f32x16_fma(s11, x, k1), f32x16_fma(s12, x, k2), f32x16_fma(s13, x, k3)
-                    x = f32x16_load(q2, c)
-                    s20, s21, s22, s23 = f32x16_fma(s20, x, k0), f32x16_fma(s21, x, k1), f32x16_fma(s22, x, k2), f32x16_fma(s23, x, k3)
-                    x = f32x16_load(q3, c)
-                    s30, s31, s32, s33 = f32x16_fma(s30, x, k0), f32x16_fma(s31, x, k1), f32x16_fma(s32, x, k2), f32x16_fma(s33, x, k3)
-                f32x16_store(w, 16 * jb, f32x16_sums((s00, s01, s02, s03, s10, s11, s12, s13,
-                                                      s20, s21, s22, s23, s30, s31, s32, s33)))
-                for lane in range(16):
-                    w[16 * jb + lane] = w[16 * jb + lane] / sqrt_dim if j0 + (lane & 3) <= end else -np.inf
-                top = f32x16_max(f32x16_load(w, 16 * jb), top)
-            keep0 = keep1 = keep2 = keep3 = np.float32(0.0)
-            for i in range(4):  # each head's max over its 4 lanes, the running max included
-                m = max(max(f32x16_lane(top, 4 * i), f32x16_lane(top, 4 * i + 1)),
-                        max(f32x16_lane(top, 4 * i + 2), f32x16_lane(top, 4 * i + 3)))
-                if not first:
-                    m = max(m, mine[0, i])
-                for k in range(4):
-                    lane_max[4 * i + k] = m
-            total = f32x16_zero()
-            for jb in range((n + 3) // 4):
-                for lane in range(16):
-                    w[16 * jb + lane] = exp_nonpositive(w[16 * jb + lane] - lane_max[lane])
-                total = f32x16_fma(total, f32x16_load(w, 16 * jb), f32x16_splat(np.float32(1.0)))
-            for i in range(4):
-                block = (float(f32x16_lane(total, 4 * i)) + float(f32x16_lane(total, 4 * i + 1))
-                         + float(f32x16_lane(total, 4 * i + 2)) + float(f32x16_lane(total, 4 * i + 3)))
-                keep = np.float32(0.0)
-                if not first:
-                    carried = float(mine[1, i]) * math.exp(float(mine[0, i]) - float(lane_max[4 * i]))
-                    block += carried
-                    keep = np.float32(carried / block)
-                mine[0, i], mine[1, i] = lane_max[4 * i], np.float32(block)
-                for k in range(4):
-                    lane_scale[4 * i + k] = np.float32(1.0 / block)
-                if i == 0:
-                    keep0 = keep
-                elif i == 1:
-                    keep1 = keep
-                elif i == 2:
-                    keep2 = keep
-                else:
-                    keep3 = keep
-            for jb in range((n + 3) // 4):
-                for lane in range(16):
-                    w[16 * jb + lane] *= lane_scale[lane]
-            for col in range(0, head_dim, 32):  # 2 x 16 columns per pass: each weight loaded once per pass
-                a0 = b0_ = a1 = b1 = a2 = b2 = a3 = b3 = f32x16_zero()
-                two = col + 16 < head_dim  # head_dim % 32 == 16: the last pass has one 16-column half
-                c2 = col + 16 if two else col
-                if not first:  # the output so far (garbage before the first block: never read)
-                    a0, b0_ = f32x16_fma(a0, f32x16_load(o0, col), f32x16_splat(keep0)), f32x16_fma(b0_, f32x16_load(o0, c2), f32x16_splat(keep0))
-                    a1, b1 = f32x16_fma(a1, f32x16_load(o1, col), f32x16_splat(keep1)), f32x16_fma(b1, f32x16_load(o1, c2), f32x16_splat(keep1))
-                    a2, b2 = f32x16_fma(a2, f32x16_load(o2, col), f32x16_splat(keep2)), f32x16_fma(b2, f32x16_load(o2, c2), f32x16_splat(keep2))
-                    a3, b3 = f32x16_fma(a3, f32x16_load(o3, col), f32x16_splat(keep3)), f32x16_fma(b3, f32x16_load(o3, c2), f32x16_splat(keep3))
-                for j in range(n):
-                    at = 16 * (j >> 2) + (j & 3)  # head 0's weight of key j; head h's is 4 h further
-                    row = values[b0 + j]
-                    v, u = load16_f32(row, col), load16_f32(row, c2)
-                    x = f32x16_splat(w[at])
-                    a0, b0_ = f32x16_fma(a0, x, v), f32x16_fma(b0_, x, u)
-                    x = f32x16_splat(w[at + 4])
-                    a1, b1 = f32x16_fma(a1, x, v), f32x16_fma(b1, x, u)
-                    x = f32x16_splat(w[at + 8])
-                    a2, b2 = f32x16_fma(a2, x, v), f32x16_fma(b2, x, u)
-                    x = f32x16_splat(w[at + 12])
-                    a3, b3 = f32x16_fma(a3, x, v), f32x16_fma(b3, x, u)
-                _store_halves(o0, col, a0, b0_, two)
-                if heads > 1:
-                    _store_halves(o1, col, a1, b1, two)
-                if heads > 2:
-                    _store_halves(o2, col, a2, b2, two)
-                if heads > 3:
-                    _store_halves(o3, col, a3, b3, two)
-
-
-@njit_inline
-def _store_halves(row, col, a, b, two):
-    """row[col : col + 16] = a, and row[col + 16 : col + 32] = b when `two`."""
-    f32x16_store(row, col, a)
-    if two:
-        f32x16_store(row, col + 16, b)
-
-
 def attention(out: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray,
               start_pos: int, key_tile: np.ndarray, rows: np.ndarray, running: np.ndarray) -> None:
     """Append k, v at start_pos; causal GQA of q[T, H, Dh] over k_cache/v_cache[KVH, S, Dh], a
@@ -410,7 +284,7 @@ def attention(out: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray, k_ca
     if q.shape[2] % 16:
         _attention.pick(cache_read)(out, q, k_cache, v_cache, start_pos, rows, running)
     elif q.shape[0] == 1 and k_cache.dtype == np.uint16:
-        _attention_decode_bf16.pick(cache_read)(out, q, k_cache, v_cache, start_pos, rows, running)
+        attention_decode_bf16.pick(cache_read)(out, q, k_cache, v_cache, start_pos, rows, running)
     elif q.shape[0] == 1:
         _attention_decode.pick(cache_read)(out, q, k_cache, v_cache, start_pos, rows, running)
     else:

@@ -16,6 +16,8 @@ plain Numba keep sixteen 16-lane accumulators in registers and say which instruc
     f32x16_sums((v0, ..., v15)) -> f32x16             lane i = f32x16_sum(vi), the same tree
     f32x16_lane(v, i) -> float32                      v[i]
     f32x16_max(a, b) -> f32x16                        a if a > b else b, lane by lane (vmaxps)
+    f32x16_div(a, b) -> f32x16                        a / b, lane by lane (vdivps: each lane as a
+                                                      float32 division would round it)
     f32x16_max_lane(v) -> float32                     the largest lane (for v without NaN)
     bf16x32_load(a: uint16[:], i) -> bf16x32          a[i : i + 32], unaligned
     load16_f32(a, i) -> f32x16                        float32 of a[i : i + 16] for a weight row of any
@@ -247,6 +249,18 @@ def f32x16_max(typingctx, a, b):
     def codegen(context, builder, signature, args):
         a_, b_ = args
         return builder.select(builder.fcmp_ordered(">", a_, b_), a_, b_)
+
+    return f32x16(a, b), codegen
+
+
+@intrinsic
+def f32x16_div(typingctx, a, b):
+    """a[j] / b[j], lane by lane, correctly rounded (the same bits as 16 scalar divisions)."""
+    if not (a == f32x16 and b == f32x16):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.fdiv(args[0], args[1])
 
     return f32x16(a, b), codegen
 

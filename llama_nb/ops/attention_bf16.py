@@ -1,0 +1,239 @@
+"""Decode attention over a bf16 KV cache: the T = 1 kernel of op "attention_bf16kv" (attention.py
+holds the op, its math and the other kernels; this file only the one whose speed the cache read sets).
+
+Decode attention is a stream: each step reads every cached key and value once, 2 * KVH * S * Dh
+bf16 values (64 MiB for the 1B heads at 32K positions), and does 4 multiply-adds per value per
+query head of the group (scores and weighted sum, GQA groups of 4 in Llama 3). So the kernel must
+do that arithmetic as fast as memory delivers the cache, on both cores, which leaves no room for
+scalar work per key. Tasks are (kv group g, up to 4 of its query heads); per block of KEY_BLOCK keys:
+
+1. scores of 4 keys x 4 heads at a time: 16 accumulators, every loaded (and widened) key chunk
+   feeding the 4 heads; their lane sums in one f32x16_sums (lane 4 h + k: head h, key k of the
+   four), divided by sqrt(Dh) as one vector, so w[16 jb + 4 h + k] is head h's score of key 4 jb + k;
+2. the online-softmax step (attention.py's module docstring) on all 16 lanes at once: per-lane
+   max, exp, float32 sums of at most KEY_BLOCK / 4 terms per lane, each head's max and sum taken
+   over its 4 lanes; the weights scaled by 1 / l;
+3. the weighted sum of the value rows, 16 accumulators per pass over the block's rows: passes of
+   two "segments", each 2 heads x 64 columns. Dh = 64 (1B): one pass, the 4 heads; Dh = 128
+   (8B, 70B, 405B): two passes, each a head pair over all 128 columns. Each pass reads every value
+   row whole (a row of the first pass comes from memory, of the second from L1); passes of 16 or
+   32 columns (before 2026-12-02) read each row's cache lines in separate strided sweeps.
+   Dh not a multiple of 64 (test shapes only): passes of 4 heads x 32 columns.
+
+Measured (bench/attention.py, 32K positions, 2 threads, 2026-12-02, ratios to the plain read of
+the same round): see bench/README.md. Before this version: 1B heads 51-59%, 8B heads 35%.
+
+The sums are those of the float32-cache kernel's order per column of the weighted sum (any pass
+layout gives the same bits: each output column is its own chain of multiply-adds, key by key), but
+the scores' lane sums differ from attention.py's _attention_decode in the last bits: which is why
+the float32 cache (Meta's numerics, pinned bit for bit) keeps that kernel.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+from numba import prange
+
+from llama_nb.ops.fastexp import exp_nonpositive
+from llama_nb.ops.jit import njit_inline, twins
+from llama_nb.ops.simd import (f32x16_div, f32x16_fma, f32x16_lane, f32x16_load, f32x16_max, f32x16_splat,
+                               f32x16_store, f32x16_sums, f32x16_zero, load16_f32)
+from llama_nb.ops.specs import KEY_BLOCK
+
+
+@twins
+def attention_decode_bf16(out, q, k_cache, v_cache, start_pos, rows, running):
+    """out float32[1, H, Dh] = attention of q float32[1, H, Dh] over positions 0 .. start_pos of
+    k_cache, v_cache uint16[KVH, S, Dh] (bf16 bits; row start_pos already appended). Scratch:
+    rows float32[threads, 2, 4, KEY_BLOCK], running float32[threads, QUERY_TILE, 2, 4]."""
+    n_heads, head_dim = q.shape[1], q.shape[2]
+    n_kv = k_cache.shape[0]
+    group = n_heads // n_kv
+    sqrt_dim = np.float32(math.sqrt(head_dim))  # Meta divides the scores by sqrt(head_dim)
+    root = f32x16_splat(sqrt_dim)
+    chunks = (group + 3) // 4
+    n_ctx = start_pos + 1
+    for task in prange(n_kv * chunks):
+        g = task // chunks
+        h0 = g * group + (task % chunks) * 4
+        heads = min(4, (g + 1) * group - h0)
+        last = heads - 1  # rows past it repeat the last head: computed, never stored
+        q0, q1, q2, q3 = q[0, h0], q[0, h0 + min(1, last)], q[0, h0 + min(2, last)], q[0, h0 + min(3, last)]
+        outs = (out[0, h0], out[0, h0 + min(1, last)], out[0, h0 + min(2, last)], out[0, h0 + min(3, last)])
+        keys, values = k_cache[g], v_cache[g]
+        tid = numba.get_thread_id()  # this thread's scratch
+        w = rows[tid, 0].reshape(4 * KEY_BLOCK)  # scores, then weights, 16 per 4 keys
+        lane_max, lane_scale, mine = rows[tid, 1, 0], rows[tid, 1, 1], running[tid, 0]
+        for b0 in range(0, n_ctx, KEY_BLOCK):
+            n = min(KEY_BLOCK, n_ctx - b0)
+            first = b0 == 0
+            top = f32x16_splat(np.float32(-np.inf))
+            for jb in range((n + 3) // 4):
+                j0 = b0 + 4 * jb
+                end = b0 + n - 1  # keys past it (the last group's): the last key again, masked below
+                r0, r1, r2, r3 = keys[j0], keys[min(j0 + 1, end)], keys[min(j0 + 2, end)], keys[min(j0 + 3, end)]
+                s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = f32x16_zero()
+                s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = f32x16_zero()
+                for c in range(0, head_dim, 16):
+                    k0, k1, k2, k3 = load16_f32(r0, c), load16_f32(r1, c), load16_f32(r2, c), load16_f32(r3, c)
+                    x = f32x16_load(q0, c)
+                    s00, s01, s02, s03 = f32x16_fma(s00, x, k0), f32x16_fma(s01, x, k1), f32x16_fma(s02, x, k2), f32x16_fma(s03, x, k3)
+                    x = f32x16_load(q1, c)
+                    s10, s11, s12, s13 = f32x16_fma(s10, x, k0), f32x16_fma(s11, x, k1), f32x16_fma(s12, x, k2), f32x16_fma(s13, x, k3)
+                    x = f32x16_load(q2, c)
+                    s20, s21, s22, s23 = f32x16_fma(s20, x, k0), f32x16_fma(s21, x, k1), f32x16_fma(s22, x, k2), f32x16_fma(s23, x, k3)
+                    x = f32x16_load(q3, c)
+                    s30, s31, s32, s33 = f32x16_fma(s30, x, k0), f32x16_fma(s31, x, k1), f32x16_fma(s32, x, k2), f32x16_fma(s33, x, k3)
+                scores = f32x16_sums((s00, s01, s02, s03, s10, s11, s12, s13, s20, s21, s22, s23, s30, s31, s32, s33))
+                f32x16_store(w, 16 * jb, f32x16_div(scores, root))
+                if j0 + 3 > end:  # the block's last group is short: its missing keys weigh nothing
+                    for lane in range(16):
+                        if j0 + (lane & 3) > end:
+                            w[16 * jb + lane] = -np.inf
+                top = f32x16_max(f32x16_load(w, 16 * jb), top)
+            for i in range(4):  # each head's max over its 4 lanes, the running max included
+                m = max(max(f32x16_lane(top, 4 * i), f32x16_lane(top, 4 * i + 1)),
+                        max(f32x16_lane(top, 4 * i + 2), f32x16_lane(top, 4 * i + 3)))
+                if not first:
+                    m = max(m, mine[0, i])
+                for k in range(4):
+                    lane_max[4 * i + k] = m
+            total = f32x16_zero()
+            for jb in range((n + 3) // 4):
+                for lane in range(16):
+                    w[16 * jb + lane] = exp_nonpositive(w[16 * jb + lane] - lane_max[lane])
+                total = f32x16_fma(total, f32x16_load(w, 16 * jb), f32x16_splat(np.float32(1.0)))
+            keeps = (_fold_head(0, total, lane_max, lane_scale, mine, first), _fold_head(1, total, lane_max, lane_scale, mine, first),
+                     _fold_head(2, total, lane_max, lane_scale, mine, first), _fold_head(3, total, lane_max, lane_scale, mine, first))
+            for jb in range((n + 3) // 4):
+                for lane in range(16):
+                    w[16 * jb + lane] *= lane_scale[lane]
+            if head_dim % 64 == 0:
+                _weigh_values_64(outs, keeps, w, values, b0, n, first, last)
+            else:
+                _weigh_values_32(outs, keeps, w, values, b0, n, first, heads)
+
+
+@njit_inline
+def _fold_head(i, total, lane_max, lane_scale, mine, first):
+    """The online-softmax bookkeeping of head i for a block: its block sum (its 4 lanes of
+    `total`, in float64) joins the running sum carried from earlier blocks; mine[:, i] = (max, sum)
+    afterwards, lane_scale = 1 / sum on its lanes; returns keep, the factor of the head's output
+    so far (0 on the first block)."""
+    block = (float(f32x16_lane(total, 4 * i)) + float(f32x16_lane(total, 4 * i + 1))
+             + float(f32x16_lane(total, 4 * i + 2)) + float(f32x16_lane(total, 4 * i + 3)))
+    keep = np.float32(0.0)
+    if not first:
+        carried = float(mine[1, i]) * math.exp(float(mine[0, i]) - float(lane_max[4 * i]))
+        block += carried
+        keep = np.float32(carried / block)
+    mine[0, i], mine[1, i] = lane_max[4 * i], np.float32(block)
+    for k in range(4):
+        lane_scale[4 * i + k] = np.float32(1.0 / block)
+    return keep
+
+
+@njit_inline
+def _weigh_values_64(outs, keeps, w, values, b0, n, first, last):
+    """outs[i][:] = outs[i][:] * keeps[i] + sum_j w[head i, key j] * values[b0 + j, :] for the
+    4 heads (head_dim % 64 == 0), in passes of two segments (head pair p, 64 columns at c); a
+    pair past the last head (a group of 1 to 3 heads) is not stored: its rows repeat the last."""
+    per_pair = values.shape[1] // 64  # segments per head pair
+    for s in range(0, 2 * per_pair, 2):
+        pa, ca = s // per_pair, (s % per_pair) * 64
+        pb, cb = (s + 1) // per_pair, ((s + 1) % per_pair) * 64
+        a = _pair_start(outs[2 * pa], outs[2 * pa + 1], ca, keeps[2 * pa], keeps[2 * pa + 1], first)
+        b = _pair_start(outs[2 * pb], outs[2 * pb + 1], cb, keeps[2 * pb], keeps[2 * pb + 1], first)
+        for j in range(n):
+            at = 16 * (j >> 2) + (j & 3)  # head 0's weight of key j; head h's is 4 h further
+            row = values[b0 + j]
+            a = _pair_fma(a, f32x16_splat(w[at + 8 * pa]), f32x16_splat(w[at + 8 * pa + 4]), row, ca)
+            b = _pair_fma(b, f32x16_splat(w[at + 8 * pb]), f32x16_splat(w[at + 8 * pb + 4]), row, cb)
+        if 2 * pa <= last:
+            _pair_store(outs[2 * pa], outs[2 * pa + 1], ca, a)
+        if 2 * pb <= last:
+            _pair_store(outs[2 * pb], outs[2 * pb + 1], cb, b)
+
+
+@njit_inline
+def _pair_start(out_a, out_b, col, keep_a, keep_b, first):
+    """The 8 accumulators of a segment: heads a and b, columns col .. col + 63, holding the output
+    so far times its keep factor (zeros on the first block: the output is garbage then, never read)."""
+    zero = f32x16_zero()
+    if first:
+        return zero, zero, zero, zero, zero, zero, zero, zero
+    x, y = f32x16_splat(keep_a), f32x16_splat(keep_b)
+    return (f32x16_fma(zero, f32x16_load(out_a, col), x), f32x16_fma(zero, f32x16_load(out_a, col + 16), x),
+            f32x16_fma(zero, f32x16_load(out_a, col + 32), x), f32x16_fma(zero, f32x16_load(out_a, col + 48), x),
+            f32x16_fma(zero, f32x16_load(out_b, col), y), f32x16_fma(zero, f32x16_load(out_b, col + 16), y),
+            f32x16_fma(zero, f32x16_load(out_b, col + 32), y), f32x16_fma(zero, f32x16_load(out_b, col + 48), y))
+
+
+@njit_inline
+def _pair_fma(acc, x, y, row, col):
+    """acc += (x * row[col : col + 64] for head a, y * the same for head b), row widened once."""
+    v0, v1, v2, v3 = load16_f32(row, col), load16_f32(row, col + 16), load16_f32(row, col + 32), load16_f32(row, col + 48)
+    return (f32x16_fma(acc[0], x, v0), f32x16_fma(acc[1], x, v1), f32x16_fma(acc[2], x, v2), f32x16_fma(acc[3], x, v3),
+            f32x16_fma(acc[4], y, v0), f32x16_fma(acc[5], y, v1), f32x16_fma(acc[6], y, v2), f32x16_fma(acc[7], y, v3))
+
+
+@njit_inline
+def _pair_store(out_a, out_b, col, acc):
+    """out_a[col : col + 64], out_b[col : col + 64] = the segment's accumulators."""
+    for k in range(4):
+        f32x16_store(out_a, col + 16 * k, acc[k])
+        f32x16_store(out_b, col + 16 * k, acc[4 + k])
+
+
+@njit_inline
+def _weigh_values_32(outs, keeps, w, values, b0, n, first, heads):
+    """As _weigh_values_64 for any head_dim % 16 == 0: passes of 4 heads x 32 columns (16 when
+    head_dim % 32 == 16: the last pass has one 16-column half, computed twice, stored once)."""
+    head_dim = values.shape[1]
+    o0, o1, o2, o3 = outs
+    for col in range(0, head_dim, 32):
+        two = col + 16 < head_dim
+        c2 = col + 16 if two else col
+        a0 = b0_ = a1 = b1 = a2 = b2 = a3 = b3 = f32x16_zero()
+        if not first:  # the output so far (garbage before the first block: never read)
+            a0, b0_ = _kept(o0, col, c2, keeps[0])
+            a1, b1 = _kept(o1, col, c2, keeps[1])
+            a2, b2 = _kept(o2, col, c2, keeps[2])
+            a3, b3 = _kept(o3, col, c2, keeps[3])
+        for j in range(n):
+            at = 16 * (j >> 2) + (j & 3)
+            row = values[b0 + j]
+            v, u = load16_f32(row, col), load16_f32(row, c2)
+            x = f32x16_splat(w[at])
+            a0, b0_ = f32x16_fma(a0, x, v), f32x16_fma(b0_, x, u)
+            x = f32x16_splat(w[at + 4])
+            a1, b1 = f32x16_fma(a1, x, v), f32x16_fma(b1, x, u)
+            x = f32x16_splat(w[at + 8])
+            a2, b2 = f32x16_fma(a2, x, v), f32x16_fma(b2, x, u)
+            x = f32x16_splat(w[at + 12])
+            a3, b3 = f32x16_fma(a3, x, v), f32x16_fma(b3, x, u)
+        _store_halves(o0, col, a0, b0_, two)
+        if heads > 1:
+            _store_halves(o1, col, a1, b1, two)
+        if heads > 2:
+            _store_halves(o2, col, a2, b2, two)
+        if heads > 3:
+            _store_halves(o3, col, a3, b3, two)
+
+
+@njit_inline
+def _kept(row, col, c2, keep):
+    """keep * row[col : col + 16] and keep * row[c2 : c2 + 16]."""
+    x = f32x16_splat(keep)
+    return f32x16_fma(f32x16_zero(), f32x16_load(row, col), x), f32x16_fma(f32x16_zero(), f32x16_load(row, c2), x)
+
+
+@njit_inline
+def _store_halves(row, col, a, b, two):
+    """row[col : col + 16] = a, and row[col + 16 : col + 32] = b when `two`."""
+    f32x16_store(row, col, a)
+    if two:
+        f32x16_store(row, col + 16, b)
