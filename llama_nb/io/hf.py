@@ -32,7 +32,7 @@ and wk permuted: HF row j*(d/2) + i is Meta's row 2i + j (i < d/2, j in {0, 1}, 
     w_meta = w_hf.reshape(H, 2, d/2, D).transpose(0, 2, 1, 3).reshape(H*d, D)      (`unpermute`)
 
 with H = num_attention_heads for q_proj and num_key_value_heads for k_proj. That is the one copy
-made at load: wq and wk (a sixth of an 8B's weights), read with pread (never through the map)
+made at load: wq and wk (about 8% of an 8B's weights), read with pread (never through the map)
 and un-permuted; every other tensor stays a zero-copy view of its shard's map, read into memory
 (or used as is with --mmap) by `HFCheckpoint.read_tensors` exactly like a .pth's.
 
