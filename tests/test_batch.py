@@ -3,13 +3,14 @@ alone (Transformer.forward, model/generate.py's generate), on the demo model.
 
 What is the same and why: every op but attention works row by row and attention runs per sequence,
 so a sequence's logits beside others equal its logits alone bit for bit where the product kernels
-agree. They differ only in how a pass of one row (the decode matvec) and a pass of several (the
-prefill tiles) sum a row of a product: at bf16 precision on CPUs with AVX512_BF16 the two agree
-bit for bit for K <= 2048 (the demo model's widths) and differ in the last bits beyond (the tiles
-sum K in blocks of 2048; Llama 3.2 1B's w2 has K = 8192, the 8B's every matrix K >= 4096). At
-float32 precision (and without AVX512_BF16) the matvec (LLVM's vectorised sum) and the FMA tiles
-sum in other orders at every K: measured 4.8e-6 at most on the demo model's logits of -10..+9.
-The tests hold those cases within LOGIT_BOUND and to the same greedy tokens but at near-ties."""
+agree. At bf16 precision on CPUs with AVX512_BF16 a pass of one row (the decode matvec) and a pass
+of a few (T <= FEW_TOKENS: matvec_bf16dot_rows, a batched decode step) sum every product the same
+way, at any K; a pass of more rows (the prefill tiles) sums K in blocks of 2048, so it agrees with
+them for K <= 2048 (the demo model's widths) and differs in the last bits beyond (Llama 3.2 1B's
+w2 has K = 8192, the 8B's every matrix K >= 4096). At float32 precision (and without
+AVX512_BF16) the matvec (LLVM's vectorised sum) and the FMA tiles sum in other orders at every K:
+measured 4.8e-6 at most on the demo model's logits of -10..+9. The tests hold those cases within
+LOGIT_BOUND and to the same greedy tokens but at near-ties."""
 
 from __future__ import annotations
 
@@ -109,6 +110,36 @@ def test_long_rows_differ_in_the_last_bits_only(tmp_path):
             top2 = np.sort(want)[-2:]
             assert top2[1] - top2[0] <= 2 * LOGIT_BOUND, "a different greedy token without a near-tie"
             break
+
+
+@pytest.mark.skipif(not HAS_AVX512_BF16, reason="the bit-for-bit claim is the vdpbf16ps kernels' (the CPU lacks them)")
+def test_a_batched_decode_step_is_bit_identical_at_long_rows(tmp_path):
+    """bf16, K > 2048 (w2: K = 2752): prompts prefilled one by one (the same kernels as alone), then
+    decode steps of 3 rows (matvec_bf16dot_rows) give each sequence its logits alone (matvec_bf16dot)
+    bit for bit, at every step."""
+    from llama_nb.model.bench import load_transformer
+    from llama_nb.model.transformer import Transformer
+    from llama_nb.ops.matvec import FEW_TOKENS
+    from tests.tinymodel import write_tiny_model
+
+    folder = write_tiny_model(tmp_path, dim=128, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim_multiplier=8.0,
+                              tokenizer=None, vocab_size=512, weight_std=None)
+    base = load_transformer(folder, ctx=64, max_batch=32)
+    model = Transformer(base.args, base.weights, base.ops, ctx=64, max_batch=32, slots=3)
+    assert model.args.hidden_dim > 2048 and 3 <= FEW_TOKENS
+    rng = np.random.default_rng(2)
+    prompts = [rng.integers(0, 512, n).tolist() for n in (9, 5, 7)]
+    alone = [greedy_logits_alone(model, p, 12) for p in prompts]
+    state = []
+    for slot, p in enumerate(prompts):
+        first = model.forward_batch([(slot, p, 0)])[0]
+        assert np.array_equal(first, alone[slot][0])
+        state.append([int(np.argmax(first)), len(p)])
+    for step in range(12):
+        out = model.forward_batch([(s, [token], pos) for s, (token, pos) in enumerate(state)])
+        for s in range(3):
+            assert np.array_equal(out[s], alone[s][step + 1]), f"sequence {s}, step {step}"
+        state = [[int(np.argmax(out[s])), state[s][1] + 1] for s in range(3)]
 
 
 def test_generate_batch_interleaves_and_matches_generate(llm):

@@ -27,11 +27,13 @@ has `finished` set to its stop reason ("stop_token", "max_tokens", "context" or 
 its `text` holds what the streaming decoder held back (an incomplete UTF-8 tail, as U+FFFD).
 
 Numerics: a sequence's rows go through the same kernels with the same inputs whether or not other
-rows share the pass (every op but attention works row by row, and attention runs per sequence),
-with one exception: the products of a pass with one row use the decode matrix-vector kernel,
-those of a pass with several rows the prefill tiles, which sum long rows (K above the tile's
-reduction block, ops/matmul_tiles.py) in another order. The tests hold the two to bit-identical
-logits where the kernels agree and to the same greedy tokens otherwise (tests/test_batch.py).
+rows share the pass (every op but attention works row by row, and attention runs per sequence).
+The products choose their kernel by the pass's row count: one row the decode matrix-vector
+kernel; a few (a decode step of several sequences, ops/matvec.py FEW_TOKENS) a kernel that sums
+each row as that one does (at bf16 on AVX512_BF16: bit-identical logits); more (a prefill chunk
+in the pass) the prefill tiles, which sum long rows (K above the tile's reduction block,
+ops/matmul_tiles.py) in another order. The tests hold the cases to bit-identical logits where the
+kernels agree and to the same greedy tokens otherwise (tests/test_batch.py).
 """
 
 from __future__ import annotations

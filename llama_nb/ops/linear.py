@@ -14,7 +14,8 @@ w.format. The built-ins, for the plain formats bf16, f16 and f32:
     act bf16     numba_fma        x rounded to bf16 into xq once, then the float32 kernels (any CPU;
                                   bf16 weights only, for comparison)
                  numba_bf16dot    (bf16 weights, CPUs with AVX512_BF16) the bf16 bits of x into xq
-                                  once, then vdpbf16ps: a matvec with four rows per pass, and tiles
+                                  once, then vdpbf16ps: a matvec with four rows per pass (and for a
+                                  few tokens, T <= 8, summed as the matvec sums one), and tiles
                                   with twice the multiply-adds per instruction (prefill ~1.6x)
                  numba            bf16 weights: numba_bf16dot where the CPU has it, else numba_fma;
                                   f16 and f32 weights: x rounded, then the float32 kernels
@@ -33,7 +34,7 @@ from llama_nb.formats import Weight
 from llama_nb.ops.bf16 import PLAIN_FORMATS, bf16_to_f32, f32_to_bf16
 from llama_nb.ops.jit import HAS_AVX512_BF16, njit_inline, twins
 from llama_nb.ops.matmul_tiles import matmul_bf16dot, matmul_fma
-from llama_nb.ops.matvec import X_IN_L1, matvec, matvec_4rows, matvec_bf16dot
+from llama_nb.ops.matvec import FEW_TOKENS, X_IN_L1, matvec, matvec_4rows, matvec_bf16dot, matvec_bf16dot_rows
 from llama_nb.ops.registry import register
 
 # ------------------------------------------------------------- activations, into the scratch
@@ -85,6 +86,7 @@ def rounded_to_bf16(x: np.ndarray, xq: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------- the entries
 
 _F32_SWITCHES = {"T": (1,), "K": (X_IN_L1,)}  # decode vs prefill; matvec vs matvec_4rows
+_BF16DOT_SWITCHES = {"T": (1, FEW_TOKENS)}  # matvec; a few tokens; the tiles
 
 
 def linear_f32(out: np.ndarray, x: np.ndarray, w: Weight, xq: np.ndarray) -> None:
@@ -105,10 +107,16 @@ def linear_bf16_fma(out: np.ndarray, x: np.ndarray, w: Weight, xq: np.ndarray) -
 
 
 def linear_bf16_dot(out: np.ndarray, x: np.ndarray, w: Weight, xq: np.ndarray) -> None:
-    """out[T, N] = float32(bf16(x)) @ float32(w).T on vdpbf16ps: T > 1 tiles, T = 1 a matvec."""
+    """out[T, N] = float32(bf16(x)) @ float32(w).T on vdpbf16ps: T = 1 a matvec, T <= FEW_TOKENS the
+    matvec's sums for a few tokens at once (a batched decode step), more the prefill tiles."""
     if x.shape[0] == 0:
         return
-    kernel = matvec_bf16dot.pick(w.nbytes) if x.shape[0] == 1 else matmul_bf16dot
+    if x.shape[0] == 1:
+        kernel = matvec_bf16dot.pick(w.nbytes)
+    elif x.shape[0] <= FEW_TOKENS:
+        kernel = matvec_bf16dot_rows.pick(w.nbytes)
+    else:
+        kernel = matmul_bf16dot
     kernel(out, bf16_bits(x, xq), w.data)
 
 
@@ -116,8 +124,8 @@ for _fmt in PLAIN_FORMATS:
     register("linear", "numba", format=_fmt, act="float32", switches=_F32_SWITCHES)(linear_f32)
 register("linear", "numba_fma", format="bf16", act="bf16", switches=_F32_SWITCHES)(linear_bf16_fma)
 if HAS_AVX512_BF16:
-    register("linear", "numba_bf16dot", format="bf16", act="bf16", switches={"T": (1,)})(linear_bf16_dot)
+    register("linear", "numba_bf16dot", format="bf16", act="bf16", switches=_BF16DOT_SWITCHES)(linear_bf16_dot)
 register("linear", "numba", format="bf16", act="bf16", default=True,
-         switches={"T": (1,)} if HAS_AVX512_BF16 else _F32_SWITCHES)(linear_bf16_dot if HAS_AVX512_BF16 else linear_bf16_fma)
+         switches=_BF16DOT_SWITCHES if HAS_AVX512_BF16 else _F32_SWITCHES)(linear_bf16_dot if HAS_AVX512_BF16 else linear_bf16_fma)
 for _fmt in ("f16", "f32"):
     register("linear", "numba", format=_fmt, act="bf16", switches=_F32_SWITCHES)(linear_bf16_fma)

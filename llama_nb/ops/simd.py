@@ -24,6 +24,8 @@ plain Numba keep sixteen 16-lane accumulators in registers and say which instruc
                                                       plain format: uint16 bf16 bits, int16 half
                                                       bits, float32 (see bf16.widen)
     bf16x32_dot(acc, a, b) -> f32x16                  acc[j] += a[2j] * b[2j] + a[2j+1] * b[2j+1]
+    prefetch(a, i)                                    a hint: fetch the cache line of a[i] into every
+                                                      level (llvm.prefetch; no fault past the end)
 
 The f32x16 operations are generic LLVM vector IR: they compile on any CPU (LLVM splits them into
 AVX2 or SSE registers where there is no AVX-512). `bf16x32_dot` is the AVX512_BF16 instruction
@@ -309,3 +311,23 @@ def f32x16_store(typingctx, a, i, v):
         return context.get_dummy_value()
 
     return types.none(a, i, v), codegen
+
+
+@intrinsic
+def prefetch(typingctx, a, i):
+    """Hint the CPU to bring the cache line holding a[i] into every cache level (llvm.prefetch:
+    read, locality 3, data). For streams whose next rows the hardware prefetcher does not fetch
+    early enough (ops/matvec.py matvec_bf16dot_rows). A prefetch never faults."""
+    if not (isinstance(a, types.Array) and a.ndim == 1 and a.layout in "CA" and isinstance(i, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        i8 = ir.IntType(8)
+        pointer = _element_pointer(context, builder, signature.args[0], args[0], args[1], i8)
+        i32 = ir.IntType(32)
+        hint = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [pointer.type, i32, i32, i32]),
+                                              "llvm.prefetch.p0")
+        builder.call(hint, [pointer, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return types.none(a, i), codegen
