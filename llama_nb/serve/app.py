@@ -12,6 +12,9 @@ stream_options.include_usage every chunk carries "usage": null and a last chunk 
 carries the usage (OpenAI's exact convention). Non-streamed responses always carry usage
 (prompt_tokens_details.cached_tokens: the prompt tokens taken from a slot's cache).
 
+A request with tools gets the model's tool calls in OpenAI's shape (serve/tools.py): "tool_calls"
+in the message (or in one delta of the stream) and finish_reason "tool_calls".
+
 When a client disconnects, Starlette cancels its response; the handler's `finally` cancels the
 job, so the engine stops generating for it and frees its slot at the next step.
 """
@@ -30,8 +33,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from llama_nb.io.tool_calls import parse_assistant
 from llama_nb.serve.engine import Engine, Job
 from llama_nb.serve.requests import ApiError, JobSpec, parse_chat, parse_completion
+from llama_nb.serve.tools import HeldText, openai_tool_calls
 
 DISCONNECT_POLL = 0.25  # seconds between checks that a non-streaming client is still there
 
@@ -113,22 +118,40 @@ def create_app(engine: Engine, model_id: str, api_key: str | None = None) -> Sta
                 elif item[0] == "error":
                     raise ApiError(503 if engine.stopping else 500, item[1], kind="server_error")
                 else:
-                    return JSONResponse(shape.whole("".join(texts), item[1], item[2]))
+                    return JSONResponse(shape.whole("".join(texts), item[1], item[2], answer_of(job, "".join(texts))))
         finally:
             engine.cancel(job)  # a no-op when it has finished
 
+    def answer_of(job: Job, text: str):
+        """The generated message with its tool calls, when the request offered tools; else None."""
+        if not job.spec.tools:
+            return None
+        stop_token = job.seq.stats.stop_token if job.seq is not None else None
+        return parse_assistant(text, llm.chat_format.stop_reason(stop_token))
+
     async def stream(job: Job, shape: "Shape"):
+        held = HeldText() if job.spec.tools else None  # a message that may be a tool call is held back
         try:
             yield shape.event(shape.first())
             while True:
                 item = await job.events.get()
                 if item[0] == "text":
-                    yield shape.event(shape.delta(item[1]))
+                    text = held.push(item[1]) if held is not None else item[1]
+                    if text:
+                        yield shape.event(shape.delta(text))
                 elif item[0] == "error":  # headers are sent: the error goes in the stream, as OpenAI's do
                     yield shape.event(ApiError(500, item[1], kind="server_error").body())
                     break
                 else:
-                    yield shape.event(shape.delta(None, item[1]))
+                    reason = item[1]
+                    if held is not None and (rest := held.rest()):
+                        message = answer_of(job, rest) if held.maybe_call else None
+                        if message is not None and message.tool_calls:
+                            yield shape.event(shape.tool_delta(message))
+                            reason = "tool_calls"
+                        else:
+                            yield shape.event(shape.delta(rest))
+                    yield shape.event(shape.delta(None, reason))
                     if job.spec.include_usage:
                         yield shape.event(shape.usage_chunk(item[2]))
                     break
@@ -189,10 +212,19 @@ class Shape:
     def usage_chunk(self, usage: dict) -> dict:
         return dict(self._chunk([]), usage=usage)
 
-    def whole(self, text: str, finish_reason: str, usage: dict) -> dict:
+    def tool_delta(self, message) -> dict:
+        """The stream's one chunk of a message's tool calls (each with its index, as OpenAI's)."""
+        calls = [dict(call, index=i) for i, call in enumerate(openai_tool_calls(message))]
+        return self._chunk([{"index": 0, "delta": {"tool_calls": calls}, "logprobs": None, "finish_reason": None}])
+
+    def whole(self, text: str, finish_reason: str, usage: dict, message=None) -> dict:
+        """The response; `message`: the parsed answer of a request with tools (its calls, if any)."""
         if self.chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
-                      "logprobs": None, "finish_reason": finish_reason}
+            reply = {"role": "assistant", "content": text, "refusal": None}
+            if message is not None and message.tool_calls:
+                reply.update(content=message.content or None, tool_calls=openai_tool_calls(message))
+                finish_reason = "tool_calls"
+            choice = {"index": 0, "message": reply, "logprobs": None, "finish_reason": finish_reason}
             return dict(self.base, object="chat.completion", choices=[choice], usage=usage)
         choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
         return dict(self.base, object="text_completion", choices=[choice], usage=usage)

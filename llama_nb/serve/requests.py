@@ -1,6 +1,9 @@
 """OpenAI request bodies -> a checked `Job` description, or an `ApiError` in OpenAI's error shape.
 
-    POST /v1/chat/completions   messages (-> Meta's chat format: `dialog_of`, the one mapping)
+    POST /v1/chat/completions   messages (-> Meta's chat format: `dialog_of`, the one mapping), and
+                                tools (OpenAI's function definitions, -> Meta's Llama 3.1 tool prompt;
+                                tool_choice "auto" or "none"); assistant messages' tool_calls and
+                                "tool" results (-> Meta's ipython turn) continue a dialog
     POST /v1/completions        prompt: a string, a list of one string, or a list of token ids
     both: model, max_tokens (chat also max_completion_tokens), temperature [0, 2] (default 1, as
           OpenAI's), top_p (0, 1], seed (integer), stop (a string or up to 4), n (1 only),
@@ -15,12 +18,17 @@ Errors are OpenAI's: {"error": {"message", "type", "param", "code"}}.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from llama_nb.errors import LlamaNbError
 from llama_nb.io.chat import ChatFormat, Message
+from llama_nb.io.messages import ToolCall
 from llama_nb.io.tokenizer import Tokenizer
+from llama_nb.io.tool_calls import END_OF_MESSAGE
+from llama_nb.io.tools import BUILTIN_TOOLS, as_tools
 
 MAX_STOPS = 4  # OpenAI's limit on `stop` strings
 COMPLETIONS_MAX_TOKENS = 16  # OpenAI's default max_tokens for /v1/completions (chat: the context)
@@ -56,6 +64,7 @@ class JobSpec:
     stream: bool = False
     include_usage: bool = False
     ignore_eos: bool = False  # llama.cpp's and vLLM's extension: run through end-of-text tokens (benchmarks)
+    tools: bool = False  # the prompt offered tools: the answer is read for tool calls (serve/tools.py)
 
 
 def _number(body: dict, name: str, low: float, high: float, default: float | None, low_open: bool = False) -> float | None:
@@ -138,12 +147,14 @@ def _content(message: dict, index: int) -> str:
 
 
 # OpenAI's roles -> the chat format's ("developer" is OpenAI's newer name for "system"; "tool"
-# results go in Meta's "ipython" turn). Tool calls are not wired yet: this function is where.
+# results go in Meta's "ipython" turn: io/messages.py HEADER_NAMES).
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
 
 
 def dialog_of(messages: Any) -> list[Message]:
-    """OpenAI chat messages as the chat format's Messages: the one place the two are mapped."""
+    """OpenAI chat messages as the chat format's Messages: the one place the two are mapped. An
+    assistant message's tool_calls ({"id", "type": "function", "function": {"name", "arguments":
+    a JSON string}}) become its ToolCalls (content may then be null)."""
     if not isinstance(messages, list) or not messages:
         raise invalid("messages", "expected a non-empty list of messages")
     dialog = []
@@ -153,8 +164,51 @@ def dialog_of(messages: Any) -> list[Message]:
         role = message.get("role")
         if role not in _ROLES:
             raise invalid(f"messages[{i}].role", f"expected one of {', '.join(_ROLES)}, got {role!r}")
-        dialog.append(Message(_ROLES[role], _content(message, i)))
+        calls = _tool_calls(message, i) if role == "assistant" else ()
+        content = "" if calls and message.get("content") is None else _content(message, i)
+        # A built-in tool's call ended with <|eom_id|> (the model waits for its result), a custom one's
+        # with <|eot_id|> (Meta's prompt formats): so the prompt repeats the tokens the model wrote.
+        waits = any(call.name in BUILTIN_TOOLS for call in calls)
+        dialog.append(Message(_ROLES[role], content, END_OF_MESSAGE if waits else None, calls))
     return dialog
+
+
+def _tool_calls(message: dict, index: int) -> tuple[ToolCall, ...]:
+    calls = message.get("tool_calls")
+    if calls is None:
+        return ()
+    where = f"messages[{index}].tool_calls"
+    if not isinstance(calls, list):
+        raise invalid(where, f"expected a list, got {calls!r}")
+    out = []
+    for k, call in enumerate(calls):
+        fn = call.get("function") if isinstance(call, dict) else None
+        name, arguments = (fn.get("name"), fn.get("arguments", "{}")) if isinstance(fn, dict) else (None, None)
+        if not (isinstance(name, str) and name and isinstance(arguments, str)):
+            raise invalid(f"{where}[{k}]", "expected {\"type\": \"function\", \"function\": {\"name\": ..., "
+                                            "\"arguments\": a JSON string}}")
+        try:
+            parsed = json.loads(arguments)
+        except ValueError:
+            parsed = arguments  # as the model wrote it: kept as text
+        out.append(ToolCall(name, parsed if isinstance(parsed, dict) else arguments, call.get("id")))
+    return tuple(out)
+
+
+def _tools(body: dict) -> tuple:
+    """The request's tools as io/tools.py's (built-in names or Tools); () for none or tool_choice "none"."""
+    choice = body.get("tool_choice")
+    if choice not in (None, "auto", "none"):
+        raise invalid("tool_choice", f"this server lets the model choose: 'auto' or 'none', got {choice!r}")
+    tools = body.get("tools")
+    if tools is None or choice == "none":
+        return ()
+    if not isinstance(tools, list):
+        raise invalid("tools", f"expected a list of tools, got {tools!r}")
+    try:
+        return as_tools(tools, source="tools")
+    except LlamaNbError as exc:
+        raise invalid("tools", str(exc).removeprefix("tools: ")) from None
 
 
 def _body(body: Any) -> dict:
@@ -164,9 +218,17 @@ def _body(body: Any) -> dict:
 
 
 def parse_chat(body: Any, chat_format: ChatFormat, ctx: int) -> JobSpec:
+    """The prompt as `llama-nb chat` makes it: behind Meta's 3.1 system prompt for a model trained
+    with it or when tools are offered (ChatFormat.encode_chat)."""
     body = _body(body)
-    prompt = chat_format.encode_dialog_prompt(dialog_of(body.get("messages")))
-    return _common(body, "chat", prompt, ctx, ("max_completion_tokens", "max_tokens"), None)
+    dialog, tools = dialog_of(body.get("messages")), _tools(body)
+    try:
+        prompt = chat_format.encode_chat(dialog, tools=tools)
+    except LlamaNbError as exc:  # e.g. a second system message
+        raise invalid("messages", str(exc)) from None
+    spec = _common(body, "chat", prompt, ctx, ("max_completion_tokens", "max_tokens"), None)
+    spec.tools = bool(tools)
+    return spec
 
 
 def parse_completion(body: Any, tokenizer: Tokenizer, ctx: int, vocab_size: int) -> JobSpec:
