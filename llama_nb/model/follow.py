@@ -15,8 +15,8 @@ The plan of a pass: two messages of int64 from rank 0, through the group (nothin
                                               the spans' tokens one after the other
 
 The header goes by `group.broadcast_idle` (a rank waiting for the next request uses no CPU), the
-body by `group.broadcast`. Both buffers are allocated once, for the largest pass: `slots` spans,
-`max_batch` tokens.
+body by `group.broadcast`. Both buffers (Plan) are allocated once, for the largest pass: `slots`
+spans, `max_batch` tokens; both ends check a plan by the same rule (Plan.fits).
 
 Failures. A pass that fails with a LlamaNbError (a span the context cannot hold, non-finite
 logits) fails alike on every rank: the same plan is checked the same way, and the logits are the
@@ -43,35 +43,42 @@ PASS, STOP = 1, 0
 SPAN = 3  # int64 values per span in the body: slot, len(tokens), start_pos
 
 
-def plan_buffers(model) -> tuple[np.ndarray, np.ndarray]:
-    """(header int64[3], body int64[SPAN * slots + max_batch]): room for `model`'s largest pass."""
-    return np.zeros(3, np.int64), np.zeros(SPAN * model.slots + model.max_batch, np.int64)
+class Plan:
+    """The buffers of a pass's plan, allocated once, for `model`'s largest pass (slots spans,
+    max_batch tokens), and the rule both ends check it by."""
 
+    def __init__(self, model):
+        self.slots, self.max_batch = model.slots, model.max_batch
+        self.header = np.zeros(3, np.int64)
+        self.body = np.zeros(SPAN * self.slots + self.max_batch, np.int64)
 
-def write_plan(sequences, body: np.ndarray) -> tuple[int, int]:
-    """Write forward_batch's `sequences` ((slot, tokens, start_pos) each) into `body`; return
-    (n_spans, n_tokens). A pass too big for the buffer (which forward_batch would refuse too) is
-    refused here, before anything is sent."""
-    n_spans, n_tokens = len(sequences), sum(len(tokens) for _, tokens, _ in sequences)
-    if SPAN * n_spans + n_tokens > len(body):
-        raise LlamaNbError(f"a pass of {n_spans} sequences and {n_tokens} tokens does not fit the plan's "
-                           f"{len(body)} values")
-    at = SPAN * n_spans
-    for i, (slot, tokens, start_pos) in enumerate(sequences):
-        body[SPAN * i : SPAN * i + SPAN] = (slot, len(tokens), start_pos)
-        body[at : at + len(tokens)] = tokens
-        at += len(tokens)
-    return n_spans, n_tokens
+    def fits(self, n_spans: int, n_tokens: int) -> bool:
+        return 0 < n_spans <= self.slots and 0 < n_tokens <= self.max_batch
 
+    def write(self, sequences) -> np.ndarray:
+        """Write forward_batch's `sequences` ((slot, tokens, start_pos) each) into the header and
+        body; return the part of the body to send. A pass the plan cannot hold (nor forward_batch
+        run) is refused here, before anything is sent."""
+        n_spans, n_tokens = len(sequences), sum(len(tokens) for _, tokens, _ in sequences)
+        if not self.fits(n_spans, n_tokens):
+            raise LlamaNbError(f"a pass of {n_spans} sequences and {n_tokens} tokens does not fit the plan "
+                               f"(1..{self.slots} sequences, 1..{self.max_batch} tokens)")
+        at = SPAN * n_spans
+        for i, (slot, tokens, start_pos) in enumerate(sequences):
+            self.body[SPAN * i : SPAN * i + SPAN] = (slot, len(tokens), start_pos)
+            self.body[at : at + len(tokens)] = tokens
+            at += len(tokens)
+        self.header[:] = (PASS, n_spans, n_tokens)
+        return self.body[:at]
 
-def read_plan(body: np.ndarray, n_spans: int) -> list[tuple[int, np.ndarray, int]]:
-    """The `sequences` write_plan wrote into body (the tokens as views of it)."""
-    spans = body[: SPAN * n_spans].reshape(n_spans, SPAN)
-    sequences, at = [], SPAN * n_spans
-    for slot, n, start_pos in spans:
-        sequences.append((int(slot), body[at : at + n], int(start_pos)))
-        at += int(n)
-    return sequences
+    def read(self) -> list[tuple[int, np.ndarray, int]]:
+        """The `sequences` of the header and body rank 0 wrote (the tokens as views of the body)."""
+        n_spans = int(self.header[1])
+        sequences, at = [], SPAN * n_spans
+        for slot, n, start_pos in self.body[:at].reshape(n_spans, SPAN):
+            sequences.append((int(slot), self.body[at : at + n], int(start_pos)))
+            at += int(n)
+        return sequences
 
 
 class Leader:
@@ -83,7 +90,7 @@ class Leader:
 
     def __init__(self, model):
         self.model, self.group = model, model.group
-        self.header, self.body = plan_buffers(model)
+        self.plan = Plan(model)
         self.stopped = False
         self._lock = threading.Lock()  # stop() waits for the pass in flight
 
@@ -94,10 +101,9 @@ class Leader:
         with self._lock:
             if self.stopped:
                 raise LlamaNbError("the model's other ranks have stopped")
-            n_spans, n_tokens = write_plan(sequences, self.body)
-            self.header[:] = (PASS, n_spans, n_tokens)
-            self.group.broadcast_idle(self.header)
-            self.group.broadcast(self.body[: SPAN * n_spans + n_tokens])
+            body = self.plan.write(sequences)
+            self.group.broadcast_idle(self.plan.header)
+            self.group.broadcast(body)
             try:
                 return self.model.forward_batch(sequences)
             except LlamaNbError:
@@ -110,8 +116,8 @@ class Leader:
         with self._lock:
             if not self.stopped:
                 self.stopped = True
-                self.header[:] = (STOP, 0, 0)
-                self.group.broadcast_idle(self.header)
+                self.plan.header[:] = (STOP, 0, 0)
+                self.group.broadcast_idle(self.plan.header)
 
 
 @contextlib.contextmanager
@@ -130,20 +136,18 @@ def leading(model) -> Iterator:
 
 def follow(model) -> None:
     """Every rank but 0: run rank 0's passes on `model` (this rank's part) until it sends STOP."""
-    group = model.group
-    header, body = plan_buffers(model)
+    group, plan = model.group, Plan(model)
     with deferred_signals():
         while True:
-            group.broadcast_idle(header)
-            verb, n_spans, n_tokens = (int(v) for v in header)
+            group.broadcast_idle(plan.header)
+            verb, n_spans, n_tokens = (int(v) for v in plan.header)
             if verb == STOP:
                 return
-            if verb != PASS or not 0 < n_spans <= model.slots or SPAN * n_spans + n_tokens > len(body):
-                raise LlamaNbError(f"rank 0 sent a plan this rank cannot read: header {header.tolist()}")
-            plan = body[: SPAN * n_spans + n_tokens]
-            group.broadcast(plan)
+            if verb != PASS or not plan.fits(n_spans, n_tokens):
+                raise LlamaNbError(f"rank 0 sent a plan this rank cannot read: header {plan.header.tolist()}")
+            group.broadcast(plan.body[: SPAN * n_spans + n_tokens])
             try:
-                model.forward_batch(read_plan(plan, n_spans))
+                model.forward_batch(plan.read())
             except LlamaNbError:
                 pass  # rank 0 met it too: its engine says it to the requests
             except Exception as exc:  # noqa: BLE001
