@@ -73,7 +73,6 @@ def serve(
                        slots=parallel, group=group)
     if group.rank != 0:
         follow(llm.model)
-        _ranks.stopped_together()
         raise typer.Exit(0)
     with leading(llm.model) as passes:  # under mpirun: every rank runs each pass; at the end they stop
         bound = listener.getsockname()

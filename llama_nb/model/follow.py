@@ -22,9 +22,10 @@ Failures. A pass that fails with a LlamaNbError (a span the context cannot hold,
 logits) fails alike on every rank: the same plan is checked the same way, and the logits are the
 all-gathered ones. Rank 0's engine reports it to the requests; the others wait for the next
 pass. Any other failure of a pass, on any rank, is said in one line by its rank and ends the job
-(MPI_Abort): the other ranks may be waiting for it in a collective. The other ranks defer SIGINT
-and SIGTERM (mpirun sends them to every rank): rank 0 stops the server, ends its passes (the
-in-flight requests get their last chunk) and then sends STOP.
+(MPI_Abort): the other ranks may be waiting for it in a collective. The other ranks ignore SIGINT
+and SIGTERM while they follow (mpirun sends them to every rank): rank 0 stops the server, ends
+its passes (the in-flight requests get their last chunk) and then sends STOP. A rank that dies
+is seen by mpirun, which ends the others.
 """
 
 from __future__ import annotations
@@ -155,14 +156,12 @@ def follow(model) -> None:
 
 
 @contextlib.contextmanager
-def deferred_signals() -> Iterator[list[int]]:
-    """SIGINT and SIGTERM recorded, not acted on, in the block (the main thread's): mpirun sends
-    them to every rank, and a rank other than 0 must go on with the passes until rank 0 ends them."""
-    received: list[int] = []
-    previous = {sig: signal.signal(sig, lambda number, frame: received.append(number))
-                for sig in (signal.SIGINT, signal.SIGTERM)}
+def deferred_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM ignored in the block (the main thread's): mpirun sends them to every
+    rank, and a rank other than 0 must go on with the passes until rank 0 ends them (STOP)."""
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield received
+        yield
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

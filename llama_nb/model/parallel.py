@@ -50,7 +50,8 @@ T = TypeVar("T")
 SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
 # broadcast_idle: a waiting rank tests for rank 0's message after sleeps that double from the first
 # to the longest (seconds): it answers within about its last sleep, and an idle wait costs ~50
-# wake-ups a second (no measurable CPU); the first pass after an idle spell waits up to 20 ms.
+# wake-ups a second (under 1% of a core: bench/serve.py prints it); the first pass after an idle
+# spell waits up to 20 ms for the others.
 IDLE_SLEEP_FIRST, IDLE_SLEEP_LONGEST = 50e-6, 0.02
 
 
