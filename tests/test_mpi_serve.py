@@ -1,8 +1,9 @@
 """`mpirun -n 2 llama-nb serve` (the README's command) on a tiny model cut into 2 shards by Meta's
 reference model (tests/meta_shards.py), driven by the official openai client, against one process
-serving the same folder: the same greedy text for a chat completion, for the same conversation
-again (taken from the slot's cache: the other rank's cache follows rank 0's), a streamed
-completion and two concurrent requests. Between requests the other rank uses ~0% CPU. SIGTERM to
+serving the same folder: the same error for a prompt whose pass fails on every rank (non-finite
+logits), then the same greedy text for a chat completion, for the same conversation again (taken
+from the slot's cache: the other rank's cache follows rank 0's), a streamed completion and two
+concurrent requests. Between requests the other rank uses ~0% CPU. SIGTERM to
 mpirun ends the stream in flight and then every rank, cleanly; a port in use and a killed rank
 end every rank too. And model/follow.py's plan and failure rules, between fake groups.
 """
@@ -21,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
+import openai
 import pytest
 
 from llama_nb.errors import LlamaNbError
@@ -47,10 +49,21 @@ def readme_command() -> tuple[tuple[str, ...], tuple[str, ...]]:
     return (str(MPIRUN), *argv[1:at]), tuple(command)
 
 
+POISONED = 100000  # an ordinary token of rank 1's vocab slice whose embedding row is made NaN
+
+
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
+    """Meta's 2 shards of a tiny model, token POISONED's embedding row set to NaN in shard 1: a
+    prompt holding it fails its pass with non-finite logits on both ranks (a shared failure)."""
+    import torch
+
     out = tmp_path_factory.mktemp("mpi-serve") / "gqa-mp2"
     make_sharded_model(out, tiny_params(dim=64, n_layers=2, n_heads=4, n_kv_heads=2), 2, seed=11)
+    shard = torch.load(out / "consolidated.01.pth", weights_only=True)
+    rows = shard["tok_embeddings.weight"]
+    rows[POISONED - (128256 - len(rows))] = float("nan")  # shard 1 holds the second half of the vocab
+    torch.save(shard, out / "consolidated.01.pth")
     return out
 
 
@@ -99,6 +112,8 @@ def requests(server: Server) -> dict:
     def complete(prompt: str, n: int):
         return client.completions.create(model="x", prompt=prompt, max_tokens=n, temperature=0)
 
+    with pytest.raises(openai.InternalServerError) as failed:  # the pass fails on every rank; the server goes on
+        complete([128000, 791, POISONED, 4062], 4)
     first, again = chat("Who made the heaven and the earth?", 16), chat("Who made the heaven and the earth?", 16)
     assert first.usage.completion_tokens == 16 and first.choices[0].finish_reason == "length"
     # the same conversation again: all but its last token from the slot's cache
@@ -108,7 +123,7 @@ def requests(server: Server) -> dict:
     with ThreadPoolExecutor(2) as pool:
         a, b = pool.submit(chat, "Tell of David", 20), pool.submit(complete, "And it came to pass", 20)
         a, b = a.result(), b.result()
-    return {"chat": first.choices[0].message.content, "again": again.choices[0].message.content,
+    return {"failed": failed.value.body["message"], "chat": first.choices[0].message.content, "again": again.choices[0].message.content,
             "streamed": streamed, "finish": chunks[-1].choices[0].finish_reason,
             "together": (a.choices[0].message.content, b.choices[0].text)}
 
@@ -119,6 +134,7 @@ def test_two_ranks_serve_what_one_process_serves(servers):
     assert "2 ranks" in "".join(two.lines) and "ranks" not in "".join(one.lines)
     ours, alone = requests(two), requests(one)
     assert ours == alone
+    assert "not finite" in ours["failed"] and "token embeddings" in ours["failed"]
     assert ours["chat"] == ours["again"] and ours["chat"] and ours["streamed"] and all(ours["together"])
 
 
