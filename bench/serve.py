@@ -67,7 +67,8 @@ def model_folder(name: str, tmp: Path) -> Path:
     return folder
 
 
-def start_server(folder: Path, parallel: int, threads: int | None, ctx: int, ranks: int = 1) -> tuple[subprocess.Popen, str]:
+def start_server(folder: Path, parallel: int, threads: int | None, ctx: int,
+                 ranks: int = 1) -> tuple[subprocess.Popen, str]:
     launcher = [str(Path(sys.executable).parent / "mpirun"), "-n", str(ranks)] if ranks > 1 else []
     argv = launcher + [sys.executable, "-m", "llama_nb", "serve", "--model", str(folder), "--port", "0", "--parallel",
                        str(parallel), "--ctx", str(ctx)] + (["--threads", str(threads)] if threads else [])

@@ -3,9 +3,9 @@ reference model (tests/meta_shards.py), driven by the official openai client, ag
 serving the same folder: the same error for a prompt whose pass fails on every rank (non-finite
 logits), then the same greedy text for a chat completion, for the same conversation again (taken
 from the slot's cache: the other rank's cache follows rank 0's), a streamed completion and two
-concurrent requests. Between requests the other rank uses ~0% CPU. SIGTERM to
-mpirun ends the stream in flight and then every rank, cleanly; a port in use and a killed rank
-end every rank too. And model/follow.py's plan and failure rules, between fake groups.
+concurrent requests. Between requests the other rank uses ~0% CPU. SIGTERM to mpirun ends the
+stream in flight and then every rank, cleanly, and so does Ctrl-C (exit 130); a port in use and
+a killed rank end every rank too. And model/follow.py's plan and failure rules, between fake groups.
 """
 
 from __future__ import annotations
@@ -102,14 +102,15 @@ def ranks(marker: str) -> dict[int, int]:
 
 
 def requests(server: Server) -> dict:
-    """What one client sees of a chat completion (twice), a streamed completion and two requests at once."""
+    """What one client sees of a prompt whose pass fails, a chat completion (twice), a streamed
+    completion and two requests at once."""
     client = server.client()
 
     def chat(content: str, n: int):
         return client.chat.completions.create(model="x", messages=[{"role": "user", "content": content}],
                                               max_tokens=n, temperature=0)
 
-    def complete(prompt: str, n: int):
+    def complete(prompt: str | list[int], n: int):
         return client.completions.create(model="x", prompt=prompt, max_tokens=n, temperature=0)
 
     with pytest.raises(openai.InternalServerError) as failed:  # the pass fails on every rank; the server goes on
@@ -123,8 +124,9 @@ def requests(server: Server) -> dict:
     with ThreadPoolExecutor(2) as pool:
         a, b = pool.submit(chat, "Tell of David", 20), pool.submit(complete, "And it came to pass", 20)
         a, b = a.result(), b.result()
-    return {"failed": failed.value.body["message"], "chat": first.choices[0].message.content, "again": again.choices[0].message.content,
-            "streamed": streamed, "finish": chunks[-1].choices[0].finish_reason,
+    return {"failed": failed.value.body["message"], "chat": first.choices[0].message.content,
+            "again": again.choices[0].message.content, "streamed": streamed,
+            "finish": chunks[-1].choices[0].finish_reason,
             "together": (a.choices[0].message.content, b.choices[0].text)}
 
 

@@ -151,8 +151,8 @@ def follow(model) -> None:
                 model.forward_batch(plan.read())
             except LlamaNbError:
                 pass  # rank 0 met it too: its engine says it to the requests
-            except Exception as exc:  # noqa: BLE001
-                raise LlamaNbError(f"a pass failed: {type(exc).__name__}: {exc}") from exc  # cli/_ranks: one line, MPI_Abort
+            except Exception as exc:  # noqa: BLE001 - this rank's alone: cli/_ranks.end says it, MPI_Abort
+                raise LlamaNbError(f"a pass failed: {type(exc).__name__}: {exc}") from exc
 
 
 @contextlib.contextmanager
