@@ -30,12 +30,16 @@ PROMPTS = ["Who made the heaven and the earth?", "And what of the sea?", "Blesse
 
 
 class Server:
-    """A `llama-nb serve` subprocess on a free port (the last --port wins); .base is its http://127.0.0.1:PORT."""
+    """A `llama-nb serve` subprocess on a free port (the last --port wins); .base is its http://127.0.0.1:PORT.
 
-    def __init__(self, *args: str, command: tuple[str, ...] = ("serve", "--ctx", str(CTX))):
-        self.proc = subprocess.Popen([sys.executable, "-m", "llama_nb", *command, *args, "--model", str(demo_model_dir()),
-                                      "--port", "0"], cwd=ROOT, text=True,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ))
+    model: the demo's by default; launcher: what starts the process (tests/test_mpi_serve.py: mpirun -n 2);
+    env: variables added to the environment."""
+
+    def __init__(self, *args: str, command: tuple[str, ...] = ("serve", "--ctx", str(CTX)), model: Path | None = None,
+                 launcher: tuple[str, ...] = (), env: dict | None = None):
+        self.proc = subprocess.Popen([*launcher, sys.executable, "-m", "llama_nb", *command, *args, "--model",
+                                      str(model or demo_model_dir()), "--port", "0"], cwd=ROOT, text=True,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, **(env or {})))
         self.lines: list[str] = []
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:

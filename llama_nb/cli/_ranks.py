@@ -12,8 +12,12 @@
                        happened on and ends the whole job with MPI_Abort: the other ranks may be
                        waiting for it in a collective, and would wait forever.
 
+    stopped_together() the command ended on every rank in agreement (`serve`: rank 0 told the
+                       others to stop): each exits with its own code, 130 after Ctrl-C too,
+                       and end() does not abort the job
+
 A rank that dies (killed, out of memory) is seen by the MPI launcher, which ends the others at
-once (mpiexec's own message says which rank died). Outside MPI both are no-ops.
+once (mpiexec's own message says which rank died). Outside MPI all are no-ops.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import sys
 
 RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK")
 _real_stderr: int | None = None
+_stopped_together = False
 
 
 def rank_from_environment() -> int:
@@ -50,13 +55,18 @@ def begin() -> None:
     os.close(devnull)
 
 
+def stopped_together() -> None:
+    global _stopped_together
+    _stopped_together = True
+
+
 def end(code: int, error: BaseException | None) -> None:
     from llama_nb.model.parallel import AgreedError
 
     mpi = sys.modules.get("mpi4py.MPI")
     if code == 0 or mpi is None or not mpi.Is_initialized() or mpi.COMM_WORLD.Get_size() == 1:
         return
-    if isinstance(error, AgreedError):
+    if isinstance(error, AgreedError) or (_stopped_together and error is None):
         return
     if _real_stderr is not None and error is not None:  # rank 0 said its own error already
         line = "error: rank %d: %s\n" % (mpi.COMM_WORLD.Get_rank(), " ".join(str(error).split()))

@@ -118,11 +118,12 @@ def check_sampling_options(temperature: float, top_k: int | None, top_p: float |
 
 
 def load_for_cli(model: Path | None, *, impl: str | None, ctx: int, threads: int | None, precision: str = "bf16",
-                 kv_cache: str | None = None, mmap: bool = False, quiet: bool = False, slots: int = 1):
+                 kv_cache: str | None = None, mmap: bool = False, quiet: bool = False, slots: int = 1, group=None):
     """Resolve the folder, load and compile. On a terminal a spinner on stderr says which of the
     two is going on, and only when it takes long enough to see: reading 16 GB of weights takes
     seconds, and so does compiling the kernels on the first run (later runs load them from the
-    cache in a fraction of a second, and no spinner shows)."""
+    cache in a fraction of a second, and no spinner shows). `group`: load_model's (default: the
+    MPI job this process is a rank of, if any)."""
     import llama_nb
     from llama_nb.cli._pipes import interruptible
 
@@ -132,7 +133,7 @@ def load_for_cli(model: Path | None, *, impl: str | None, ctx: int, threads: int
             with _spinner(f"loading {folder} ..."):
                 try:
                     llm = llama_nb.load_model(folder, impl=impl, ctx=ctx, threads=threads, precision=precision,
-                                              mmap=mmap, slots=slots, kv_cache=kv_cache)
+                                              mmap=mmap, slots=slots, kv_cache=kv_cache, group=group)
                 except LlamaNbError as exc:
                     # a message naming an option, or an op/impl name from --impl: a bad option value
                     if str(exc).startswith("--") or isinstance(exc, (UnknownOpError, UnknownImplError)):

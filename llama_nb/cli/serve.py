@@ -5,6 +5,12 @@ is one line, and --port 0 takes a free port and says which). SIGINT and SIGTERM 
 cleanly: the engine ends every in-flight request (streams get their last chunk and [DONE]),
 uvicorn closes the connections, and the command exits 130 after Ctrl-C (the project's code for
 it), 0 after SIGTERM, with no traceback.
+
+Under `mpirun -n N` (a model-parallel folder, model/parallel.py) rank 0 alone binds the socket
+(a port in use: one line from rank 0, and every rank exits 1), serves, schedules and samples;
+every other rank loads its part of the weights and runs rank 0's passes (model/follow.py),
+using no CPU while no request is in flight. Ctrl-C or SIGTERM (mpirun sends them to every rank)
+ends the server on rank 0 as above, then rank 0 tells the others to stop, and every rank exits.
 """
 
 from __future__ import annotations
@@ -52,23 +58,35 @@ def serve(
       llama-nb serve --port 8000 --parallel 2 --ctx 8192 --api-key secret
 
     Each runs until Ctrl-C (or SIGTERM). Then: curl -s localhost:8080/v1/models
+
+    Under mpirun -n N (a model-parallel folder), rank 0 serves and the other ranks run its passes.
     """
+    from llama_nb.cli import _ranks
     from llama_nb.cli._pipes import say
     from llama_nb.cli.run import load_for_cli
+    from llama_nb.model.follow import follow, leading
+    from llama_nb.model.parallel import group_from_environment, together
 
-    listener = _listen(host, port)
+    group = group_from_environment()
+    listener = together(group, lambda: _listen(host, port) if group.rank == 0 else None)  # before the slow load
     llm = load_for_cli(model, impl=impl, ctx=ctx, threads=threads, precision=precision, mmap=mmap, quiet=quiet,
-                       slots=parallel)
-    bound = listener.getsockname()
-    url_host = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
-    name = model_id or llm.folder.name
-    if not quiet:
-        say(f"serving {llm.folder} as {name!r} at http://{url_host}:{bound[1]}/v1 ({parallel} parallel, "
-            f"context {ctx} tokens each); Ctrl-C stops", style="dim")
-        if api_key is None and not _loopback(bound[0]):
-            say(f"warning: listening on {bound[0]} without --api-key: anyone who can reach the port can use it",
-                style="yellow")
-    code = _run(llm, listener, name, api_key, prefill_chunk)
+                       slots=parallel, group=group)
+    if group.rank != 0:
+        follow(llm.model)
+        raise typer.Exit(0)
+    with leading(llm.model) as passes:  # under mpirun: every rank runs each pass; at the end they stop
+        bound = listener.getsockname()
+        url_host = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+        name = model_id or llm.folder.name
+        if not quiet:
+            ranks = f", {group.size} ranks" if group.size > 1 else ""
+            say(f"serving {llm.folder} as {name!r} at http://{url_host}:{bound[1]}/v1 ({parallel} parallel, "
+                f"context {ctx} tokens each{ranks}); Ctrl-C stops", style="dim")
+            if api_key is None and not _loopback(bound[0]):
+                say(f"warning: listening on {bound[0]} without --api-key: anyone who can reach the port can use it",
+                    style="yellow")
+        code = _run(llm, passes, listener, name, api_key, prefill_chunk)
+    _ranks.stopped_together()
     raise typer.Exit(code)
 
 
@@ -94,14 +112,15 @@ def _loopback(address: str) -> bool:
         return False
 
 
-def _run(llm, listener: socket.socket, model_id: str, api_key: str | None, prefill_chunk: int) -> int:
-    """Run the engine thread and uvicorn until SIGINT / SIGTERM; the exit code."""
+def _run(llm, passes, listener: socket.socket, model_id: str, api_key: str | None, prefill_chunk: int) -> int:
+    """Run the engine thread (its passes on `passes`: llm.model, or a Leader) and uvicorn until
+    SIGINT / SIGTERM; the exit code."""
     import uvicorn
 
     from llama_nb.serve.app import create_app
     from llama_nb.serve.engine import Engine
 
-    engine = Engine(llm, prefill_chunk)
+    engine = Engine(llm, prefill_chunk, model=passes)
     received: list[int] = []
 
     class Server(uvicorn.Server):

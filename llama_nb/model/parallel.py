@@ -24,6 +24,11 @@ is broadcast, so a seed gives the same tokens as one process.
 
 When n_kv_heads < N (405B on 16 ranks: 8 kv heads), Meta's shards repeat each kv head on
 N / n_kv_heads consecutive ranks, so a rank holds 1 kv head, the one its query heads use.
+
+Serving (`mpirun -n N llama-nb serve`, model/follow.py): rank 0 alone schedules and samples, and
+sends each pass's plan, int64 buffers, with `broadcast` (blocking, while a pass is going on) and
+`broadcast_idle` (for the ranks that wait for the next request: a nonblocking broadcast tested
+between short sleeps, since MPICH's blocking one keeps a core at 100% while it waits).
 """
 
 from __future__ import annotations
@@ -43,6 +48,11 @@ from llama_nb.io.params import ModelArgs
 # (PMI_SIZE), Open MPI (OMPI_COMM_WORLD_SIZE), Slurm's PMI2/PMIx (PMIX_SIZE is not set: PMI_SIZE is).
 T = TypeVar("T")
 SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+# broadcast_idle: a waiting rank tests for rank 0's message after sleeps that double from the first
+# to the longest (seconds): it answers within about its last sleep, and an idle wait costs ~50
+# wake-ups a second (under 1% of a core: bench/serve.py prints it); the first pass after an idle
+# spell waits up to 20 ms for the others.
+IDLE_SLEEP_FIRST, IDLE_SLEEP_LONGEST = 50e-6, 0.02
 
 
 class AgreedError(LlamaNbError):
@@ -114,6 +124,14 @@ class Single:
         """Rank 0's `value` (a line typed in chat: small, picklable) on every rank."""
         return value
 
+    def broadcast(self, buffer: np.ndarray) -> None:
+        """buffer (int64 or float32, C-contiguous) = rank 0's buffer, in place on every rank."""
+
+    def broadcast_idle(self, buffer: np.ndarray) -> None:
+        """broadcast(buffer), for ranks that may wait long for it (a server's other ranks between
+        requests): waiting costs no CPU. Every rank must call this one, not broadcast, for the
+        same message (MPI matches nonblocking collectives only with nonblocking ones)."""
+
     def first_error(self, error: str | None) -> str | None:
         """Collective: the first rank's error (prefixed by its rank when there are several)."""
         return error
@@ -174,6 +192,21 @@ class MpiGroup(Single):
 
     def share(self, value):
         return self.comm.bcast(value, root=0)  # once per chat line, not per token: pickled
+
+    def broadcast(self, buffer: np.ndarray) -> None:
+        t0 = time.perf_counter()
+        self.comm.Bcast(buffer, root=0)
+        self.collective_seconds += time.perf_counter() - t0
+
+    def broadcast_idle(self, buffer: np.ndarray) -> None:
+        request = self.comm.Ibcast(buffer, root=0)
+        if self.rank == 0:
+            request.Wait()  # rank 0 only sends: done as soon as the message is on its way
+            return
+        sleep = IDLE_SLEEP_FIRST
+        while not request.Test():  # each Test also makes MPI's progress (forwards it to other ranks)
+            time.sleep(sleep)
+            sleep = min(2 * sleep, IDLE_SLEEP_LONGEST)
 
     def first_error(self, error: str | None) -> str | None:
         # once per load, not per token: a pickled string is fine here

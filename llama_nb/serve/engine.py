@@ -84,11 +84,16 @@ class Job:
 
 
 class Engine:
-    """Runs a BatchGenerator over the model in its own thread (see the module docstring)."""
+    """Runs a BatchGenerator over the model in its own thread (see the module docstring).
 
-    def __init__(self, llm, prefill_chunk: int):
+    model  what runs the passes: llm.model (default), or under mpirun rank 0's model/follow.py
+           Leader, which has the other ranks run each pass too
+    """
+
+    def __init__(self, llm, prefill_chunk: int, model=None):
         self.llm = llm
-        self.batch = BatchGenerator(llm.model, llm.tokenizer, prefill_chunk)
+        self.model = model if model is not None else llm.model
+        self.batch = BatchGenerator(self.model, llm.tokenizer, prefill_chunk)
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._jobs: dict[int, Job] = {}  # by sequence id
         self._thread = threading.Thread(target=self._run, name="llama-nb-engine", daemon=True)
@@ -164,7 +169,7 @@ class Engine:
                 job.finished = True
                 job.emit("error", message)
             self._jobs.clear()
-            self.batch = BatchGenerator(self.llm.model, self.llm.tokenizer, self.batch.prefill_chunk)
+            self.batch = BatchGenerator(self.model, self.llm.tokenizer, self.batch.prefill_chunk)
             return
         for event in events:
             self._deliver(event)
