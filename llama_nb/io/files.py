@@ -14,6 +14,11 @@ goes through `open_regular_file` or `read_regular_file`, so these hold for all o
     never follows a growing file, nor allocates for more than the size it checked).
 
 Every failure is one CheckpointError line naming the file: "<path>: <problem>".
+
+The readers that take parts of a large file by offset (headers, tensors) read them with
+`pread_exactly` / `preadv_exactly`: a pread may return fewer bytes than asked (a signal, a file
+shrunk since fstat), so they loop until done and raise FileEnded when the file ends first; each
+reader words that in its own error (the file, and what it was reading).
 """
 
 from __future__ import annotations
@@ -74,3 +79,30 @@ def read_regular_file(path: str | Path, limit: int, what: str, missing: str = "n
     if len(data) > size:
         raise CheckpointError(f"{path}: grew while being read (past the {size} bytes it had); is it still being written?")
     return data
+
+
+class FileEnded(Exception):
+    """The file ended before the bytes asked for (it was truncated, or is shrinking)."""
+
+
+def pread_exactly(fd: int, offset: int, size: int) -> bytes:
+    """Exactly `size` bytes of the open file `fd` from `offset`. FileEnded if the file ends first;
+    OSError as os.pread raises it."""
+    parts, done = [], 0
+    while done < size:
+        part = os.pread(fd, size - done, offset + done)
+        if not part:
+            raise FileEnded(offset + done)
+        parts.append(part)
+        done += len(part)
+    return b"".join(parts)
+
+
+def preadv_exactly(fd: int, buffer: memoryview, offset: int) -> None:
+    """Fill `buffer` with the file's bytes from `offset` (into it: no copy). FileEnded, OSError as above."""
+    done = 0
+    while done < len(buffer):
+        n = os.preadv(fd, [buffer[done:]], offset + done)
+        if n <= 0:
+            raise FileEnded(offset + done)
+        done += n

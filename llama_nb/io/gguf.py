@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from llama_nb.errors import CheckpointError, shown
-from llama_nb.io.files import open_regular_file
+from llama_nb.io.files import FileEnded, open_regular_file, pread_exactly
 
 MAGIC = b"GGUF"
 VERSIONS = (2, 3)
@@ -146,15 +146,10 @@ class _Cursor:
             raise self.fail(f"metadata and tensor entries pass {MAX_HEADER_BYTES >> 20} MiB (at {what}); "
                             "no model's header is that large")
         want = min(self.size, MAX_HEADER_BYTES, max(end, 2 * len(self.buf), _FIRST_READ))
-        chunks = [self.buf]
-        have = len(self.buf)
-        while have < want:
-            chunk = os.pread(self.fd, want - have, have)
-            if not chunk:
-                raise self.fail(f"file ended while reading {what} (was it truncated?)")
-            chunks.append(chunk)
-            have += len(chunk)
-        self.buf = b"".join(chunks)
+        try:
+            self.buf += pread_exactly(self.fd, len(self.buf), want - len(self.buf))
+        except FileEnded:
+            raise self.fail(f"file ended while reading {what} (was it truncated?)") from None
 
     def unpack(self, fmt: str, what: str) -> Any:
         n = struct.calcsize(fmt)

@@ -48,7 +48,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from llama_nb.errors import CheckpointError, one_line, shown
-from llama_nb.io.files import open_regular_file
+from llama_nb.io.files import FileEnded, open_regular_file, preadv_exactly
 from llama_nb.io.pickle_safety import MAX_DEPTH, MAX_OPCODES, check_opcodes
 from llama_nb.io.unpickler import MAX_ELEMENTS, MAX_NDIM, MAX_NESTING, RestrictedUnpickler, flatten
 from llama_nb.io.zip_archive import Archive, Refused
@@ -158,13 +158,13 @@ def _read_strided(fd: int, view: np.ndarray, offset: int, path: Path) -> np.ndar
 
 
 def _pread_exactly(fd: int, buffer: memoryview, offset: int, path: Path) -> None:
-    """Fill `buffer` with the file's bytes from `offset` (a read may return fewer bytes than asked)."""
-    done = 0
-    while done < len(buffer):
-        n = os.preadv(fd, [buffer[done:]], offset + done)
-        if n <= 0:
-            raise CheckpointError(f"{path}: file ended while reading tensor data (was it truncated?)")
-        done += n
+    """Fill `buffer` with the file's bytes from `offset`, or one CheckpointError line."""
+    try:
+        preadv_exactly(fd, buffer, offset)
+    except FileEnded:
+        raise CheckpointError(f"{path}: file ended while reading tensor data (was it truncated?)") from None
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read tensor data: {exc.strerror or exc}") from None
 
 
 def load_pth(path: str | Path) -> Checkpoint:

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from llama_nb.errors import CheckpointError, shown
-from llama_nb.io.files import open_regular_file
+from llama_nb.io.files import FileEnded, open_regular_file, pread_exactly
 from llama_nb.io.jsonfile import parse_json
 from llama_nb.io.pth import Checkpoint
 from llama_nb.io.unpickler import MAX_NDIM
@@ -82,17 +82,12 @@ def load_safetensors(path: str | Path) -> Checkpoint:
 
 def _pread(fd: int, offset: int, size: int, path: Path) -> bytes:
     """Exactly `size` bytes from `offset` (the file may have shrunk since fstat)."""
-    parts, done = [], 0
-    while done < size:
-        try:
-            part = os.pread(fd, size - done, offset + done)
-        except OSError as exc:
-            raise CheckpointError(f"{path}: cannot read: {exc.strerror or exc}") from None
-        if not part:
-            raise CheckpointError(f"{path}: file ended while reading its header (was it truncated?)")
-        parts.append(part)
-        done += len(part)
-    return b"".join(parts)
+    try:
+        return pread_exactly(fd, offset, size)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except FileEnded:
+        raise CheckpointError(f"{path}: file ended while reading its header (was it truncated?)") from None
 
 
 def _check_header(header: Any, path: Path, data_size: int, data_start: int

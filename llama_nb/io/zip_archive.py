@@ -15,7 +15,6 @@ reaches past the end of the map.
 
 from __future__ import annotations
 
-import os
 import struct
 import zipfile
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from typing import BinaryIO
 import numpy as np
 
 from llama_nb.errors import CheckpointError, one_line, shown
-from llama_nb.io.files import open_regular_file
+from llama_nb.io.files import FileEnded, open_regular_file, pread_exactly
 
 
 class Refused(Exception):
@@ -111,17 +110,12 @@ class Archive:
 
     def pread(self, offset: int, size: int) -> bytes:
         """`size` bytes of the file from `offset`; Refused when the file ends before them."""
-        parts, done = [], 0
-        while done < size:
-            try:
-                part = os.pread(self.file.fileno(), size - done, offset + done)
-            except OSError as exc:
-                raise Refused(f"cannot read {size} bytes at offset {offset}: {exc.strerror or exc}") from None
-            if not part:
-                raise Refused(f"the file ended before byte {offset + size} (was it truncated while being read?)")
-            parts.append(part)
-            done += len(part)
-        return b"".join(parts)
+        try:
+            return pread_exactly(self.file.fileno(), offset, size)
+        except OSError as exc:
+            raise Refused(f"cannot read {size} bytes at offset {offset}: {exc.strerror or exc}") from None
+        except FileEnded:
+            raise Refused(f"the file ended before byte {offset + size} (was it truncated while being read?)") from None
 
     def entry(self, name: str) -> Entry:
         """Where an entry's bytes are: validated STORED, inside the file, local header consistent.
