@@ -29,7 +29,8 @@ Then, per round, each engine (order alternating between rounds, A B, B A, ...) r
     tgM   M greedy decode passes continuing after the prompt (argmax included on both sides), the
           two engines taking turns of TG_CHUNK tokens
 The host's memory bandwidth changes from one spell of seconds to the next, so only ratios within
-a round are compared, and decode, the part that follows the bandwidth, is interleaved finely
+a round are compared (each round prints the plain-read probe's GB/s measured just before and just
+after it, to show the spell it ran in), and decode, the part that follows the bandwidth, is interleaved finely
 enough that a spell covers both engines; the table shows each round and the mean ± standard
 deviation.
 
@@ -302,6 +303,30 @@ def timed_round(engines, ids: np.ndarray, n_gen: int, chunk: int = TG_CHUNK) -> 
     return {e.name: (pp[e.name], n_gen / tg_seconds[e.name]) for e in engines}
 
 
+class PlainRead:
+    """The plain-read probe of `llama-nb bench` (ops/benchmark.py: a parallel Numba sum of 512 MB),
+    measured before and after each round, so a ratio shows which spell of the host's bandwidth it
+    came from."""
+
+    def __init__(self, threads: int):
+        from llama_nb.ops.benchmark import _READ_BYTES
+
+        self.threads, self.array = threads, np.ones((_READ_BYTES // 2 // 8192, 8192), np.uint16)
+
+    def gbps(self) -> float:
+        from llama_nb.ops.benchmark import _sum_rows
+        from llama_nb.ops.jit import threads as using_threads
+
+        with using_threads(self.threads):
+            _sum_rows(self.array)
+            best = float("inf")
+            for _ in range(3):
+                t0 = time.perf_counter()
+                _sum_rows(self.array)
+                best = min(best, time.perf_counter() - t0)
+        return self.array.nbytes / best / 1e9
+
+
 def compare_shape(shape: str, n_prompt: int, n_gen: int, rounds: int, threads: int, log, impl: str | None = None,
                   precision: str = "bf16", qtype: str = "bf16") -> dict:
     folder = ensure_shape_model(shape, on_write=lambda f, n: log(f"writing random {shape} ({n / 1e9:.1f} GB) to {f}"))
@@ -323,10 +348,14 @@ def compare_shape(shape: str, n_prompt: int, n_gen: int, rounds: int, threads: i
     timed_round((nb, cpp), ids[: min(n_prompt, 32)], 2)  # warm-up: page the weights in, first-call costs
     check = agreement(nb, cpp, ids, n_gen)
     results = []
+    probe = PlainRead(threads)
     for r in range(rounds):
+        before = probe.gbps()
         pair = timed_round((nb, cpp) if r % 2 == 0 else (cpp, nb), ids, n_gen)
+        pair["read"] = (before, probe.gbps())
         results.append(pair)
-        log(f"{shape} round {r + 1}: " + ", ".join(f"{k} pp {v[0]:.1f} tg {v[1]:.2f}" for k, v in pair.items()))
+        log(f"{shape} round {r + 1}: " + ", ".join(f"{k} pp {v[0]:.1f} tg {v[1]:.2f}" for k, v in pair.items()
+                                                    if k != "read") + f", plain read {pair['read'][0]:.1f}/{pair['read'][1]:.1f} GB/s")
     return {"shape": shape, "n_prompt": n_prompt, "n_gen": n_gen, "check": check, "rounds": results, "type": qtype}
 
 
@@ -355,7 +384,9 @@ def render(results: list[dict], threads: int, impl: str | None = None, precision
         lines.append(f"per round, {res['shape']} (ratio llama_nb / llama.cpp):")
         for i, p in enumerate(res["rounds"]):
             (nbp, nbt), (cp, ct) = p["llama_nb"], p["llama.cpp"]
-            lines.append(f"  round {i + 1}: pp {nbp:7.1f} vs {cp:7.1f} = {nbp / cp:.2f}   tg {nbt:6.2f} vs {ct:6.2f} = {nbt / ct:.2f}")
+            read = p.get("read", (float("nan"),) * 2)
+            lines.append(f"  round {i + 1}: pp {nbp:7.1f} vs {cp:7.1f} = {nbp / cp:.2f}   tg {nbt:6.2f} vs {ct:6.2f} = {nbt / ct:.2f}"
+                         f"   plain read {read[0]:.1f} / {read[1]:.1f} GB/s (before / after)")
         check = res["check"]
         agree = sum(row[1] == row[2] for row in check)
         # a disagreement is a near-tie when llama_nb's top-2 margin is within the largest logit
