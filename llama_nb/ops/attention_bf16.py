@@ -112,7 +112,7 @@ def attention_decode_bf16(out, q, k_cache, v_cache, start_pos, rows, running):
                 for lane in range(16):
                     w[16 * jb + lane] *= lane_scale[lane]
             if head_dim % 64 == 0:
-                _weigh_values_64(outs, keeps, w, values, b0, n, first, last)
+                _weigh_values_64(outs, keeps, w, True, values, b0, n, first, last)
             else:
                 _weigh_values_32(outs, keeps, w, values, b0, n, first, heads)
 
@@ -137,21 +137,26 @@ def _fold_head(i, total, lane_max, lane_scale, mine, first):
 
 
 @njit_inline
-def _weigh_values_64(outs, keeps, w, values, b0, n, first, last):
-    """outs[i][:] = outs[i][:] * keeps[i] + sum_j w[head i, key j] * values[b0 + j, :] for the
-    4 heads (head_dim % 64 == 0), in passes of two segments (head pair p, 64 columns at c); a
-    pair past the last head (a group of 1 to 3 heads) is not stored: its rows repeat the last."""
+def _weigh_values_64(outs, keeps, w, interleaved, values, b0, n, first, last):
+    """outs[i][:] = outs[i][:] * keeps[i] + sum_j weight(i, j) * values[b0 + j, :] for the 4 heads
+    (head_dim % 64 == 0), in passes of two segments (head pair p, 64 columns at c). The weights:
+    interleaved (this file's kernel), w[16 (j >> 2) + (j & 3) + 4 i]; else (attention.py's float32
+    kernel) one row of KEY_BLOCK per head, w[KEY_BLOCK i + j]. Heads past `last` (a group of 1 to
+    3 heads) take the last head's weights and are not stored: their rows repeat the last."""
     per_pair = values.shape[1] // 64  # segments per head pair
+    step = 4 if interleaved else KEY_BLOCK  # from one head's weights to the next head's
     for s in range(0, 2 * per_pair, 2):
         pa, ca = s // per_pair, (s % per_pair) * 64
         pb, cb = (s + 1) // per_pair, ((s + 1) % per_pair) * 64
+        wa0, wa1 = step * min(2 * pa, last), step * min(2 * pa + 1, last)
+        wb0, wb1 = step * min(2 * pb, last), step * min(2 * pb + 1, last)
         a = _pair_start(outs[2 * pa], outs[2 * pa + 1], ca, keeps[2 * pa], keeps[2 * pa + 1], first)
         b = _pair_start(outs[2 * pb], outs[2 * pb + 1], cb, keeps[2 * pb], keeps[2 * pb + 1], first)
         for j in range(n):
-            at = 16 * (j >> 2) + (j & 3)  # head 0's weight of key j; head h's is 4 h further
+            at = 16 * (j >> 2) + (j & 3) if interleaved else j  # head 0's weight of key j
             row = values[b0 + j]
-            a = _pair_fma(a, f32x16_splat(w[at + 8 * pa]), f32x16_splat(w[at + 8 * pa + 4]), row, ca)
-            b = _pair_fma(b, f32x16_splat(w[at + 8 * pb]), f32x16_splat(w[at + 8 * pb + 4]), row, cb)
+            a = _pair_fma(a, f32x16_splat(w[at + wa0]), f32x16_splat(w[at + wa1]), row, ca)
+            b = _pair_fma(b, f32x16_splat(w[at + wb0]), f32x16_splat(w[at + wb1]), row, cb)
         if 2 * pa <= last:
             _pair_store(outs[2 * pa], outs[2 * pa + 1], ca, a)
         if 2 * pb <= last:
