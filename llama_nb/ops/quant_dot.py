@@ -34,16 +34,20 @@ import numpy as np
 from numba import prange
 
 from llama_nb.ops.jit import HAS_AVX512_VNNI, Twins, twins
-from llama_nb.ops.quant_rows import Q4_K_BYTES, Q6_K_BYTES, Q8_0_BYTES, q4_k_mins, q4_k_scales
+from llama_nb.ops.quant_rows import Q4_K_BYTES, Q6_K_BYTES, Q8_0_BYTES
+from llama_nb.ops.simd import f32x16_fma, f32x16_splat, f32x16_sum, f32x16_zero
 from llama_nb.ops.simd_int8 import (
-    dot_u8s8_portable, dot_u8s8_vnni, f32x8_fma_i32, f32x8_fma_i32_halves, f32x8_lane, f32x8_load, f32x8_mul, f32x8_of,
-    f32x8_sum, f32x8_zero,
-    half_load, i8x32_flip, i8x32_high_nibbles, i8x32_load, i8x32_low_nibbles, i8x32_q6, i8x32_splat, i32x8_sub,
-    i32x8_zero,
+    dot_u8s8_portable, dot_u8s8_vnni, f32x8_fma_i32, f32x8_load, f32x8_sum, f32x8_zero, half_load, i8x32_flip,
+    i8x32_load, i8x32_splat, i32x8_sub, i32x8_zero,
+)
+from llama_nb.ops.simd_int8x64 import (
+    dot64_u8s8_portable, dot64_u8s8_vnni, f32x16_add, f32x16_fma_i32, f32x16_high, f32x16_mul, f32x16_of_halves,
+    f32x16_of_i8, f32x16_of_i32, f32x16_pairs, f32x16_spread, f32x16_two, i8x64_high_nibbles, i8x64_load,
+    i8x64_load2, i8x64_low_nibbles, i8x64_q6, i8x64_q6_high_bits, i32x16_zero, q4_k_scales_mins,
 )
 
 ROWS = 64  # output rows per parallel task (ops/matvec.py's MATVEC_BLOCK, measured there)
-dot_u8s8 = dot_u8s8_portable  # rebound per compiled variant (see _variants)
+dot_u8s8, dot64_u8s8 = dot_u8s8_portable, dot64_u8s8_portable  # rebound per compiled variant (see _variants)
 
 
 def _q8_0(out, q, d, sums, dsum, w):
@@ -75,23 +79,27 @@ def _q4_k(out, q, d, sums, dsum, w):
             xq, xd, xds = q[t], d[t], dsum[t]
             for n in range(task * ROWS, min((task + 1) * ROWS, n_out)):
                 row = w[n]
-                acc_lo, acc_hi = f32x8_zero(), f32x8_zero()  # two FMA chains (their latency bounds the loop)
-                mins = np.float32(0.0)
+                acc0, acc1, acc2, acc3 = f32x16_zero(), f32x16_zero(), f32x16_zero(), f32x16_zero()
+                mins = f32x16_zero()  # lanes 8-15: dmin * m[j] * d_x * sum(q_x), summed once at the end
                 for s in range(k_in // 256):
-                    at = Q4_K_BYTES * s
-                    scale, offset = half_load(row, at), half_load(row, at + 2)
-                    # the eight sub-blocks' factors d * sc[j] * d_x at once; their mins' share
-                    # sum_j m[j] * d_x * sum(q_x) as one 8-lane product
-                    factors = f32x8_mul(f32x8_of(q4_k_scales(row, at + 4)), f32x8_load(xd, 8 * s))
-                    mins += offset * f32x8_sum(f32x8_mul(f32x8_of(q4_k_mins(row, at + 4)), f32x8_load(xds, 8 * s)))
-                    for c in range(4):  # 32 bytes: sub-block 2c (low nibbles), 2c + 1 (high)
-                        v = i8x32_load(row, at + 16 + 32 * c)
-                        b = 8 * s + 2 * c  # x's block of sub-block 2c
-                        lo = dot_u8s8(i32x8_zero(), i8x32_low_nibbles(v), i8x32_load(xq, 32 * b))
-                        hi = dot_u8s8(i32x8_zero(), i8x32_high_nibbles(v), i8x32_load(xq, 32 * b + 32))
-                        acc_lo = f32x8_fma_i32(acc_lo, lo, scale * f32x8_lane(factors, 2 * c))
-                        acc_hi = f32x8_fma_i32(acc_hi, hi, scale * f32x8_lane(factors, 2 * c + 1))
-                out[t, n] = f32x8_sum(acc_lo) + f32x8_sum(acc_hi) - mins
+                    at, x = Q4_K_BYTES * s, 256 * s
+                    # lanes 0-7: d * sc[j] * d_x of sub-block j; lanes 8-15: dmin * m[j] * dsum
+                    f = f32x16_mul(f32x16_mul(q4_k_scales_mins(row, at + 4),
+                                              f32x16_of_halves(f32x8_load(xd, 8 * s), f32x8_load(xds, 8 * s))),
+                                   f32x16_two(half_load(row, at), half_load(row, at + 2)))
+                    mins = f32x16_add(mins, f)
+                    # 64 bytes = chunks c, c + 1: sub-blocks 2c, 2c + 2 in the low nibbles, 2c + 1, 2c + 3 in the high
+                    v = i8x64_load(row, at + 16)
+                    acc0 = f32x16_fma_i32(acc0, dot64_u8s8(i32x16_zero(), i8x64_low_nibbles(v), i8x64_load2(xq, x, x + 64)),
+                                          f32x16_pairs(f, 0, 2))
+                    acc1 = f32x16_fma_i32(acc1, dot64_u8s8(i32x16_zero(), i8x64_high_nibbles(v), i8x64_load2(xq, x + 32, x + 96)),
+                                          f32x16_pairs(f, 1, 3))
+                    v = i8x64_load(row, at + 80)
+                    acc2 = f32x16_fma_i32(acc2, dot64_u8s8(i32x16_zero(), i8x64_low_nibbles(v), i8x64_load2(xq, x + 128, x + 192)),
+                                          f32x16_pairs(f, 4, 6))
+                    acc3 = f32x16_fma_i32(acc3, dot64_u8s8(i32x16_zero(), i8x64_high_nibbles(v), i8x64_load2(xq, x + 160, x + 224)),
+                                          f32x16_pairs(f, 5, 7))
+                out[t, n] = (f32x16_sum(acc0) + f32x16_sum(acc1)) + (f32x16_sum(acc2) + f32x16_sum(acc3)) - f32x8_sum(f32x16_high(mins))
 
 
 def _q6_k(out, q, d, sums, dsum, w):
@@ -102,42 +110,41 @@ def _q6_k(out, q, d, sums, dsum, w):
             xq, xd, xs = q[t], d[t], sums[t]
             for n in range(task * ROWS, min((task + 1) * ROWS, n_out)):
                 row = w[n]
-                acc0, acc1 = f32x8_zero(), f32x8_zero()  # two FMA chains: runs 0, 2 and 1, 3
-                offsets = np.float32(0.0)
+                acc0, acc1, acc2, acc3 = f32x16_zero(), f32x16_zero(), f32x16_zero(), f32x16_zero()
+                offsets = f32x16_zero()  # sum of d * sc[g] * d_x * sum(q_x) over the groups g of 16
                 for s in range(k_in // 256):
-                    at = Q6_K_BYTES * s
-                    scale = half_load(row, at + 208)
-                    block_offsets = np.float32(0.0)
-                    for h in range(2):  # 128 weights: runs r = 0..3 of 32, see llama_nb/quant/q6_k.py
-                        low0, low1 = i8x32_load(row, at + 64 * h), i8x32_load(row, at + 64 * h + 32)
-                        high = i8x32_load(row, at + 128 + 32 * h)
-                        runs = (i8x32_q6(low0, high, 0, 0), i8x32_q6(low1, high, 0, 2),
-                                i8x32_q6(low0, high, 4, 4), i8x32_q6(low1, high, 4, 6))
-                        for r in range(4):
-                            b = 8 * s + 4 * h + r  # x's block; groups 2b, 2b + 1 of 16
-                            lanes = dot_u8s8(i32x8_zero(), runs[r], i8x32_load(xq, 32 * b))
-                            group = at + 192 + 8 * h + 2 * r
-                            sc0, sc1 = np.float32(np.int8(row[group])), np.float32(np.int8(row[group + 1]))
-                            f = scale * xd[b]
-                            if r % 2 == 0:
-                                acc0 = f32x8_fma_i32_halves(acc0, lanes, f * sc0, f * sc1)
-                            else:
-                                acc1 = f32x8_fma_i32_halves(acc1, lanes, f * sc0, f * sc1)
-                            block_offsets += xd[b] * (sc0 * np.float32(xs[2 * b]) + sc1 * np.float32(xs[2 * b + 1]))
-                    offsets += scale * block_offsets
-                out[t, n] = f32x8_sum(acc0) + f32x8_sum(acc1) - np.float32(32.0) * offsets
+                    at, x = Q6_K_BYTES * s, 256 * s
+                    scales = f32x16_mul(f32x16_of_i8(row, at + 192), f32x16_splat(half_load(row, at + 208)))  # d * sc[g]
+                    dx = f32x16_of_halves(f32x8_load(xd, 8 * s), f32x8_load(xd, 8 * s))  # lanes 0-7: x's 8 block scales
+                    offsets = f32x16_fma(offsets, scales, f32x16_mul(f32x16_spread(dx, 0, 2), f32x16_of_i32(xs, 16 * s)))
+                    # 128 weights per half: ql 64 bytes (runs 0, 1 in the low nibbles, 2, 3 in the high),
+                    # qh 32 bytes (bits 0-1, 2-3, 4-5, 6-7: runs 0-3); each run is x's block 4h + r, groups 8h + 2r, + 1
+                    ql, qh = i8x64_load(row, at), i8x64_q6_high_bits(row, at + 128)
+                    acc0 = f32x16_fma_i32(acc0, dot64_u8s8(i32x16_zero(), i8x64_q6(ql, qh, 0), i8x64_load(xq, x)),
+                                          f32x16_mul(f32x16_spread(scales, 0, 4), f32x16_spread(dx, 0, 8)))
+                    acc1 = f32x16_fma_i32(acc1, dot64_u8s8(i32x16_zero(), i8x64_q6(ql, qh, 1), i8x64_load(xq, x + 64)),
+                                          f32x16_mul(f32x16_spread(scales, 4, 4), f32x16_spread(dx, 2, 8)))
+                    ql, qh = i8x64_load(row, at + 64), i8x64_q6_high_bits(row, at + 160)
+                    acc2 = f32x16_fma_i32(acc2, dot64_u8s8(i32x16_zero(), i8x64_q6(ql, qh, 0), i8x64_load(xq, x + 128)),
+                                          f32x16_mul(f32x16_spread(scales, 8, 4), f32x16_spread(dx, 4, 8)))
+                    acc3 = f32x16_fma_i32(acc3, dot64_u8s8(i32x16_zero(), i8x64_q6(ql, qh, 1), i8x64_load(xq, x + 192)),
+                                          f32x16_mul(f32x16_spread(scales, 12, 4), f32x16_spread(dx, 6, 8)))
+                total = (f32x16_sum(acc0) + f32x16_sum(acc1)) + (f32x16_sum(acc2) + f32x16_sum(acc3))
+                out[t, n] = total - np.float32(32.0) * f32x16_sum(offsets)
 
 
 def _variants(fn, dots: dict) -> dict[str, Twins]:
-    """{suffix: Twins of fn with dot_u8s8 bound to dots[suffix]}."""
+    """{suffix: Twins of fn with dot_u8s8 and dot64_u8s8 bound to dots[suffix]}."""
     made = {}
-    for suffix, dot in dots.items():
-        scope = {**fn.__globals__, "dot_u8s8": dot}
+    for suffix, bound in dots.items():
+        scope = {**fn.__globals__, **bound}
         copy = pytypes.FunctionType(fn.__code__, scope, f"{fn.__name__}_{suffix}", fn.__defaults__, fn.__closure__)
         copy.__qualname__ = f"{fn.__qualname__}_{suffix}"
         made[suffix] = twins(copy)
     return made
 
 
-_DOTS = {"portable": dot_u8s8_portable, **({"vnni": dot_u8s8_vnni} if HAS_AVX512_VNNI else {})}
+_PORTABLE = {"dot_u8s8": dot_u8s8_portable, "dot64_u8s8": dot64_u8s8_portable}
+_VNNI = {"dot_u8s8": dot_u8s8_vnni, "dot64_u8s8": dot64_u8s8_vnni}
+_DOTS = {"portable": _PORTABLE, **({"vnni": _VNNI} if HAS_AVX512_VNNI else {})}
 KERNELS = {name: _variants(fn, _DOTS) for name, fn in (("q8_0", _q8_0), ("q4_k", _q4_k), ("q6_k", _q6_k))}
