@@ -20,6 +20,7 @@ sub-block, two Q6_K groups) multiplied into eight int32 lanes, then scaled into 
     dot_u8s8_portable(acc, u, s) -> i32x8              the same sums in generic LLVM IR, any CPU
     f32x8_zero() -> f32x8
     f32x8_fma_i32(acc, v: i32x8, scale: float32) -> f32x8   acc + float32(v) * scale, lane by lane
+    f32x8_fma(acc, a: f32x8, b: f32x8) -> f32x8        acc + a * b, lane by lane (one rounding)
     f32x8_fma_i32_halves(acc, v, lo: float32, hi: float32)  lanes 0-3 scaled by lo, 4-7 by hi
                                                        (Q6_K: the two groups of 16 in 32 bytes)
     f32x8_sum(v) -> float32                            a fixed pairwise tree of the 8 lanes
@@ -235,6 +236,18 @@ def f32x8_fma_i32(typingctx, acc, v, scale):
         return _fma(builder, args[0], args[1], _splat8(builder, args[2], _V_F32))
 
     return f32x8(acc, v, scale), codegen
+
+
+@intrinsic
+def f32x8_fma(typingctx, acc, a, b):
+    if not (acc == f32x8 and a == f32x8 and b == f32x8):
+        return None
+
+    def codegen(context, builder, signature, args):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V_F32, [_V_F32] * 3), "llvm.fma.v8f32")
+        return builder.call(fn, [args[1], args[2], args[0]])
+
+    return f32x8(acc, a, b), codegen
 
 
 @intrinsic

@@ -8,6 +8,7 @@ sixteen float32 lanes of ops/simd.py's f32x16.
     i8x64_load(a: uint8[:] | int8[:], i) -> i8x64        a[i : i + 64], unaligned
     i8x64_load2(a, i, j) -> i8x64                        a[i : i + 32] then a[j : j + 32]
     i8x64_low_nibbles(v), i8x64_high_nibbles(v)          v & 15, v >> 4 (as u8)
+    i8x64_flip(v) -> i8x64                               v ^ 0x80: s8 w -> u8 w + 128
     i8x64_q6_high_bits(a: uint8[:], i) -> i8x64          h = a[i : i + 32]: h, then h >> 2 (Q6_K's qh
                                                          for two runs side by side)
     i8x64_q6(ql: i8x64, qh2: i8x64, upper: literal 0 or 1) -> i8x64
@@ -27,6 +28,8 @@ sixteen float32 lanes of ops/simd.py's f32x16.
     f32x16_mul(a, b), f32x16_add(a, b) -> f32x16         lane by lane
     f32x16_of_i8(a: uint8[:], i) -> f32x16               float32 of the int8 bytes a[i : i + 16]
     f32x16_of_i32(a: int32[:], i) -> f32x16              float32 of a[i : i + 16]
+    halves_load8(a: uint8[:], i, stride) -> f32x8        the IEEE halves at a[i + stride * j], j < 8
+                                                         (stride literal: Q8_0's eight block scales)
     q4_k_scales_mins(a: uint8[:], i) -> f32x16           Q4_K's eight 6-bit scales (lanes 0-7) and
                                                          eight mins (8-15) from the 12 packed bytes
                                                          a[i : i + 12] (reads a[i : i + 16])
@@ -346,3 +349,32 @@ def q4_k_scales_mins(typingctx, a, i):
         return builder.uitofp(builder.or_(low, top), _V_F32)
 
     return f32x16(a, i), codegen
+
+
+@intrinsic
+def halves_load8(typingctx, a, i, stride):
+    if not (_bytes_1d(a) and isinstance(i, types.Integer) and isinstance(stride, types.IntegerLiteral)):
+        return None
+    step = stride.literal_value
+
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        bits = ir.Constant(ir.VectorType(ir.IntType(16), 8), ir.Undefined)
+        for lane in range(8):
+            at = builder.add(args[1], ir.Constant(args[1].type, step * lane))
+            ptr = builder.bitcast(builder.gep(ary.data, [at]), ir.IntType(16).as_pointer())
+            bits = builder.insert_element(bits, builder.load(ptr, align=1), ir.Constant(_I32, lane))
+        return builder.fpext(builder.bitcast(bits, ir.VectorType(ir.HalfType(), 8)), _V_F32x8)
+
+    return f32x8(a, i, stride), codegen
+
+
+@intrinsic
+def i8x64_flip(typingctx, v):
+    if v != i8x64:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.xor(args[0], _const8(0x80))
+
+    return i8x64(v), codegen
