@@ -2,11 +2,11 @@
 the plain read, alternating in one process: do Q8_0, Q4_K and Q6_K stream their weights at the
 memory's bandwidth?
 
-    python bench/quant_kernels.py [--old main] [--formats q4_k,q6_k,q8_0] [--shapes 4096x14336,...]
+    python bench/quant_kernels.py [--old REV] [--formats q4_k,q6_k,q8_0] [--shapes 4096x14336,...]
                                   [--threads 1,2] [-r 5] [-n 5] [-t 1]
 
-The old kernels are `git show <old>:llama_nb/ops/quant_dot.py` loaded as a module of its own (it
-imports the rest of llama_nb from this checkout), so both versions run in one process on the same
+The old kernels are `git show <old>:llama_nb/ops/quant_dot.py` (with that revision's simd_int8.py
+and quant_rows.py) loaded as modules of their own, so both versions run in one process on the same
 weights. Each round, for every (threads, format, shape): the plain-read probe (ops/benchmark.py: a
 parallel Numba sum of a 512 MB uint16 array, best of 3), then the old and the new kernel in turns
 (`-n` calls each, best kept), then the probe again. Weights smaller than 256 MB are replicated and
@@ -35,19 +35,28 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 SHAPES = "2048x2048,2048x8192,8192x2048,4096x4096,4096x14336,14336x4096"
 COLD_BYTES = 256 << 20
+OLD = "cfa99a6"  # the last commit with the 256-bit, one-sub-block-at-a-time kernels
+
+
+OLD_MODULES = ("simd_int8", "quant_rows", "quant_dot")  # in import order: each old one imports the ones before
 
 
 def old_kernels(rev: str):
-    """KERNELS of ops/quant_dot.py as of git revision rev, as a module of its own."""
-    source = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:llama_nb/ops/quant_dot.py"],
-                            check=True, capture_output=True, text=True).stdout
-    folder = Path(tempfile.mkdtemp(prefix="quant_dot_old_"))
-    path = folder / "quant_dot_old.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location("quant_dot_old", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["quant_dot_old"] = module
-    spec.loader.exec_module(module)
+    """KERNELS of ops/quant_dot.py as of git revision rev, with the simd_int8.py and quant_rows.py
+    of that revision, each loaded as a module of its own (quant_old_<name>)."""
+    folder = Path(tempfile.mkdtemp(prefix="quant_old_"))
+    module = None
+    for name in OLD_MODULES:
+        source = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:llama_nb/ops/{name}.py"],
+                                check=True, capture_output=True, text=True).stdout
+        for earlier in OLD_MODULES[: OLD_MODULES.index(name)]:
+            source = source.replace(f"from llama_nb.ops.{earlier} import", f"from quant_old_{earlier} import")
+        path = folder / f"quant_old_{name}.py"
+        path.write_text(source)
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[path.stem] = module
+        spec.loader.exec_module(module)
     return module.KERNELS
 
 
@@ -88,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     from llama_nb.ops.jit import threads as using_threads
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--old", default="main", help="git revision of the old kernels (default main)")
+    parser.add_argument("--old", default=OLD, help=f"git revision of the old kernels (default {OLD}: the 256-bit ones)")
     parser.add_argument("--formats", default="q4_k,q6_k,q8_0")
     parser.add_argument("--shapes", default=SHAPES, help="comma-separated KxN")
     parser.add_argument("--threads", default=None, help="comma-separated (default: 1 and all cores)")
