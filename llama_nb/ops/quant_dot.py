@@ -1,4 +1,4 @@
-"""linear for the block formats on int8 activations: integer dot products, 32 bytes at a time.
+"""linear for the block formats on int8 activations: integer dot products, 64 bytes at a time.
 
     out[t, n] = sum over blocks of (weight scale) * (activation scale) * (integer dot product)
     q int8[T, K], d float32[T, K // 32], sums int32[T, K // 16], dsum float32[T, K // 32]: x rounded to int8 blocks
@@ -6,24 +6,42 @@
     w uint8[N, K // block * block_bytes]: the weight's blocks (llama_nb/quant/*.py)
     out float32[T, N]
 
-Per 32 weights, one i8x32 dot product into eight int32 lanes (vpdpbusd multiplies u8 by s8):
-    Q8_0  w s8, x s8: x's sign bit flipped (x + 128, u8), then 128 * sum(w) (a second vpdpbusd
-          with 128 in every byte) subtracted: exact s8 x s8. Scale d_w * d_x.
-    Q4_K  w is u8 (4-bit q, 0..15): directly. Scale d * sc[j] * d_x; the mins contribute
-          dmin * m[j] * d_x * sum(q_x), through the stored dsum = d_x * sum(q_x) (8 lanes at once).
-    Q6_K  w is u8 (6-bit q, 0..63): directly, then 32 * sum(q_x) of each group of 16 subtracted
-          (q - 32 is the value). Lanes 0-3 and 4-7 are the two groups of 16 with their own scales.
-The int32 lanes are scaled into float32 lanes (one FMA per 32 weights) and summed once per row.
-Two float32 accumulators per row, and the scalar min/offset terms summed per super-block before
-they join the row's sum: one chain of dependent FMAs (4 cycles each) was the limit otherwise
-(measured, 1 thread, 1 x 4096 x 14336, busy machine: Q8_0 27 GB/s, Q4_K 15, Q6_K 16 with one chain).
+Per 64 bytes, one i8x64 dot product (vpdpbusd on a zmm: u8 x s8 into sixteen int32 lanes), its
+lanes converted to float32 and multiplied into an accumulator by a vector of sixteen scales, each
+the scale of the block its lane belongs to (f32x16_pairs / f32x16_spread: one vpermps of the
+scales of a super-block, computed once as a vector):
+    Q8_0  eight blocks a step, two per zmm (w's 32 bytes at 34b + 2 and 34b + 36). w flipped to
+          u8 (w + 128) times x as s8 is w . x + 128 * sum(x): the excess 128 * d_w * d_x * sum(q_x)
+          is subtracted through dsum = d_x * sum(q_x), one 8-lane FMA per step. Scale d_w * d_x;
+          the eight halves d_w gathered into one vector. Blocks past the last 8: 32 bytes at a time.
+    Q4_K  two chunks of 32 bytes per zmm: the low nibbles are sub-blocks 2c, 2c + 2 (x's blocks at
+          32(2c) and 32(2c + 2), loaded as one i8x64), the high nibbles 2c + 1, 2c + 3. The 6-bit
+          scales and mins of a super-block decoded as one 16-lane vector (q4_k_scales_mins); lanes
+          0-7 of d * sc[j] * d_x scale the dots, lanes 8-15 (dmin * m[j] * dsum) accumulate the
+          mins' share, summed once per row.
+    Q6_K  two runs of 32 per zmm: ql's 64 bytes with qh and qh >> 2 side by side give runs 0, 1
+          (low nibbles, qh bits 0-1 and 2-3) and 2, 3 (high nibbles, bits 4-5 and 6-7), each against
+          x's 64 contiguous bytes. Lanes 4g .. 4g + 3 are group g of 16 with its scale d * sc[g];
+          the offset 32 of q is subtracted through d * sc[g] * d_x * sum(q_x) of each group (16
+          lanes, one FMA per super-block).
+Four float32 accumulators per row (one chain of dependent FMAs was the limit at 256 bits). Each row
+prefetches the row AHEAD rows on, block by block: the kernels now compute faster than the hardware
+prefetcher streams one row after another.
+
+Measured (bench/quant_kernels.py, 1 thread, best of 5 calls, busy machine), GB/s of weights,
+256-bit kernels (one sub-block per step, scalar scale decoding) -> these:
+    hot (4096 x 1024 weights in L3):  Q8_0 48 -> 58-60, Q4_K 17 -> 33-34, Q6_K 14 -> 45
+    cold 4096 x 14336:                Q8_0 32 -> 39-42, Q4_K 15 -> 32, Q6_K 13 -> 37-42
+    (without the prefetch: Q8_0 32, Q4_K 27-30, Q6_K 29-31 cold, and 4-10% faster hot)
+Tried and dropped: two rows per pass sharing the x loads (Q4_K: +10% hot, -35% cold; -20% cold
+with the next rows prefetched).
 
 Parallel over tasks of ROWS output rows (as ops/matvec.py); within a task, every token of the
 batch against the task's rows, so a prefill chunk reads each weight row from memory once and
 from cache T - 1 times. Each kernel is compiled twice: with vpdpbusd (where HAS_AVX512_VNNI) and
 with a portable int8 dot in generic LLVM IR (any CPU), from the same source: `_variants` copies
-the function with `dot_u8s8` bound to one or the other, under its own name (so Numba's cache
-keeps both; see jit._serial_copy).
+the function with `dot_u8s8` and `dot64_u8s8` bound to one or the other, under its own name (so
+Numba's cache keeps both; see jit._serial_copy).
 """
 
 from __future__ import annotations
@@ -35,26 +53,26 @@ from numba import prange
 
 from llama_nb.ops.jit import HAS_AVX512_VNNI, Twins, njit_inline, twins
 from llama_nb.ops.quant_rows import Q4_K_BYTES, Q6_K_BYTES, Q8_0_BYTES
-from llama_nb.ops.simd import prefetch, f32x16_fma, f32x16_splat, f32x16_sum, f32x16_zero
+from llama_nb.ops.simd import f32x16_fma, f32x16_splat, f32x16_sum, f32x16_zero, prefetch
 from llama_nb.ops.simd_int8 import (
-    dot_u8s8_portable, dot_u8s8_vnni, f32x8_fma, f32x8_fma_i32, f32x8_load, f32x8_mul, f32x8_sum, f32x8_zero, half_load, i8x32_flip,
-    i8x32_load, i8x32_splat, i32x8_sub, i32x8_zero,
+    dot_u8s8_portable, dot_u8s8_vnni, f32x8_fma, f32x8_fma_i32, f32x8_load, f32x8_mul, f32x8_sum, f32x8_zero,
+    half_load, i8x32_flip, i8x32_load, i8x32_splat, i32x8_sub, i32x8_zero,
 )
 from llama_nb.ops.simd_int8x64 import (
     dot64_u8s8_portable, dot64_u8s8_vnni, f32x16_add, f32x16_fma_i32, f32x16_high, f32x16_mul, f32x16_of_halves,
     f32x16_of_i8, f32x16_of_i32, f32x16_pairs, f32x16_spread, f32x16_two, halves_load8, i8x64_flip,
-    i8x64_high_nibbles, i8x64_load,
-    i8x64_load2, i8x64_low_nibbles, i8x64_q6, i8x64_q6_high_bits, i32x16_zero, q4_k_scales_mins,
+    i8x64_high_nibbles, i8x64_load, i8x64_load2, i8x64_low_nibbles, i8x64_q6, i8x64_q6_high_bits, i32x16_zero,
+    q4_k_scales_mins,
 )
 
 ROWS = 64  # output rows per parallel task (ops/matvec.py's MATVEC_BLOCK, measured there)
-AHEAD = 2  # rows: each row prefetches, block by block, the row this far ahead (see the measurements above)
+AHEAD = 2  # each row prefetches, block by block, the row this far on (4 measured the same)
 dot_u8s8, dot64_u8s8 = dot_u8s8_portable, dot64_u8s8_portable  # rebound per compiled variant (see _variants)
 
 
 @njit_inline
 def _prefetch(row, at, nbytes):
-    """Hint the cache lines of row[at : at + nbytes] (one every 72 bytes: measured as good as every 64)."""
+    """Hint the cache lines of row[at : at + nbytes]: one every 72 bytes (the spacing measured)."""
     for offset in range(0, nbytes, 72):
         prefetch(row, at + offset)
 
