@@ -14,8 +14,8 @@ scales of a super-block, computed once as a vector):
           u8 (w + 128) times x as s8 is w . x + 128 * sum(x): the excess 128 * d_w * d_x * sum(q_x)
           is subtracted through dsum = d_x * sum(q_x), one 8-lane FMA per step. Scale d_w * d_x;
           the eight halves d_w gathered into one vector. Blocks past the last 8: 32 bytes at a time.
-    Q4_K  two chunks of 32 bytes per zmm: the low nibbles are sub-blocks 2c, 2c + 2 (x's blocks at
-          32(2c) and 32(2c + 2), loaded as one i8x64), the high nibbles 2c + 1, 2c + 3. The 6-bit
+    Q4_K  two chunks of 32 bytes per zmm: the low nibbles are sub-blocks 2c, 2c + 2, the high
+          nibbles 2c + 1, 2c + 3 (x's blocks reordered to match, once per call). The 6-bit
           scales and mins of a super-block decoded as one 16-lane vector (q4_k_scales_mins); lanes
           0-7 of d * sc[j] * d_x scale the dots, lanes 8-15 (dmin * m[j] * dsum) accumulate the
           mins' share, summed once per row.
@@ -60,7 +60,7 @@ from llama_nb.ops.simd_int8 import (
 )
 from llama_nb.ops.simd_int8x64 import (
     dot64_u8s8_portable, dot64_u8s8_vnni, f32x16_add, f32x16_fma_i32, f32x16_high, f32x16_mul, f32x16_of_halves,
-    f32x16_of_i8, f32x16_of_i32, f32x16_pairs, f32x16_spread, f32x16_two, halves_load8, i8x64_flip,
+    f32x16_of_i8, f32x16_of_i32, f32x16_pairs, f32x16_spread, f32x16_two_halves, halves_load8, i8x64_flip,
     i8x64_high_nibbles, i8x64_load, i8x64_load2, i8x64_low_nibbles, i8x64_q6, i8x64_q6_high_bits, i32x16_zero,
     q4_k_scales_mins,
 )
@@ -118,9 +118,16 @@ def _q8_0(out, q, d, sums, dsum, w):
 def _q4_k(out, q, d, sums, dsum, w):
     n_tokens, k_in = q.shape
     n_out = w.shape[0]
+    # x's blocks reordered 0, 2, 1, 3 in every 4, so that each zmm pair of sub-blocks (2c, 2c + 2
+    # in the low nibbles, 2c + 1, 2c + 3 in the high) meets its 64 bytes of x in one load (+6%)
+    xp = np.empty_like(q)
+    for t in range(n_tokens):
+        for b in range(k_in // 32):
+            src = 32 * (b - b % 4 + (b % 2) * 2 + (b % 4) // 2)
+            xp[t, 32 * b : 32 * b + 32] = q[t, src : src + 32]
     for task in prange((n_out + ROWS - 1) // ROWS):
         for t in range(n_tokens):
-            xq, xd, xds = q[t], d[t], dsum[t]
+            xq, xd, xds = xp[t], d[t], dsum[t]
             for n in range(task * ROWS, min((task + 1) * ROWS, n_out)):
                 row = w[n]
                 acc0, acc1, acc2, acc3 = f32x16_zero(), f32x16_zero(), f32x16_zero(), f32x16_zero()
@@ -132,18 +139,18 @@ def _q4_k(out, q, d, sums, dsum, w):
                     # lanes 0-7: d * sc[j] * d_x of sub-block j; lanes 8-15: dmin * m[j] * dsum
                     f = f32x16_mul(f32x16_mul(q4_k_scales_mins(row, at + 4),
                                               f32x16_of_halves(f32x8_load(xd, 8 * s), f32x8_load(xds, 8 * s))),
-                                   f32x16_two(half_load(row, at), half_load(row, at + 2)))
+                                   f32x16_two_halves(row, at))
                     mins = f32x16_add(mins, f)
                     # 64 bytes = chunks c, c + 1: sub-blocks 2c, 2c + 2 in the low nibbles, 2c + 1, 2c + 3 in the high
                     v = i8x64_load(row, at + 16)
-                    acc0 = f32x16_fma_i32(acc0, dot64_u8s8(i32x16_zero(), i8x64_low_nibbles(v), i8x64_load2(xq, x, x + 64)),
+                    acc0 = f32x16_fma_i32(acc0, dot64_u8s8(i32x16_zero(), i8x64_low_nibbles(v), i8x64_load(xq, x)),
                                           f32x16_pairs(f, 0, 2))
-                    acc1 = f32x16_fma_i32(acc1, dot64_u8s8(i32x16_zero(), i8x64_high_nibbles(v), i8x64_load2(xq, x + 32, x + 96)),
+                    acc1 = f32x16_fma_i32(acc1, dot64_u8s8(i32x16_zero(), i8x64_high_nibbles(v), i8x64_load(xq, x + 64)),
                                           f32x16_pairs(f, 1, 3))
                     v = i8x64_load(row, at + 80)
-                    acc2 = f32x16_fma_i32(acc2, dot64_u8s8(i32x16_zero(), i8x64_low_nibbles(v), i8x64_load2(xq, x + 128, x + 192)),
+                    acc2 = f32x16_fma_i32(acc2, dot64_u8s8(i32x16_zero(), i8x64_low_nibbles(v), i8x64_load(xq, x + 128)),
                                           f32x16_pairs(f, 4, 6))
-                    acc3 = f32x16_fma_i32(acc3, dot64_u8s8(i32x16_zero(), i8x64_high_nibbles(v), i8x64_load2(xq, x + 160, x + 224)),
+                    acc3 = f32x16_fma_i32(acc3, dot64_u8s8(i32x16_zero(), i8x64_high_nibbles(v), i8x64_load(xq, x + 192)),
                                           f32x16_pairs(f, 5, 7))
                 out[t, n] = (f32x16_sum(acc0) + f32x16_sum(acc1)) + (f32x16_sum(acc2) + f32x16_sum(acc3)) - f32x8_sum(f32x16_high(mins))
 

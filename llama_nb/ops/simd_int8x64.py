@@ -21,7 +21,7 @@ sixteen float32 lanes of ops/simd.py's f32x16.
     dot64_u8s8_portable(acc, u, s) -> i32x16             the same sums in generic LLVM IR, any CPU
     f32x16_fma_i32(acc: f32x16, v: i32x16, scales: f32x16) -> f32x16   acc + float32(v) * scales
     f32x16_of_halves(a: f32x8, b: f32x8) -> f32x16       a in lanes 0-7, b in lanes 8-15
-    f32x16_two(lo: float32, hi: float32) -> f32x16       lo in lanes 0-7, hi in lanes 8-15
+    f32x16_two_halves(a: uint8[:], i) -> f32x16          the IEEE halves at a[i] (lanes 0-7) and a[i + 2] (8-15)
     f32x16_high(v: f32x16) -> f32x8                      lanes 8-15
     f32x16_pairs(v: f32x16, i, j) -> f32x16              v[i] in lanes 0-7, v[j] in 8-15 (literals: one vpermps)
     f32x16_spread(v: f32x16, g, width) -> f32x16         lane l = v[g + l // width] (literals: one vpermps)
@@ -241,20 +241,6 @@ def f32x16_of_halves(typingctx, a, b):
 
 
 @intrinsic
-def f32x16_two(typingctx, lo, hi):
-    if not (lo == types.float32 and hi == types.float32):
-        return None
-
-    def codegen(context, builder, signature, args):
-        two = ir.Constant(ir.VectorType(_F32, 2), ir.Undefined)
-        two = builder.insert_element(two, args[0], ir.Constant(_I32, 0))
-        two = builder.insert_element(two, args[1], ir.Constant(_I32, 1))
-        return builder.shuffle_vector(two, two, _mask([0] * 8 + [1] * 8))
-
-    return f32x16(lo, hi), codegen
-
-
-@intrinsic
 def f32x16_high(typingctx, v):
     if v != f32x16:
         return None
@@ -378,3 +364,16 @@ def i8x64_flip(typingctx, v):
         return builder.xor(args[0], _const8(0x80))
 
     return i8x64(v), codegen
+
+
+@intrinsic
+def f32x16_two_halves(typingctx, a, i):
+    if not (_bytes_1d(a) and isinstance(i, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        pair = _load(context, builder, signature.args[0], args[0], args[1], ir.VectorType(ir.HalfType(), 2))
+        wide = builder.fpext(pair, ir.VectorType(_F32, 2))
+        return builder.shuffle_vector(wide, wide, _mask([0] * 8 + [1] * 8))
+
+    return f32x16(a, i), codegen
