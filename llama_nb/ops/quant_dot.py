@@ -21,9 +21,9 @@ scales of a super-block, computed once as a vector):
           mins' share, summed once per row.
     Q6_K  two runs of 32 per zmm: ql's 64 bytes with qh and qh >> 2 side by side give runs 0, 1
           (low nibbles, qh bits 0-1 and 2-3) and 2, 3 (high nibbles, bits 4-5 and 6-7), each against
-          x's 64 contiguous bytes. Lanes 4g .. 4g + 3 are group g of 16 with its scale d * sc[g];
-          the offset 32 of q is subtracted through d * sc[g] * d_x * sum(q_x) of each group (16
-          lanes, one FMA per super-block).
+          x's 64 contiguous bytes. Lanes 4g .. 4g + 3 are group g of 16, scaled by f[g] = d * sc[g]
+          * d_x (one 16-lane vector per super-block); the offset 32 of q is subtracted through
+          f[g] * sum(q_x) of each group (one FMA per super-block).
 Four float32 accumulators per row (one chain of dependent FMAs was the limit at 256 bits). Each row
 prefetches the row AHEAD rows on, block by block: the kernels now compute faster than the hardware
 prefetcher streams one row after another.
@@ -169,21 +169,23 @@ def _q6_k(out, q, d, sums, dsum, w):
                 for s in range(k_in // 256):
                     at, x = Q6_K_BYTES * s, 256 * s
                     _prefetch(ahead, at, Q6_K_BYTES)
-                    scales = f32x16_mul(f32x16_of_i8(row, at + 192), f32x16_splat(half_load(row, at + 208)))  # d * sc[g]
+                    # lane g: d * sc[g] * d_x of group g of 16 (x's block g // 2)
                     dx = f32x16_of_halves(f32x8_load(xd, 8 * s), f32x8_load(xd, 8 * s))  # lanes 0-7: x's 8 block scales
-                    offsets = f32x16_fma(offsets, scales, f32x16_mul(f32x16_spread(dx, 0, 2), f32x16_of_i32(xs, 16 * s)))
+                    f = f32x16_mul(f32x16_mul(f32x16_of_i8(row, at + 192), f32x16_splat(half_load(row, at + 208))),
+                                   f32x16_spread(dx, 0, 2))
+                    offsets = f32x16_fma(offsets, f, f32x16_of_i32(xs, 16 * s))
                     # 128 weights per half: ql 64 bytes (runs 0, 1 in the low nibbles, 2, 3 in the high),
                     # qh 32 bytes (bits 0-1, 2-3, 4-5, 6-7: runs 0-3); each run is x's block 4h + r, groups 8h + 2r, + 1
                     ql, qh = i8x64_load(row, at), i8x64_q6_high_bits(row, at + 128)
                     acc0 = f32x16_fma_i32(acc0, dot64_u8s8(i32x16_zero(), i8x64_q6(ql, qh, 0), i8x64_load(xq, x)),
-                                          f32x16_mul(f32x16_spread(scales, 0, 4), f32x16_spread(dx, 0, 8)))
+                                          f32x16_spread(f, 0, 4))
                     acc1 = f32x16_fma_i32(acc1, dot64_u8s8(i32x16_zero(), i8x64_q6(ql, qh, 1), i8x64_load(xq, x + 64)),
-                                          f32x16_mul(f32x16_spread(scales, 4, 4), f32x16_spread(dx, 2, 8)))
+                                          f32x16_spread(f, 4, 4))
                     ql, qh = i8x64_load(row, at + 64), i8x64_q6_high_bits(row, at + 160)
                     acc2 = f32x16_fma_i32(acc2, dot64_u8s8(i32x16_zero(), i8x64_q6(ql, qh, 0), i8x64_load(xq, x + 128)),
-                                          f32x16_mul(f32x16_spread(scales, 8, 4), f32x16_spread(dx, 4, 8)))
+                                          f32x16_spread(f, 8, 4))
                     acc3 = f32x16_fma_i32(acc3, dot64_u8s8(i32x16_zero(), i8x64_q6(ql, qh, 1), i8x64_load(xq, x + 192)),
-                                          f32x16_mul(f32x16_spread(scales, 12, 4), f32x16_spread(dx, 6, 8)))
+                                          f32x16_spread(f, 12, 4))
                 total = (f32x16_sum(acc0) + f32x16_sum(acc1)) + (f32x16_sum(acc2) + f32x16_sum(acc3))
                 out[t, n] = total - np.float32(32.0) * f32x16_sum(offsets)
 
