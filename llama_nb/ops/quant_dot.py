@@ -28,11 +28,13 @@ Four float32 accumulators per row (one chain of dependent FMAs was the limit at 
 prefetches the row AHEAD rows on, block by block: the kernels now compute faster than the hardware
 prefetcher streams one row after another.
 
-Measured (bench/quant_kernels.py, 1 thread, best of 5 calls, busy machine), GB/s of weights,
-256-bit kernels (one sub-block per step, scalar scale decoding) -> these:
-    hot (4096 x 1024 weights in L3):  Q8_0 48 -> 58-60, Q4_K 17 -> 33-34, Q6_K 14 -> 45
-    cold 4096 x 14336:                Q8_0 32 -> 39-42, Q4_K 15 -> 32, Q6_K 13 -> 37-42
-    (without the prefetch: Q8_0 32, Q4_K 27-30, Q6_K 29-31 cold, and 4-10% faster hot)
+Measured on a busy machine, 1 thread, GB/s of weights, the 256-bit kernels (one sub-block per
+step, scales decoded one by one) -> these (bench/README.md has every shape):
+    cold, bench/quant_kernels.py, 4096 x 14336, median of 3 rounds (plain read ~31 GB/s):
+        Q8_0 31.3 -> 40.1, Q4_K 16.2 -> 35.5, Q6_K 12.8 -> 40.3
+    hot, 4096 x 1024 in L3, best of 100:  Q8_0 48 -> 55, Q4_K 17 -> 37, Q6_K 14 -> 53
+    the prefetch, in an earlier version of each: cold +20-30% (Q8_0), +10% (Q4_K), +20% (Q6_K);
+        hot -10%, -2%, -3%
 Tried and dropped: two rows per pass sharing the x loads (Q4_K: +10% hot, -35% cold; -20% cold
 with the next rows prefetched).
 
