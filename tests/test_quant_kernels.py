@@ -2,6 +2,8 @@
 against its reference on linear's block_cases): the int8 activation rounding bit for bit, its
 stated bound against the float32 product, the parallel twins, and vpdpbusd really compiled."""
 
+import re
+
 import numba
 import numpy as np
 import pytest
@@ -81,3 +83,9 @@ def test_vnni_kernels_exist_exactly_where_the_cpu_has_vnni_and_use_vpdpbusd(rng)
             fresh = numba.njit(quant_dot.KERNELS["q8_0"][variant].serial.py_func)
             fresh(out, q, d, sums, dsum, w.data)
             assert ("vpdpbusd" in "".join(fresh.inspect_asm().values())) == has_it, variant
+        for fmt in ("q4_k", "q6_k"):  # and the super-block formats on 512-bit registers (64 bytes a step)
+            out, x, w, xq = make_inputs("linear", dict(T=1, K=256, N=3), rng, get_format(fmt))
+            q, d, sums, dsum = quantize_activations(x, xq)
+            fresh = numba.njit(quant_dot.KERNELS[fmt]["vnni"].serial.py_func)
+            fresh(out, q, d, sums, dsum, w.data)
+            assert re.search(r"vpdpbusd\s[^\n]*%zmm", "".join(fresh.inspect_asm().values())), fmt

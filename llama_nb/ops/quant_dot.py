@@ -1,4 +1,4 @@
-"""linear for the block formats on int8 activations: integer dot products, 32 bytes at a time.
+"""linear for the block formats on int8 activations: integer dot products, 64 bytes at a time.
 
     out[t, n] = sum over blocks of (weight scale) * (activation scale) * (integer dot product)
     q int8[T, K], d float32[T, K // 32], sums int32[T, K // 16], dsum float32[T, K // 32]: x rounded to int8 blocks
@@ -6,24 +6,44 @@
     w uint8[N, K // block * block_bytes]: the weight's blocks (llama_nb/quant/*.py)
     out float32[T, N]
 
-Per 32 weights, one i8x32 dot product into eight int32 lanes (vpdpbusd multiplies u8 by s8):
-    Q8_0  w s8, x s8: x's sign bit flipped (x + 128, u8), then 128 * sum(w) (a second vpdpbusd
-          with 128 in every byte) subtracted: exact s8 x s8. Scale d_w * d_x.
-    Q4_K  w is u8 (4-bit q, 0..15): directly. Scale d * sc[j] * d_x; the mins contribute
-          dmin * m[j] * d_x * sum(q_x), through the stored dsum = d_x * sum(q_x) (8 lanes at once).
-    Q6_K  w is u8 (6-bit q, 0..63): directly, then 32 * sum(q_x) of each group of 16 subtracted
-          (q - 32 is the value). Lanes 0-3 and 4-7 are the two groups of 16 with their own scales.
-The int32 lanes are scaled into float32 lanes (one FMA per 32 weights) and summed once per row.
-Two float32 accumulators per row, and the scalar min/offset terms summed per super-block before
-they join the row's sum: one chain of dependent FMAs (4 cycles each) was the limit otherwise
-(measured, 1 thread, 1 x 4096 x 14336, busy machine: Q8_0 27 GB/s, Q4_K 15, Q6_K 16 with one chain).
+Per 64 bytes, one i8x64 dot product (vpdpbusd on a zmm: u8 x s8 into sixteen int32 lanes), its
+lanes converted to float32 and multiplied into an accumulator by a vector of sixteen scales, each
+the scale of the block its lane belongs to (f32x16_pairs / f32x16_spread: one vpermps of the
+scales of a super-block, computed once as a vector):
+    Q8_0  eight blocks a step, two per zmm (w's 32 bytes at 34b + 2 and 34b + 36). w flipped to
+          u8 (w + 128) times x as s8 is w . x + 128 * sum(x): the excess 128 * d_w * d_x * sum(q_x)
+          is subtracted through dsum = d_x * sum(q_x), one 8-lane FMA per step. Scale d_w * d_x;
+          the eight halves d_w gathered into one vector. Blocks past the last 8: 32 bytes at a time.
+    Q4_K  two chunks of 32 bytes per zmm: the low nibbles are sub-blocks 2c, 2c + 2, the high
+          nibbles 2c + 1, 2c + 3 (x's blocks reordered to match, once per call). The 6-bit
+          scales and mins of a super-block decoded as one 16-lane vector (q4_k_scales_mins); lanes
+          0-7 of d * sc[j] * d_x scale the dots, lanes 8-15 (dmin * m[j] * dsum) accumulate the
+          mins' share, summed once per row.
+    Q6_K  two runs of 32 per zmm: ql's 64 bytes with qh and qh >> 2 side by side give runs 0, 1
+          (low nibbles, qh bits 0-1 and 2-3) and 2, 3 (high nibbles, bits 4-5 and 6-7), each against
+          x's 64 contiguous bytes. Lanes 4g .. 4g + 3 are group g of 16, scaled by f[g] = d * sc[g]
+          * d_x (one 16-lane vector per super-block); the offset 32 of q is subtracted through
+          f[g] * sum(q_x) of each group (one FMA per super-block).
+Four float32 accumulators per row (one chain of dependent FMAs was the limit at 256 bits). Each row
+prefetches the row AHEAD rows on, block by block: the kernels now compute faster than the hardware
+prefetcher streams one row after another.
+
+Measured on a busy machine, 1 thread, GB/s of weights, the 256-bit kernels (one sub-block per
+step, scales decoded one by one) -> these (bench/README.md has every shape):
+    cold, bench/quant_kernels.py, 4096 x 14336, median of 3 rounds (plain read ~31 GB/s):
+        Q8_0 31.3 -> 40.1, Q4_K 16.2 -> 35.5, Q6_K 12.8 -> 40.3
+    hot, 4096 x 1024 in L3, best of 100:  Q8_0 48 -> 55, Q4_K 17 -> 37, Q6_K 14 -> 53
+    the prefetch, in an earlier version of each: cold +20-30% (Q8_0), +10% (Q4_K), +20% (Q6_K);
+        hot -10%, -2%, -3%
+Tried and dropped: two rows per pass sharing the x loads (Q4_K: +10% hot, -35% cold; -20% cold
+with the next rows prefetched).
 
 Parallel over tasks of ROWS output rows (as ops/matvec.py); within a task, every token of the
 batch against the task's rows, so a prefill chunk reads each weight row from memory once and
 from cache T - 1 times. Each kernel is compiled twice: with vpdpbusd (where HAS_AVX512_VNNI) and
 with a portable int8 dot in generic LLVM IR (any CPU), from the same source: `_variants` copies
-the function with `dot_u8s8` bound to one or the other, under its own name (so Numba's cache
-keeps both; see jit._serial_copy).
+the function with `dot_u8s8` and `dot64_u8s8` bound to one or the other, under its own name (so
+Numba's cache keeps both; see jit._serial_copy).
 """
 
 from __future__ import annotations
@@ -33,65 +53,108 @@ import types as pytypes
 import numpy as np
 from numba import prange
 
-from llama_nb.ops.jit import HAS_AVX512_VNNI, Twins, twins
-from llama_nb.ops.quant_rows import Q4_K_BYTES, Q6_K_BYTES, Q8_0_BYTES, q4_k_mins, q4_k_scales
+from llama_nb.ops.jit import HAS_AVX512_VNNI, Twins, njit_inline, twins
+from llama_nb.ops.quant_rows import Q4_K_BYTES, Q6_K_BYTES, Q8_0_BYTES
+from llama_nb.ops.simd import f32x16_fma, f32x16_splat, f32x16_sum, f32x16_zero, prefetch
 from llama_nb.ops.simd_int8 import (
-    dot_u8s8_portable, dot_u8s8_vnni, f32x8_fma_i32, f32x8_fma_i32_halves, f32x8_lane, f32x8_load, f32x8_mul, f32x8_of,
-    f32x8_sum, f32x8_zero,
-    half_load, i8x32_flip, i8x32_high_nibbles, i8x32_load, i8x32_low_nibbles, i8x32_q6, i8x32_splat, i32x8_sub,
-    i32x8_zero,
+    dot_u8s8_portable, dot_u8s8_vnni, f32x8_fma, f32x8_fma_i32, f32x8_load, f32x8_mul, f32x8_sum, f32x8_zero,
+    half_load, i8x32_flip, i8x32_load, i8x32_splat, i32x8_sub, i32x8_zero,
+)
+from llama_nb.ops.simd_int8x64 import (
+    dot64_u8s8_portable, dot64_u8s8_vnni, f32x16_add, f32x16_fma_i32, f32x16_high, f32x16_mul, f32x16_of_halves,
+    f32x16_of_i8, f32x16_of_i32, f32x16_pairs, f32x16_spread, f32x16_two_halves, halves_load8, i8x64_flip,
+    i8x64_high_nibbles, i8x64_load, i8x64_load2, i8x64_low_nibbles, i8x64_q6, i8x64_q6_high_bits, i32x16_zero,
+    q4_k_scales_mins,
 )
 
 ROWS = 64  # output rows per parallel task (ops/matvec.py's MATVEC_BLOCK, measured there)
-dot_u8s8 = dot_u8s8_portable  # rebound per compiled variant (see _variants)
+AHEAD = 2  # each row prefetches, block by block, the row this far on (4 measured the same)
+dot_u8s8, dot64_u8s8 = dot_u8s8_portable, dot64_u8s8_portable  # rebound per compiled variant (see _variants)
+
+
+@njit_inline
+def _prefetch(row, at, nbytes):
+    """Hint the cache lines of row[at : at + nbytes]: one every 72 bytes (the spacing measured)."""
+    for offset in range(0, nbytes, 72):
+        prefetch(row, at + offset)
 
 
 def _q8_0(out, q, d, sums, dsum, w):
     n_tokens, k_in = q.shape
     n_out, n_blocks = w.shape[0], k_in // 32
+    n_wide = n_blocks - n_blocks % 8  # blocks taken 8 at a time (a zmm holds two); the rest one by one
     bias = i8x32_splat(128)
-    for task in prange((n_out + ROWS - 1) // ROWS):
-        for t in range(n_tokens):
-            xq, xd = q[t], d[t]
-            for n in range(task * ROWS, min((task + 1) * ROWS, n_out)):
-                row = w[n]
-                acc0, acc1 = f32x8_zero(), f32x8_zero()  # two FMA chains: even and odd blocks
-                for b in range(n_blocks):
-                    wv = i8x32_load(row, Q8_0_BYTES * b + 2)
-                    shifted = dot_u8s8(i32x8_zero(), i8x32_flip(i8x32_load(xq, 32 * b)), wv)  # (x + 128) . w
-                    lanes = i32x8_sub(shifted, dot_u8s8(i32x8_zero(), bias, wv))  # - 128 * sum(w)
-                    if b % 2 == 0:
-                        acc0 = f32x8_fma_i32(acc0, lanes, half_load(row, Q8_0_BYTES * b) * xd[b])
-                    else:
-                        acc1 = f32x8_fma_i32(acc1, lanes, half_load(row, Q8_0_BYTES * b) * xd[b])
-                out[t, n] = f32x8_sum(acc0) + f32x8_sum(acc1)
-
-
-def _q4_k(out, q, d, sums, dsum, w):
-    n_tokens, k_in = q.shape
-    n_out = w.shape[0]
     for task in prange((n_out + ROWS - 1) // ROWS):
         for t in range(n_tokens):
             xq, xd, xds = q[t], d[t], dsum[t]
             for n in range(task * ROWS, min((task + 1) * ROWS, n_out)):
                 row = w[n]
-                acc_lo, acc_hi = f32x8_zero(), f32x8_zero()  # two FMA chains (their latency bounds the loop)
-                mins = np.float32(0.0)
+                acc0, acc1, acc2, acc3 = f32x16_zero(), f32x16_zero(), f32x16_zero(), f32x16_zero()
+                offsets = f32x8_zero()  # 128 * d_w * d_x * sum(q_x) of each block: the flip's share
+                ahead = w[min(n + AHEAD, n_out - 1)]
+                for b in range(0, n_wide, 8):
+                    at = Q8_0_BYTES * b
+                    _prefetch(ahead, at, 8 * Q8_0_BYTES)
+                    scales = halves_load8(row, at, Q8_0_BYTES)
+                    offsets = f32x8_fma(offsets, scales, f32x8_load(xds, b))
+                    f = f32x16_of_halves(f32x8_mul(scales, f32x8_load(xd, b)), f32x8_zero())
+                    # (w + 128) . x = w . x + 128 * sum(x): w flipped to u8, x as it is (s8)
+                    acc0 = f32x16_fma_i32(acc0, dot64_u8s8(i32x16_zero(), i8x64_flip(i8x64_load2(row, at + 2, at + 36)),
+                                                           i8x64_load(xq, 32 * b)), f32x16_pairs(f, 0, 1))
+                    acc1 = f32x16_fma_i32(acc1, dot64_u8s8(i32x16_zero(), i8x64_flip(i8x64_load2(row, at + 70, at + 104)),
+                                                           i8x64_load(xq, 32 * b + 64)), f32x16_pairs(f, 2, 3))
+                    acc2 = f32x16_fma_i32(acc2, dot64_u8s8(i32x16_zero(), i8x64_flip(i8x64_load2(row, at + 138, at + 172)),
+                                                           i8x64_load(xq, 32 * b + 128)), f32x16_pairs(f, 4, 5))
+                    acc3 = f32x16_fma_i32(acc3, dot64_u8s8(i32x16_zero(), i8x64_flip(i8x64_load2(row, at + 206, at + 240)),
+                                                           i8x64_load(xq, 32 * b + 192)), f32x16_pairs(f, 6, 7))
+                tail = f32x8_zero()
+                for b in range(n_wide, n_blocks):  # K % 256: 32 bytes at a time, x flipped, 128 * sum(w) subtracted
+                    wv = i8x32_load(row, Q8_0_BYTES * b + 2)
+                    shifted = dot_u8s8(i32x8_zero(), i8x32_flip(i8x32_load(xq, 32 * b)), wv)  # (x + 128) . w
+                    lanes = i32x8_sub(shifted, dot_u8s8(i32x8_zero(), bias, wv))  # - 128 * sum(w)
+                    tail = f32x8_fma_i32(tail, lanes, half_load(row, Q8_0_BYTES * b) * xd[b])
+                total = (f32x16_sum(acc0) + f32x16_sum(acc1)) + (f32x16_sum(acc2) + f32x16_sum(acc3))
+                out[t, n] = total - np.float32(128.0) * f32x8_sum(offsets) + f32x8_sum(tail)
+
+
+def _q4_k(out, q, d, sums, dsum, w):
+    n_tokens, k_in = q.shape
+    n_out = w.shape[0]
+    # x's blocks reordered 0, 2, 1, 3 in every 4, so that each zmm pair of sub-blocks (2c, 2c + 2
+    # in the low nibbles, 2c + 1, 2c + 3 in the high) meets its 64 bytes of x in one load (+6%)
+    xp = np.empty_like(q)
+    for t in range(n_tokens):
+        for b in range(k_in // 32):
+            src = 32 * (b - b % 4 + (b % 2) * 2 + (b % 4) // 2)
+            xp[t, 32 * b : 32 * b + 32] = q[t, src : src + 32]
+    for task in prange((n_out + ROWS - 1) // ROWS):
+        for t in range(n_tokens):
+            xq, xd, xds = xp[t], d[t], dsum[t]
+            for n in range(task * ROWS, min((task + 1) * ROWS, n_out)):
+                row = w[n]
+                acc0, acc1, acc2, acc3 = f32x16_zero(), f32x16_zero(), f32x16_zero(), f32x16_zero()
+                mins = f32x16_zero()  # lanes 8-15: dmin * m[j] * d_x * sum(q_x), summed once at the end
+                ahead = w[min(n + AHEAD, n_out - 1)]
                 for s in range(k_in // 256):
-                    at = Q4_K_BYTES * s
-                    scale, offset = half_load(row, at), half_load(row, at + 2)
-                    # the eight sub-blocks' factors d * sc[j] * d_x at once; their mins' share
-                    # sum_j m[j] * d_x * sum(q_x) as one 8-lane product
-                    factors = f32x8_mul(f32x8_of(q4_k_scales(row, at + 4)), f32x8_load(xd, 8 * s))
-                    mins += offset * f32x8_sum(f32x8_mul(f32x8_of(q4_k_mins(row, at + 4)), f32x8_load(xds, 8 * s)))
-                    for c in range(4):  # 32 bytes: sub-block 2c (low nibbles), 2c + 1 (high)
-                        v = i8x32_load(row, at + 16 + 32 * c)
-                        b = 8 * s + 2 * c  # x's block of sub-block 2c
-                        lo = dot_u8s8(i32x8_zero(), i8x32_low_nibbles(v), i8x32_load(xq, 32 * b))
-                        hi = dot_u8s8(i32x8_zero(), i8x32_high_nibbles(v), i8x32_load(xq, 32 * b + 32))
-                        acc_lo = f32x8_fma_i32(acc_lo, lo, scale * f32x8_lane(factors, 2 * c))
-                        acc_hi = f32x8_fma_i32(acc_hi, hi, scale * f32x8_lane(factors, 2 * c + 1))
-                out[t, n] = f32x8_sum(acc_lo) + f32x8_sum(acc_hi) - mins
+                    at, x = Q4_K_BYTES * s, 256 * s
+                    _prefetch(ahead, at, Q4_K_BYTES)
+                    # lanes 0-7: d * sc[j] * d_x of sub-block j; lanes 8-15: dmin * m[j] * dsum
+                    f = f32x16_mul(f32x16_mul(q4_k_scales_mins(row, at + 4),
+                                              f32x16_of_halves(f32x8_load(xd, 8 * s), f32x8_load(xds, 8 * s))),
+                                   f32x16_two_halves(row, at))
+                    mins = f32x16_add(mins, f)
+                    # 64 bytes = chunks c, c + 1: sub-blocks 2c, 2c + 2 in the low nibbles, 2c + 1, 2c + 3 in the high
+                    v = i8x64_load(row, at + 16)
+                    acc0 = f32x16_fma_i32(acc0, dot64_u8s8(i32x16_zero(), i8x64_low_nibbles(v), i8x64_load(xq, x)),
+                                          f32x16_pairs(f, 0, 2))
+                    acc1 = f32x16_fma_i32(acc1, dot64_u8s8(i32x16_zero(), i8x64_high_nibbles(v), i8x64_load(xq, x + 64)),
+                                          f32x16_pairs(f, 1, 3))
+                    v = i8x64_load(row, at + 80)
+                    acc2 = f32x16_fma_i32(acc2, dot64_u8s8(i32x16_zero(), i8x64_low_nibbles(v), i8x64_load(xq, x + 128)),
+                                          f32x16_pairs(f, 4, 6))
+                    acc3 = f32x16_fma_i32(acc3, dot64_u8s8(i32x16_zero(), i8x64_high_nibbles(v), i8x64_load(xq, x + 192)),
+                                          f32x16_pairs(f, 5, 7))
+                out[t, n] = (f32x16_sum(acc0) + f32x16_sum(acc1)) + (f32x16_sum(acc2) + f32x16_sum(acc3)) - f32x8_sum(f32x16_high(mins))
 
 
 def _q6_k(out, q, d, sums, dsum, w):
@@ -102,42 +165,45 @@ def _q6_k(out, q, d, sums, dsum, w):
             xq, xd, xs = q[t], d[t], sums[t]
             for n in range(task * ROWS, min((task + 1) * ROWS, n_out)):
                 row = w[n]
-                acc0, acc1 = f32x8_zero(), f32x8_zero()  # two FMA chains: runs 0, 2 and 1, 3
-                offsets = np.float32(0.0)
+                acc0, acc1, acc2, acc3 = f32x16_zero(), f32x16_zero(), f32x16_zero(), f32x16_zero()
+                offsets = f32x16_zero()  # sum of d * sc[g] * d_x * sum(q_x) over the groups g of 16
+                ahead = w[min(n + AHEAD, n_out - 1)]
                 for s in range(k_in // 256):
-                    at = Q6_K_BYTES * s
-                    scale = half_load(row, at + 208)
-                    block_offsets = np.float32(0.0)
-                    for h in range(2):  # 128 weights: runs r = 0..3 of 32, see llama_nb/quant/q6_k.py
-                        low0, low1 = i8x32_load(row, at + 64 * h), i8x32_load(row, at + 64 * h + 32)
-                        high = i8x32_load(row, at + 128 + 32 * h)
-                        runs = (i8x32_q6(low0, high, 0, 0), i8x32_q6(low1, high, 0, 2),
-                                i8x32_q6(low0, high, 4, 4), i8x32_q6(low1, high, 4, 6))
-                        for r in range(4):
-                            b = 8 * s + 4 * h + r  # x's block; groups 2b, 2b + 1 of 16
-                            lanes = dot_u8s8(i32x8_zero(), runs[r], i8x32_load(xq, 32 * b))
-                            group = at + 192 + 8 * h + 2 * r
-                            sc0, sc1 = np.float32(np.int8(row[group])), np.float32(np.int8(row[group + 1]))
-                            f = scale * xd[b]
-                            if r % 2 == 0:
-                                acc0 = f32x8_fma_i32_halves(acc0, lanes, f * sc0, f * sc1)
-                            else:
-                                acc1 = f32x8_fma_i32_halves(acc1, lanes, f * sc0, f * sc1)
-                            block_offsets += xd[b] * (sc0 * np.float32(xs[2 * b]) + sc1 * np.float32(xs[2 * b + 1]))
-                    offsets += scale * block_offsets
-                out[t, n] = f32x8_sum(acc0) + f32x8_sum(acc1) - np.float32(32.0) * offsets
+                    at, x = Q6_K_BYTES * s, 256 * s
+                    _prefetch(ahead, at, Q6_K_BYTES)
+                    # lane g: d * sc[g] * d_x of group g of 16 (x's block g // 2)
+                    dx = f32x16_of_halves(f32x8_load(xd, 8 * s), f32x8_load(xd, 8 * s))  # lanes 0-7: x's 8 block scales
+                    f = f32x16_mul(f32x16_mul(f32x16_of_i8(row, at + 192), f32x16_splat(half_load(row, at + 208))),
+                                   f32x16_spread(dx, 0, 2))
+                    offsets = f32x16_fma(offsets, f, f32x16_of_i32(xs, 16 * s))
+                    # 128 weights per half: ql 64 bytes (runs 0, 1 in the low nibbles, 2, 3 in the high),
+                    # qh 32 bytes (bits 0-1, 2-3, 4-5, 6-7: runs 0-3); each run is x's block 4h + r, groups 8h + 2r, + 1
+                    ql, qh = i8x64_load(row, at), i8x64_q6_high_bits(row, at + 128)
+                    acc0 = f32x16_fma_i32(acc0, dot64_u8s8(i32x16_zero(), i8x64_q6(ql, qh, 0), i8x64_load(xq, x)),
+                                          f32x16_spread(f, 0, 4))
+                    acc1 = f32x16_fma_i32(acc1, dot64_u8s8(i32x16_zero(), i8x64_q6(ql, qh, 1), i8x64_load(xq, x + 64)),
+                                          f32x16_spread(f, 4, 4))
+                    ql, qh = i8x64_load(row, at + 64), i8x64_q6_high_bits(row, at + 160)
+                    acc2 = f32x16_fma_i32(acc2, dot64_u8s8(i32x16_zero(), i8x64_q6(ql, qh, 0), i8x64_load(xq, x + 128)),
+                                          f32x16_spread(f, 8, 4))
+                    acc3 = f32x16_fma_i32(acc3, dot64_u8s8(i32x16_zero(), i8x64_q6(ql, qh, 1), i8x64_load(xq, x + 192)),
+                                          f32x16_spread(f, 12, 4))
+                total = (f32x16_sum(acc0) + f32x16_sum(acc1)) + (f32x16_sum(acc2) + f32x16_sum(acc3))
+                out[t, n] = total - np.float32(32.0) * f32x16_sum(offsets)
 
 
 def _variants(fn, dots: dict) -> dict[str, Twins]:
-    """{suffix: Twins of fn with dot_u8s8 bound to dots[suffix]}."""
+    """{suffix: Twins of fn with dot_u8s8 and dot64_u8s8 bound to dots[suffix]}."""
     made = {}
-    for suffix, dot in dots.items():
-        scope = {**fn.__globals__, "dot_u8s8": dot}
+    for suffix, bound in dots.items():
+        scope = {**fn.__globals__, **bound}
         copy = pytypes.FunctionType(fn.__code__, scope, f"{fn.__name__}_{suffix}", fn.__defaults__, fn.__closure__)
         copy.__qualname__ = f"{fn.__qualname__}_{suffix}"
         made[suffix] = twins(copy)
     return made
 
 
-_DOTS = {"portable": dot_u8s8_portable, **({"vnni": dot_u8s8_vnni} if HAS_AVX512_VNNI else {})}
+_PORTABLE = {"dot_u8s8": dot_u8s8_portable, "dot64_u8s8": dot64_u8s8_portable}
+_VNNI = {"dot_u8s8": dot_u8s8_vnni, "dot64_u8s8": dot64_u8s8_vnni}
+_DOTS = {"portable": _PORTABLE, **({"vnni": _VNNI} if HAS_AVX512_VNNI else {})}
 KERNELS = {name: _variants(fn, _DOTS) for name, fn in (("q8_0", _q8_0), ("q4_k", _q4_k), ("q6_k", _q6_k))}

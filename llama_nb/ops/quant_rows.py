@@ -2,7 +2,6 @@
 
     q4_k_scale_min(row, at, j) -> (sc, m)     the 6-bit scale and min of sub-block j, from the 12
                                               packed bytes row[at : at + 12] (get_scale_min_k4)
-    q4_k_scales(row, at), q4_k_mins(row, at)  all eight of each, as float32 8-tuples
     dequantize_row_q8_0(dst, row)             dst float32[K] = the values of one row of blocks
     dequantize_row_q4_k(dst, row)
     dequantize_row_q6_k(dst, row)
@@ -29,25 +28,6 @@ def q4_k_scale_min(row, at, j):
     sc = (row[at + j + 4] & 15) | ((row[at + j - 4] >> 6) << 4)
     m = (row[at + j + 4] >> 4) | ((row[at + j] >> 6) << 4)
     return np.int32(sc), np.int32(m)
-
-
-@njit_inline
-def q4_k_scales(row, at):
-    """The eight 6-bit scales of a super-block as a float32 8-tuple, from the 12 packed bytes
-    row[at : at + 12], without branches (the kernels' inner loop unrolls over them)."""
-    b = row[at : at + 12]
-    return (np.float32(b[0] & 63), np.float32(b[1] & 63), np.float32(b[2] & 63), np.float32(b[3] & 63),
-            np.float32((b[8] & 15) | ((b[0] >> 6) << 4)), np.float32((b[9] & 15) | ((b[1] >> 6) << 4)),
-            np.float32((b[10] & 15) | ((b[2] >> 6) << 4)), np.float32((b[11] & 15) | ((b[3] >> 6) << 4)))
-
-
-@njit_inline
-def q4_k_mins(row, at):
-    """The eight 6-bit mins, likewise."""
-    b = row[at : at + 12]
-    return (np.float32(b[4] & 63), np.float32(b[5] & 63), np.float32(b[6] & 63), np.float32(b[7] & 63),
-            np.float32((b[8] >> 4) | ((b[4] >> 6) << 4)), np.float32((b[9] >> 4) | ((b[5] >> 6) << 4)),
-            np.float32((b[10] >> 4) | ((b[6] >> 6) << 4)), np.float32((b[11] >> 4) | ((b[7] >> 6) << 4)))
 
 
 @njit_inline

@@ -1,16 +1,12 @@
-"""256-bit integer vectors for the block-format kernels: 32 bytes (one Q8_0 block, one Q4_K
-sub-block, two Q6_K groups) multiplied into eight int32 lanes, then scaled into eight float32 lanes.
+"""256-bit integer vectors for the block-format kernels: 32 bytes (one Q8_0 block) multiplied into
+eight int32 lanes, then scaled into eight float32 lanes (the 512-bit ones: ops/simd_int8x64.py).
 
     i8x32    <32 x i8>    thirty-two bytes (the kernel says whether they are u8 or s8)
     i32x8    <8 x i32>    eight int32 lanes; lane j holds the sum over bytes 4j .. 4j+3
     f32x8    <8 x float>  eight float32 lanes
 
     i8x32_load(a: uint8[:] | int8[:], i) -> i8x32      a[i : i + 32], unaligned
-    i8x32_low_nibbles(v) -> i8x32                      v & 15 (as u8)
-    i8x32_high_nibbles(v) -> i8x32                     v >> 4 (as u8)
     i8x32_flip(v) -> i8x32                             v ^ 0x80: s8 x -> u8 x + 128
-    i8x32_q6(ql, qh, ql_shift, qh_shift) -> i8x32      ((ql >> ql_shift) & 15) | ((qh >> qh_shift) & 3) << 4
-                                                       (Q6_K's 6-bit q, u8 0..63; shifts are constants)
     i8x32_splat(value: int) -> i8x32                   value in every byte
     i32x8_zero() -> i32x8
     i32x8_sub(a, b) -> i32x8                           lane by lane
@@ -20,13 +16,10 @@ sub-block, two Q6_K groups) multiplied into eight int32 lanes, then scaled into 
     dot_u8s8_portable(acc, u, s) -> i32x8              the same sums in generic LLVM IR, any CPU
     f32x8_zero() -> f32x8
     f32x8_fma_i32(acc, v: i32x8, scale: float32) -> f32x8   acc + float32(v) * scale, lane by lane
-    f32x8_fma_i32_halves(acc, v, lo: float32, hi: float32)  lanes 0-3 scaled by lo, 4-7 by hi
-                                                       (Q6_K: the two groups of 16 in 32 bytes)
+    f32x8_fma(acc, a: f32x8, b: f32x8) -> f32x8        acc + a * b, lane by lane (one rounding)
     f32x8_sum(v) -> float32                            a fixed pairwise tree of the 8 lanes
     f32x8_load(a: float32[:], i) -> f32x8              a[i : i + 8], unaligned
-    f32x8_of(t: 8-tuple of float32) -> f32x8           the tuple's values as lanes
     f32x8_mul(a, b) -> f32x8                           lane by lane
-    f32x8_lane(v, i) -> float32                        v[i] (i in 0..7, not checked)
     half_load(a: uint8[:], i) -> float32               the IEEE half at bytes a[i], a[i + 1] (exact)
 
 `dot_u8s8_vnni` is LLVM's `llvm.x86.avx512.vpdpbusd.256` and must only be compiled where
@@ -123,24 +116,7 @@ def _const8(value: int):
     return ir.Constant(_V_I8, [value] * 32)
 
 
-i8x32_low_nibbles = _bytewise("i8x32_low_nibbles", lambda b, v: b.and_(v, _const8(15)))
-i8x32_high_nibbles = _bytewise("i8x32_high_nibbles", lambda b, v: b.lshr(v, _const8(4)))
 i8x32_flip = _bytewise("i8x32_flip", lambda b, v: b.xor(v, _const8(0x80)))
-
-
-@intrinsic
-def i8x32_q6(typingctx, ql, qh, ql_shift, qh_shift):
-    if not (ql == i8x32 and qh == i8x32 and isinstance(ql_shift, types.IntegerLiteral)
-            and isinstance(qh_shift, types.IntegerLiteral)):
-        return None
-    low_shift, high_shift = ql_shift.literal_value, qh_shift.literal_value
-
-    def codegen(context, builder, signature, args):
-        low = builder.and_(builder.lshr(args[0], _const8(low_shift)), _const8(15))
-        high = builder.shl(builder.and_(builder.lshr(args[1], _const8(high_shift)), _const8(3)), _const8(4))
-        return builder.or_(low, high)
-
-    return i8x32(ql, qh, ql_shift, qh_shift), codegen
 
 
 @intrinsic
@@ -238,17 +214,15 @@ def f32x8_fma_i32(typingctx, acc, v, scale):
 
 
 @intrinsic
-def f32x8_fma_i32_halves(typingctx, acc, v, lo, hi):
-    if not (acc == f32x8 and v == i32x8 and lo == types.float32 and hi == types.float32):
+def f32x8_fma(typingctx, acc, a, b):
+    if not (acc == f32x8 and a == f32x8 and b == f32x8):
         return None
 
     def codegen(context, builder, signature, args):
-        scales = ir.Constant(_V_F32, ir.Undefined)
-        for lane in range(8):
-            scales = builder.insert_element(scales, args[2] if lane < 4 else args[3], ir.Constant(_I32, lane))
-        return _fma(builder, args[0], args[1], scales)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V_F32, [_V_F32] * 3), "llvm.fma.v8f32")
+        return builder.call(fn, [args[1], args[2], args[0]])
 
-    return f32x8(acc, v, lo, hi), codegen
+    return f32x8(acc, a, b), codegen
 
 
 @intrinsic
@@ -296,30 +270,4 @@ def f32x8_load(typingctx, a, i):
     return f32x8(a, i), codegen
 
 
-@intrinsic
-def f32x8_of(typingctx, t):
-    if not (isinstance(t, types.UniTuple) and t.count == 8 and t.dtype == types.float32):
-        return None
-
-    def codegen(context, builder, signature, args):
-        vec = ir.Constant(_V_F32, ir.Undefined)
-        for lane in range(8):
-            vec = builder.insert_element(vec, builder.extract_value(args[0], lane), ir.Constant(_I32, lane))
-        return vec
-
-    return f32x8(t), codegen
-
-
 f32x8_mul = _lanewise("f32x8_mul", f32x8, lambda b, x, y: b.fmul(x, y))
-
-
-@intrinsic
-def f32x8_lane(typingctx, v, i):
-    if not (v == f32x8 and isinstance(i, types.Integer)):
-        return None
-
-    def codegen(context, builder, signature, args):
-        index = builder.trunc(args[1], _I32) if args[1].type.width > 32 else args[1]
-        return builder.extract_element(args[0], index)
-
-    return types.float32(v, i), codegen
