@@ -122,7 +122,7 @@ def cpu_features() -> str:
 
 
 HAS_AVX512_BF16 = "+avx512bf16" in cpu_features().split(",") and os.environ.get("LLAMA_NB_NO_BF16DOT", "0") == "0"
-# vpdpbusd on 256-bit registers (AVX512_VNNI + AVX512VL) for the int8 products of the block formats;
+# vpdpbusd (256- and 512-bit) (AVX512_VNNI + AVX512VL) for the int8 products of the block formats;
 # LLAMA_NB_NO_VNNI=1 forces their portable int8 path (ops/simd_int8.py).
 HAS_AVX512_VNNI = {"+avx512vnni", "+avx512vl"} <= set(cpu_features().split(",")) and \
     os.environ.get("LLAMA_NB_NO_VNNI", "0") == "0"
