@@ -20,8 +20,13 @@ scalar work per key. Tasks are (kv group g, up to 4 of its query heads); per blo
    32 columns (before 2026-12-02) read each row's cache lines in separate strided sweeps.
    Dh not a multiple of 64 (test shapes only): passes of 4 heads x 32 columns.
 
-Measured (bench/attention.py, 32K positions, 2 threads, 2026-12-02, ratios to the plain read of
-the same round): see bench/README.md. Before this version: 1B heads 51-59%, 8B heads 35%.
+Measured (bench/attention.py -r 5, 32K positions, 2026-12-02 05:53 UTC, idle machine, medians of
+the ratio to the plain read around each call): 1B heads (Dh 64) 85% on 2 threads, 58% on 1; 8B
+heads (Dh 128) 56% and 45%. Before this version (passes of 32 columns): 51% and 35% on 2 threads.
+Tried and dropped (1 thread, best of 30): widening bf16 pairs with a shift and a mask instead of
+vpmovzxwd (slower: 9.8 against 7.2 ms at Dh 128), value rows widened once into a float32 scratch,
+software prefetch of the block's values or the next block's keys (no gain or slower), larger key
+blocks (no change).
 
 The sums are those of the float32-cache kernel's order per column of the weighted sum (any pass
 layout gives the same bits: each output column is its own chain of multiply-adds, key by key), but
