@@ -52,6 +52,7 @@ from llama_nb.io.files import FileEnded, open_regular_file, preadv_exactly
 from llama_nb.io.pickle_safety import MAX_DEPTH, MAX_OPCODES, check_opcodes
 from llama_nb.io.unpickler import MAX_ELEMENTS, MAX_NDIM, MAX_NESTING, RestrictedUnpickler, flatten
 from llama_nb.io.zip_archive import Archive, Refused
+from llama_nb.memory import empty_at
 
 __all__ = ["Checkpoint", "MissingTensorError", "load_pth", "CheckpointError",
            "MAX_PICKLE_BYTES", "MAX_OPCODES", "MAX_DEPTH", "MAX_NDIM", "MAX_NESTING", "MAX_ELEMENTS"]
@@ -128,7 +129,7 @@ class Checkpoint(TensorTable):
         chunks: list[tuple[memoryview, int]] = []  # (destination bytes, file offset)
         strided: list[tuple[np.ndarray, np.ndarray]] = []  # (destination, view) read span by span
         for name, view in self.tensors.items():
-            array = np.empty(view.shape, view.dtype)
+            array = empty_at(view.shape, view.dtype)  # 64-byte aligned (llama_nb/memory.py)
             if view.flags.c_contiguous and view.nbytes:
                 dest, offset = memoryview(array.reshape(-1).view(np.uint8)), view.ctypes.data - base
                 chunks += [(dest[lo : lo + READ_CHUNK], offset + lo) for lo in range(0, len(dest), READ_CHUNK)]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from llama_nb.errors import LlamaNbError
+from llama_nb.memory import ARRAY_PAGE_OFFSET, SCRATCH_PAGE_OFFSET, zeros_at
 from llama_nb.io.params import ModelArgs
 from llama_nb.model.parallel import Part, part_of
 from llama_nb.ops import registry
@@ -75,22 +76,6 @@ class RunState:
                  kv_cache: str = "f32"):
         self.max_batch, self.slots, self.kv_cache = max_batch, slots, kv_cache
         for name, (shape, dtype) in self.shapes(args, max_batch, ctx, slots, part, kv_cache).items():
-            make = _off_the_weights_alias if "." in name else np.zeros  # "op.name": an op's scratch
-            setattr(self, name.replace(".", "_"), make(shape, dtype))
-
-
-# Large NumPy arrays (the weights, read into memory; the activation buffers) start 16 bytes into a
-# page. A kernel that streams rows of w and of the converted activations at equal addresses modulo
-# 4096 suffers 4K aliasing: measured, the vdpbf16ps prefill tile at 128x2048x8192 ran 8.1 ms with
-# the bf16 bits of x at the weights' page offset and 6.5-6.7 ms half a page away. So the ops'
-# scratch (where linear puts the converted activations) starts at page offset 16 + 2048; the
-# other buffers, at numpy's (the outputs at the activations' own offset measured no slower).
-_SCRATCH_PAGE_OFFSET = 16 + 2048
-
-
-def _off_the_weights_alias(shape: tuple[int, ...], dtype) -> np.ndarray:
-    """np.zeros(shape, dtype), starting at _SCRATCH_PAGE_OFFSET into a page."""
-    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    raw = np.zeros(nbytes + 4096, np.uint8)
-    start = (_SCRATCH_PAGE_OFFSET - raw.ctypes.data) % 4096
-    return raw[start : start + nbytes].view(dtype).reshape(shape)
+            # "op.name": an op's scratch, half a page from the weights and the other buffers (memory.py)
+            offset = SCRATCH_PAGE_OFFSET if "." in name else ARRAY_PAGE_OFFSET
+            setattr(self, name.replace(".", "_"), zeros_at(shape, dtype, offset))
