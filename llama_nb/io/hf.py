@@ -59,6 +59,7 @@ from llama_nb.io.params import ModelArgs
 from llama_nb.io.pth import Checkpoint
 from llama_nb.io.safetensors import load_safetensors
 from llama_nb.io.tokenizer import Tokenizer
+from llama_nb.memory import empty_at
 
 SINGLE_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
@@ -108,7 +109,9 @@ def unpermute(w: np.ndarray, n_heads: int) -> np.ndarray:
     w: [n_heads * head_dim, dim], any dtype (raw bf16 bits included)."""
     rows, dim = w.shape
     half = rows // n_heads // 2
-    return np.ascontiguousarray(w.reshape(n_heads, 2, half, dim).transpose(0, 2, 1, 3).reshape(rows, dim))
+    out = empty_at(w.shape, w.dtype)  # 64-byte aligned, as every weight read into memory (memory.py)
+    out.reshape(n_heads, half, 2, dim)[...] = w.reshape(n_heads, 2, half, dim).transpose(0, 2, 1, 3)
+    return out
 
 
 @dataclass(frozen=True, eq=False)

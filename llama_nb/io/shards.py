@@ -37,6 +37,7 @@ import numpy as np
 from llama_nb.errors import CheckpointError, LlamaNbError, shown
 from llama_nb.io.params import ModelArgs
 from llama_nb.io.pth import Checkpoint, TensorTable
+from llama_nb.memory import empty_at
 
 SHARD_NAME = re.compile(r"consolidated\.(\d+)\.pth")
 DIM0 = ("wq", "wk", "wv", "w1", "w3", "output", "tok_embeddings")
@@ -128,10 +129,11 @@ class RankTensors(TensorTable):
         joined = {}
         for name in self.tensors:
             dim = split_dim(name)
-            if dim is None:  # replicated: shard 0's
-                joined[name] = np.array(self.shards[0].tensors[name])
-            else:
-                joined[name] = np.concatenate([sh.tensors[name] for sh in self._pieces(name)], axis=dim)
+            pieces = [self.shards[0].tensors[name]] if dim is None else [sh.tensors[name] for sh in self._pieces(name)]
+            # replicated: shard 0's; else joined along the split dim; into 64-byte aligned memory (memory.py)
+            out = empty_at(self.tensors[name].shape, pieces[0].dtype)
+            np.concatenate(pieces, axis=dim or 0, out=out)
+            joined[name] = out
         return joined
 
 
