@@ -25,14 +25,17 @@ def empty_at(shape, dtype, page_offset: int = ARRAY_PAGE_OFFSET) -> np.ndarray:
     """An uninitialised C-contiguous array starting `page_offset` bytes into a 4 KiB page (a
     multiple of LINE: aligned); over-allocates by one page. Large ones still get transparent huge
     pages, which NumPy asks for on its own allocation."""
-    nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-    raw = np.empty(nbytes + 4096, np.uint8)
-    start = (page_offset - raw.ctypes.data) % 4096
-    return raw[start : start + nbytes].view(dtype).reshape(shape)
+    return _at(np.empty, shape, dtype, page_offset)
 
 
 def zeros_at(shape, dtype, page_offset: int = ARRAY_PAGE_OFFSET) -> np.ndarray:
-    """empty_at, filled with zeros."""
-    array = empty_at(shape, dtype, page_offset)
-    array.fill(0)
-    return array
+    """empty_at, zeros: from np.zeros (calloc), so a large buffer (a KV cache of many GB) costs no
+    time at allocation and its pages are committed only as they are first written."""
+    return _at(np.zeros, shape, dtype, page_offset)
+
+
+def _at(allocate, shape, dtype, page_offset: int) -> np.ndarray:
+    nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    raw = allocate(nbytes + 4096, np.uint8)
+    start = (page_offset - raw.ctypes.data) % 4096
+    return raw[start : start + nbytes].view(dtype).reshape(shape)
