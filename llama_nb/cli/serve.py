@@ -117,6 +117,7 @@ def _run(llm, passes, listener: socket.socket, model_id: str, api_key: str | Non
     SIGINT / SIGTERM; the exit code."""
     import uvicorn
 
+    from llama_nb.model.follow import stop_signals_to
     from llama_nb.serve.app import create_app
     from llama_nb.serve.engine import Engine
 
@@ -136,12 +137,8 @@ def _run(llm, passes, listener: socket.socket, model_id: str, api_key: str | Non
             if threading.current_thread() is not threading.main_thread():
                 yield
                 return
-            previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
-            try:
+            with stop_signals_to(self.handle_exit):
                 yield
-            finally:
-                for sig, handler in previous.items():
-                    signal.signal(sig, handler)
 
     config = uvicorn.Config(create_app(engine, model_id, api_key), log_level="warning", access_log=False,
                             lifespan="off", timeout_graceful_shutdown=10)

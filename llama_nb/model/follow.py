@@ -156,15 +156,20 @@ def follow(model) -> None:
 
 
 @contextlib.contextmanager
-def deferred_signals() -> Iterator[None]:
-    """SIGINT and SIGTERM ignored in the block (the main thread's): mpirun sends them to every
-    rank, and a rank other than 0 must go on with the passes until rank 0 ends them (STOP)."""
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+def stop_signals_to(handler) -> Iterator[None]:
+    """SIGINT and SIGTERM go to `handler` in the block (main thread only), restored after it."""
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def deferred_signals():
+    """SIGINT and SIGTERM ignored in the block (the main thread's): mpirun sends them to every
+    rank, and a rank other than 0 must go on with the passes until rank 0 ends them (STOP)."""
+    return stop_signals_to(signal.SIG_IGN)
 
 
 def abort_job(group, exc: BaseException) -> None:
