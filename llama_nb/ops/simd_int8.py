@@ -158,35 +158,44 @@ def _lanewise(name: str, vector_type, op):
 i32x8_sub = _lanewise("i32x8_sub", i32x8, lambda b, x, y: b.sub(x, y))
 
 
-@intrinsic
-def dot_u8s8_vnni(typingctx, acc, u, s):
-    if not (acc == i32x8 and u == i8x32 and s == i8x32):
-        return None
+def dot_u8s8_pair(name: str, acc_type, byte_type, lanes: int):
+    """The two intrinsics `name`_vnni and `name`_portable: (acc, u, s) -> acc[j] + sum_{i<4}
+    u8(u[4j+i]) * s8(s[4j+i]) for `lanes` int32 lanes (8: 256-bit, 16: 512-bit). The first is
+    vpdpbusd (only where HAS_AVX512_VNNI), the second the same sums in generic LLVM IR."""
+    v_i32 = ir.VectorType(_I32, lanes)
 
-    def codegen(context, builder, signature, args):
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V_I32, [_V_I32] * 3),
-                                            "llvm.x86.avx512.vpdpbusd.256")
-        acc_, u_, s_ = args
-        return builder.call(fn, [acc_, builder.bitcast(u_, _V_I32), builder.bitcast(s_, _V_I32)])
+    def vnni(typingctx, acc, u, s):
+        if not (acc == acc_type and u == byte_type and s == byte_type):
+            return None
 
-    return i32x8(acc, u, s), codegen
+        def codegen(context, builder, signature, args):
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v_i32, [v_i32] * 3),
+                                                f"llvm.x86.avx512.vpdpbusd.{32 * lanes}")
+            acc_, u_, s_ = args
+            return builder.call(fn, [acc_, builder.bitcast(u_, v_i32), builder.bitcast(s_, v_i32)])
+
+        return acc_type(acc, u, s), codegen
+
+    def portable(typingctx, acc, u, s):
+        if not (acc == acc_type and u == byte_type and s == byte_type):
+            return None
+
+        def codegen(context, builder, signature, args):
+            acc_, u_, s_ = args
+            wide = ir.VectorType(_I32, 4 * lanes)
+            products = builder.mul(builder.zext(u_, wide), builder.sext(s_, wide))
+            for offset in range(4):  # lane j gets the products 4j + offset
+                mask = ir.Constant(v_i32, [4 * j + offset for j in range(lanes)])
+                acc_ = builder.add(acc_, builder.shuffle_vector(products, products, mask))
+            return acc_
+
+        return acc_type(acc, u, s), codegen
+
+    vnni.__name__, portable.__name__ = f"{name}_vnni", f"{name}_portable"
+    return intrinsic(vnni), intrinsic(portable)
 
 
-@intrinsic
-def dot_u8s8_portable(typingctx, acc, u, s):
-    if not (acc == i32x8 and u == i8x32 and s == i8x32):
-        return None
-
-    def codegen(context, builder, signature, args):
-        acc_, u_, s_ = args
-        wide = ir.VectorType(_I32, 32)
-        products = builder.mul(builder.zext(u_, wide), builder.sext(s_, wide))
-        for offset in range(4):  # lane j gets the products 4j + offset
-            mask = ir.Constant(ir.VectorType(_I32, 8), [4 * j + offset for j in range(8)])
-            acc_ = builder.add(acc_, builder.shuffle_vector(products, products, mask))
-        return acc_
-
-    return i32x8(acc, u, s), codegen
+dot_u8s8_vnni, dot_u8s8_portable = dot_u8s8_pair("dot_u8s8", i32x8, i8x32, 8)
 
 
 @intrinsic

@@ -48,7 +48,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
 from llama_nb.ops.simd import f32x16
-from llama_nb.ops.simd_int8 import f32x8
+from llama_nb.ops.simd_int8 import dot_u8s8_pair, f32x8
 
 
 class _I8x64(types.Type):
@@ -187,34 +187,7 @@ def i32x16_zero(typingctx):
     return i32x16(), codegen
 
 
-@intrinsic
-def dot64_u8s8_vnni(typingctx, acc, u, s):
-    if not (acc == i32x16 and u == i8x64 and s == i8x64):
-        return None
-
-    def codegen(context, builder, signature, args):
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V_I32, [_V_I32] * 3),
-                                            "llvm.x86.avx512.vpdpbusd.512")
-        acc_, u_, s_ = args
-        return builder.call(fn, [acc_, builder.bitcast(u_, _V_I32), builder.bitcast(s_, _V_I32)])
-
-    return i32x16(acc, u, s), codegen
-
-
-@intrinsic
-def dot64_u8s8_portable(typingctx, acc, u, s):
-    if not (acc == i32x16 and u == i8x64 and s == i8x64):
-        return None
-
-    def codegen(context, builder, signature, args):
-        acc_, u_, s_ = args
-        wide = ir.VectorType(_I32, 64)
-        products = builder.mul(builder.zext(u_, wide), builder.sext(s_, wide))
-        for offset in range(4):  # lane j gets the products 4j + offset
-            acc_ = builder.add(acc_, builder.shuffle_vector(products, products, _mask(4 * j + offset for j in range(16))))
-        return acc_
-
-    return i32x16(acc, u, s), codegen
+dot64_u8s8_vnni, dot64_u8s8_portable = dot_u8s8_pair("dot64_u8s8", i32x16, i8x64, 16)
 
 
 @intrinsic
