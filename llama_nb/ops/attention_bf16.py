@@ -14,19 +14,26 @@ scalar work per key. Tasks are (kv group g, up to 4 of its query heads); per blo
    max, exp, float32 sums of at most KEY_BLOCK / 4 terms per lane, each head's max and sum taken
    over its 4 lanes; the weights scaled by 1 / l;
 3. the weighted sum of the value rows, 16 accumulators per pass over the block's rows: passes of
-   two "segments", each 2 heads x 64 columns. Dh = 64 (1B): one pass, the 4 heads; Dh = 128
-   (8B, 70B, 405B): two passes, each a head pair over all 128 columns. Each pass reads every value
-   row whole (a row of the first pass comes from memory, of the second from L1); passes of 16 or
-   32 columns (before 2026-12-02) read each row's cache lines in separate strided sweeps.
+   the 4 heads x 64 columns (two "segments" of a head pair each). Dh = 64 (1B): one pass; Dh = 128
+   (8B, 70B, 405B): two, so each value is widened once.
    Dh not a multiple of 64 (test shapes only): passes of 4 heads x 32 columns.
+Heads of Dh >= PREFETCH_FROM_DIM prefetch, in step 1, every line of the keys KEYS_AHEAD rows on and
+of the 4 keys' value rows, which step 3 then finds in cache. Without it one core's compute and
+memory did not overlap at Dh 128: the kernel ran at 16 GB/s, the rate of the cache read (36 GB/s on
+one core) and of the arithmetic on hot rows (31 GB/s) taken one after the other.
 
-Measured (bench/attention.py -r 5, 32K positions, 2026-12-02 05:53 UTC, idle machine, medians of
-the ratio to the plain read around each call): 1B heads (Dh 64) 85% on 2 threads, 58% on 1; 8B
-heads (Dh 128) 56% and 45%. Before this version (passes of 32 columns): 51% and 35% on 2 threads.
+Measured (bench/attention.py, 32K positions, medians of the ratio to the plain read around each
+call). 2026-12-02 05:53 UTC, idle machine, -r 5: 1B heads (Dh 64) 85% on 2 threads, 58% on 1;
+8B heads (Dh 128) 56% and 45% (passes of 32 columns before that: 51% and 35% on 2 threads). With
+the prefetch (07:48 UTC, -r 3, helpers reading code): 8B heads 75% on 2 threads (max 79%), 71% on
+1; the 1B heads, unchanged code, 68% then (the machine was not idle). In one process, alternating,
+1 thread, best of 8 at Dh 128: 8.55 -> 5.54 ms (1.57x); 2 threads 4.35 -> 3.14 ms (1.41x); at Dh 64
+the prefetch made 1 thread 5% slower and 2 threads 1.5%, so it is off there.
 Tried and dropped (1 thread, best of 30): widening bf16 pairs with a shift and a mask instead of
 vpmovzxwd (slower: 9.8 against 7.2 ms at Dh 128), value rows widened once into a float32 scratch,
-software prefetch of the block's values or the next block's keys (no gain or slower), larger key
-blocks (no change).
+larger key blocks (no change); column passes of the value rows without the prefetch (0.86x: they
+swept each row's lines apart); hinting the next block's keys from the value pass instead (0.72-0.83x),
+or every other line (1.0x and 0.82x: the hardware prefetcher seems to follow the hints).
 
 The sums are those of the float32-cache kernel's order per column of the weighted sum (any pass
 layout gives the same bits: each output column is its own chain of multiply-adds, key by key), but
@@ -45,8 +52,13 @@ from numba import prange
 from llama_nb.ops.fastexp import exp_nonpositive
 from llama_nb.ops.jit import njit_inline, twins
 from llama_nb.ops.simd import (f32x16_div, f32x16_fma, f32x16_lane, f32x16_load, f32x16_max, f32x16_splat,
-                               f32x16_store, f32x16_sums, f32x16_zero, load16_f32)
+                               f32x16_store, f32x16_sums, f32x16_zero, load16_f32, prefetch)
 from llama_nb.ops.specs import KEY_BLOCK
+
+# Heads at least this wide prefetch their cache (see the module docstring: at Dh 64 the kernel is
+# bound by its arithmetic on one core, and the prefetches cost 5%; at Dh 128 they are 1.5x).
+PREFETCH_FROM_DIM = 128
+KEYS_AHEAD = 32  # rows: how far ahead of the score pass the key rows are fetched (16-128 measured)
 
 
 @twins
@@ -69,6 +81,10 @@ def attention_decode_bf16(out, q, k_cache, v_cache, start_pos, rows, running):
         q0, q1, q2, q3 = q[0, h0], q[0, h0 + min(1, last)], q[0, h0 + min(2, last)], q[0, h0 + min(3, last)]
         outs = (out[0, h0], out[0, h0 + min(1, last)], out[0, h0 + min(2, last)], out[0, h0 + min(3, last)])
         keys, values = k_cache[g], v_cache[g]
+        # flat views of this group's rows, for the prefetches: one hint per 64-byte line
+        key_lines, value_lines = keys.reshape(keys.size), values.reshape(values.size)
+        last_line = keys.size - 32
+        fetch = head_dim >= PREFETCH_FROM_DIM
         tid = numba.get_thread_id()  # this thread's scratch
         w = rows[tid, 0].reshape(4 * KEY_BLOCK)  # scores, then weights, 16 per 4 keys
         lane_max, lane_scale, mine = rows[tid, 1, 0], rows[tid, 1, 1], running[tid, 0]
@@ -80,6 +96,8 @@ def attention_decode_bf16(out, q, k_cache, v_cache, start_pos, rows, running):
                 j0 = b0 + 4 * jb
                 end = b0 + n - 1  # keys past it (the last group's): the last key again, masked below
                 r0, r1, r2, r3 = keys[j0], keys[min(j0 + 1, end)], keys[min(j0 + 2, end)], keys[min(j0 + 3, end)]
+                if fetch:  # the keys KEYS_AHEAD rows on, and these 4 keys' value rows for step 3
+                    _prefetch_lines(key_lines, value_lines, j0 * head_dim, KEYS_AHEAD * head_dim, 4 * head_dim, last_line)
                 s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = f32x16_zero()
                 s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = f32x16_zero()
                 for c in range(0, head_dim, 16):
@@ -123,6 +141,18 @@ def attention_decode_bf16(out, q, k_cache, v_cache, start_pos, rows, running):
 
 
 @njit_inline
+def _prefetch_lines(keys, values, start, ahead, count, last_line):
+    """Hint every 64-byte line of keys[start + ahead :][:count] and values[start :][:count] (uint16,
+    flat), clamped to the arrays.
+
+    Every line: hinting every other one (trusting the adjacent-line prefetcher) was slower than
+    hinting none."""
+    for at in range(start, start + count, 32):
+        prefetch(keys, min(at + ahead, last_line))
+        prefetch(values, min(at, last_line))
+
+
+@njit_inline
 def _fold_head(i, total, lane_max, lane_scale, mine, first):
     """The online-softmax bookkeeping of head i for a block: its block sum (its 4 lanes of
     `total`, in float64) joins the running sum carried from earlier blocks; mine[:, i] = (max, sum)
@@ -147,12 +177,19 @@ def _weigh_values_64(outs, keeps, w, interleaved, values, b0, n, first, last):
     (head_dim % 64 == 0), in passes of two segments (head pair p, 64 columns at c). The weights:
     interleaved (this file's kernel), w[16 (j >> 2) + (j & 3) + 4 i]; else (attention.py's float32
     kernel) one row of KEY_BLOCK per head, w[KEY_BLOCK i + j]. Heads past `last` (a group of 1 to
-    3 heads) take the last head's weights and are not stored: their rows repeat the last."""
-    per_pair = values.shape[1] // 64  # segments per head pair
+    3 heads) take the last head's weights and are not stored: their rows repeat the last.
+
+    The passes: interleaved, the 4 heads at the same 64 columns (both head pairs), so each value
+    is widened once (the rows are in cache: the score pass prefetched them); else a head pair over
+    the whole row (the float32 cache's rows come from memory: one sweep reads each row whole)."""
+    per_pair = values.shape[1] // 64  # segments per head pair; also the passes
     step = 4 if interleaved else KEY_BLOCK  # from one head's weights to the next head's
-    for s in range(0, 2 * per_pair, 2):
-        pa, ca = s // per_pair, (s % per_pair) * 64
-        pb, cb = (s + 1) // per_pair, ((s + 1) % per_pair) * 64
+    for s in range(per_pair):
+        if interleaved:
+            pa, ca, pb, cb = 0, 64 * s, 1, 64 * s
+        else:
+            pa, ca = (2 * s) // per_pair, ((2 * s) % per_pair) * 64
+            pb, cb = (2 * s + 1) // per_pair, ((2 * s + 1) % per_pair) * 64
         wa0, wa1 = step * min(2 * pa, last), step * min(2 * pa + 1, last)
         wb0, wb1 = step * min(2 * pb, last), step * min(2 * pb + 1, last)
         a = _pair_start(outs[2 * pa], outs[2 * pa + 1], ca, keeps[2 * pa], keeps[2 * pa + 1], first)
