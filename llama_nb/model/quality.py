@@ -93,9 +93,7 @@ def scored_log_probs(model: Transformer, chunk: list[int]) -> Iterator[np.ndarra
     for j in range(first, len(chunk) - 1):
         if j > first:
             logits = model.forward(chunk[j : j + 1], j)
-        x = logits.astype(np.float64)
-        x -= x.max()
-        yield (x - math.log(np.exp(x).sum())).astype(np.float32)
+        yield log_softmax(logits)
 
 
 def measure_quality(path: str | Path, text: str, types: list[str], *, ctx: int = 512, max_chunks: int | None = None,
@@ -119,25 +117,48 @@ def measure_quality(path: str | Path, text: str, types: list[str], *, ctx: int =
         t0 = time.perf_counter()
         model_files, bpw = in_memory_files(files, ftype)
         model = build_transformer(model_files, ops, ctx=ctx, max_batch=ctx, mmap=True, threads=threads)
-        nll, kl, same, k = [], [], 0, 0
+        tally = Tally(base if ftype != "bf16" else None)
         for c, chunk in enumerate(chunks):
             for j, log_p in enumerate(scored_log_probs(model, chunk), start=len(chunk) // 2):
-                nll.append(-float(log_p[chunk[j + 1]]))
+                tally.add(log_p, chunk[j + 1])
                 if ftype == "bf16":
                     base.append(log_p)
-                else:
-                    ref = base[k]
-                    kl.append(float(np.sum(np.exp(ref.astype(np.float64)) * (ref - log_p))))
-                    same += int(np.argmax(log_p) == np.argmax(ref))
-                k += 1
             if progress is not None:
                 progress(f"{ftype}: chunk {c + 1}/{len(chunks)}")
         del model
+        results.append(tally.result(ftype, bpw, time.perf_counter() - t0))
+    return results
+
+
+class Tally:
+    """The statistics of one format over the scored positions, in order: negative log-likelihoods,
+    and, given the bf16 model's log-probabilities of the same positions (`base`), KL divergences
+    and top-1 agreement (see the module docstring)."""
+
+    def __init__(self, base: list[np.ndarray] | None):
+        self.base, self.nll, self.kl, self.same = base, [], [], 0
+
+    def add(self, log_p: np.ndarray, next_token: int) -> None:
+        """log_p float32[V]: the log-softmax at the next scored position; next_token: the text's."""
+        self.nll.append(-float(log_p[next_token]))
+        if self.base is not None:
+            ref = self.base[len(self.nll) - 1]
+            self.kl.append(float(np.sum(np.exp(ref.astype(np.float64)) * (ref - log_p))))
+            self.same += int(np.argmax(log_p) == np.argmax(ref))
+
+    def result(self, ftype: str, bits_per_weight: float, seconds: float) -> QualityResult:
+        nll, kl = self.nll, self.kl
         mean_nll, n = float(np.mean(nll)), len(nll)
-        results.append(QualityResult(
-            type=ftype, bits_per_weight=bpw, n_tokens=n, perplexity=math.exp(mean_nll),
+        return QualityResult(
+            type=ftype, bits_per_weight=bits_per_weight, n_tokens=n, perplexity=math.exp(mean_nll),
             perplexity_stderr=math.exp(mean_nll) * float(np.std(nll, ddof=1)) / math.sqrt(n) if n > 1 else 0.0,
             kl_mean=float(np.mean(kl)) if kl else 0.0,
             kl_stderr=float(np.std(kl, ddof=1)) / math.sqrt(len(kl)) if len(kl) > 1 else 0.0,
-            top1=same / n if kl else 1.0, seconds=time.perf_counter() - t0))
-    return results
+            top1=self.same / n if kl else 1.0, seconds=seconds)
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """float32[V] log-softmax of float32[V] logits, computed in float64."""
+    x = logits.astype(np.float64)
+    x -= x.max()
+    return (x - math.log(np.exp(x).sum())).astype(np.float32)
