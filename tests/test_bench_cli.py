@@ -91,6 +91,47 @@ def test_bench_shape_writes_once_then_reuses(tmp_path, monkeypatch):
     assert data["shape"] == "tiny-test" and data["params"] == args.to_dict()
 
 
+def test_bench_shape_type_quantizes_once_then_reuses_the_gguf(tmp_path, monkeypatch):
+    """--shape S --type q4_k_m: the bf16 random model, quantized once into llama_nb-q4_k_m.gguf
+    beside it; gguf (llama.cpp's reader) sees llama.cpp's Q4_K_M types and values of the bf16
+    weights; the file is benched and then reused, even with the bf16 checkpoint deleted."""
+    import gguf
+
+    args = ModelArgs(dim=256, n_layers=1, n_heads=2, n_kv_heads=1, vocab_size=512, multiple_of=256)
+    monkeypatch.setitem(pth_write.SHAPES, "tiny-q", (args, False))
+    monkeypatch.setenv("LLAMA_NB_CACHE", str(tmp_path))
+    first = invoke("bench", "model", "--shape", "tiny-q", "--type", "q4_k_m", "-p", 2, "-n", 2, "-r", 1, "--json")
+    assert first.exit_code == 0, first.output
+    assert "writing a random tiny-q model" in first.stderr and "quantizing the random tiny-q model to q4_k_m" in first.stderr
+    folder = tmp_path / "shapes" / "tiny-q"
+    path = folder / "llama_nb-q4_k_m.gguf"
+    data = json.loads(first.stdout)
+    assert data["model"] == str(path) and data["shape"] == "tiny-q" and data["weights_bytes"] < path.stat().st_size
+    bf16 = torch.load(folder / "consolidated.00.pth", weights_only=True)
+    types = {}
+    for t in gguf.GGUFReader(path).tensors:
+        types[t.name] = t.tensor_type.name
+        if len(t.shape) == 2:
+            meta = {"token_embd.weight": "tok_embeddings.weight", "output.weight": "output.weight",
+                    "blk.0.attn_q.weight": "layers.0.attention.wq.weight",
+                    "blk.0.ffn_down.weight": "layers.0.feed_forward.w2.weight"}.get(t.name)
+            if meta is not None:
+                want = bf16[meta].float().numpy()
+                got = gguf.quants.dequantize(t.data, t.tensor_type).reshape(want.shape)
+                assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.99, t.name
+    assert types["output.weight"] == "Q6_K" and types["blk.0.ffn_down.weight"] == "Q6_K"  # use_more_bits(0, 1)
+    assert types["blk.0.attn_q.weight"] == types["token_embd.weight"] == "Q4_K"
+    mtime = path.stat().st_mtime_ns
+    (folder / "consolidated.00.pth").unlink()  # e.g. to free the disk: the GGUF alone is enough now
+    second = invoke("bench", "model", "--shape", "tiny-q", "--type", "q4_k_m", "-p", 0, "-n", 2, "-r", 1)
+    assert second.exit_code == 0, second.output
+    assert "writing" not in second.stderr and "quantizing" not in second.stderr and path.stat().st_mtime_ns == mtime
+    assert "tg2" in second.stdout and "beyond" in second.stdout
+    for extra, message in ((["--type", "q4_k_m"], "goes with --shape"), (["--shape", "tiny-q", "--type", "q5_k"], "q8_0, q4_k_m")):
+        refused = invoke("bench", "model", *extra, "-p", 2, "-n", 0)
+        assert isinstance(refused.exception, LlamaNbError) and message in str(refused.exception), refused.output
+
+
 def test_bench_shape_refuses_when_the_disk_is_too_small(tmp_path, monkeypatch):
     monkeypatch.setenv("LLAMA_NB_CACHE", str(tmp_path))
     monkeypatch.setattr(pth_write.shutil, "disk_usage", lambda p: type("U", (), {"free": 10**9})())

@@ -28,6 +28,7 @@ NOT_RUN = {
     "llama-nb bench model --shape llama3.2-1b            # slow: writes 2.5 GB of random 1B-shaped weights": "2.5 GB",
     "llama-nb bench model --shape llama3.2-1b -p 0 -n 32 --at 1024,8192,32768    # slow: decode at long contexts of the 1B": "minutes",
     "llama-nb bench model --model models-original/Meta-Llama-3.1-8B-Instruct -p 0 -n 128 --json   # needs Meta's weights": "Meta's weights",
+    "llama-nb bench model --shape llama3.1-8b --type q4_k_m -p 128 -n 32 -r 3    # slow: writes 16 GB of random 8B weights, then a 4.9 GB GGUF": "16 GB",
     'huggingface-cli download meta-llama/Llama-3.1-8B-Instruct --exclude "original/*" --local-dir models/Llama-3.1-8B-Instruct   # needs Meta\'s weights': "a 16 GB download",
     'llama-nb run "The capital of France is" --model models/Llama-3.1-8B-Instruct   # needs Meta\'s weights': "Meta's weights",
     "llama-nb info --model models/Llama-3.2-1B-Instruct   # needs Meta's weights": "Meta's weights",

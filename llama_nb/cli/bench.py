@@ -3,6 +3,7 @@
     llama-nb bench ops [--op linear] [--impl numba] [--format q8_0] [--threads 2] [--repeat 5]
     llama-nb bench model --model DIR [-p 128,512] [-n 128] [-r 5] [--json]
     llama-nb bench model --shape llama3.2-1b        # random weights of that shape, written once
+    llama-nb bench model --shape llama3.1-8b --type q4_k_m   # ... quantized once by llama-nb quantize
     llama-nb bench model --shape llama3.2-1b -p 0 -n 32 --at 1024,8192,32768   # decode at long contexts
 
 `bench model` follows llama-bench's conventions (ppN, tgN, -r repetitions after an untimed warm-up;
@@ -93,7 +94,8 @@ def model_bench_notes(r: ModelBench) -> list[str]:
         f"excluded    JIT compile / cache load {r.compile_seconds:.2f} s; warm-up runs {r.warmup_seconds:.2f} s",
         f"repeats     {reps} per test, mean ± sample standard deviation; tg includes the greedy argmax",
         f"memory      peak RSS {r.peak_rss_bytes / 1e9:.2f} GB (after warm-up) vs weights {r.weights_bytes / 1e9:.2f} GB"
-        f" + KV cache {r.kv_cache_bytes / 1e9:.3f} GB = {expected / 1e9:.2f} GB; " + (
+        f" + KV cache {r.kv_cache_bytes / 1e9:.3f} GB = {expected / 1e9:.2f} GB "
+        f"(peak {(r.peak_rss_bytes - expected) / 1e9:+.2f} GB beyond); " + (
             f"the weights were read into memory in {r.load_seconds:.1f} s" if r.weights_in == "memory" else
             f"the weights are memory-mapped, so only the {r.decode_bytes / 1e9:.2f} GB every pass reads (and the "
             f"embedding rows used) become resident"),
@@ -118,6 +120,7 @@ def parse_counts(text: str, option: str) -> list[int]:
 def bench_model(
     model: ModelOpt = None,
     shape: Annotated[Optional[str], typer.Option("--shape", help="Bench random weights of a real model's shape instead: llama3.2-1b, llama3.1-8b, llama3.1-8b-4layers (written once to $LLAMA_NB_CACHE/shapes, default ~/.cache/llama_nb).", show_default=False)] = None,
+    shape_type: Annotated[Optional[str], typer.Option("--type", metavar="q8_0|q4_k_m|bf16", help="With --shape: bench that random model as a GGUF of this type, quantized once by `llama-nb quantize`'s code into the shape's cache folder (llama_nb-TYPE.gguf).", show_default=False)] = None,
     n_prompt: Annotated[str, typer.Option("-p", "--n-prompt", "--prompt", help="Prompt lengths of the prefill tests (ppN), comma-separated; 0 skips.")] = "128,512",
     n_gen: Annotated[str, typer.Option("-n", "--n-gen", "--generate", help="Tokens of the decode tests (tgN), comma-separated; 0 skips.")] = "128",
     repetitions: Annotated[int, typer.Option("-r", "--repetitions", "--repeat", min=1, help="Timed runs per test; mean and standard deviation.")] = 5,
@@ -148,10 +151,16 @@ def bench_model(
         raise LlamaNbError(f"--at {at}: decode at those positions needs -n, the tokens to generate there")
     if not prompts and not gens:
         raise LlamaNbError("-p 0 -n 0: nothing to run; give a prompt length or a number of tokens to generate")
+    if shape_type is not None and shape is None:
+        raise LlamaNbError(f"--type {shape_type}: goes with --shape (a model of your own: `llama-nb quantize` it, "
+                           "then --model FILE.gguf)")
     if shape is not None:
         def on_write(folder, nbytes):
             err.print(f"writing a random {shape} model ({nbytes / 1e9:.1f} GB) to {folder} (once) ...", markup=False)
-        folder = ensure_shape_model(shape, on_write=on_write)
+        if shape_type is None:
+            folder = ensure_shape_model(shape, on_write=on_write)
+        else:
+            folder = _shape_gguf(shape, shape_type, on_write, err)
     else:
         folder = resolve_model_dir(model)
 
@@ -169,6 +178,23 @@ def bench_model(
     console.print(model_bench_table(result))
     for line in model_bench_notes(result):
         console.print(line, markup=False)
+
+
+def _shape_gguf(shape: str, shape_type: str, on_write, err) -> Path:
+    """ensure_shape_gguf, with a line and a progress bar on `err` while it quantizes (once)."""
+    from llama_nb.cli.quantize import quantize_progress
+    from llama_nb.model.quantize import ensure_shape_gguf, shape_gguf_path
+
+    out = shape_gguf_path(shape, shape_type)
+    progress, on_start, on_tensor = quantize_progress(err, shape_type, out)
+
+    def started(plans):
+        err.print(f"quantizing the random {shape} model to {shape_type} ({sum(p.nbytes for p in plans) / 1e9:.1f} GB) "
+                  f"to {out} (once) ...", markup=False)
+        on_start(plans)
+
+    with progress:
+        return ensure_shape_gguf(shape, shape_type, on_write=on_write, on_start=started, on_tensor=on_tensor)
 
 
 @bench.command("quality")

@@ -27,19 +27,11 @@ OutOpt = Annotated[Path, typer.Option("--output", "-o", help="The GGUF file to w
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 
 
-def quantize(out: OutOpt, model: ModelArg = None, type_: TypeOpt = "q8_0", quiet: QuietOpt = False) -> None:
-    """Write MODEL as a GGUF file of type q8_0, q4_k_m or bf16, as llama.cpp's quantizer would.
-
-    Example, on the default model (give MODEL, e.g. models-original/Meta-Llama-3.1-8B-Instruct, for another):
-
-    llama-nb quantize -t q4_k_m -o ~/demo-q4_k_m.gguf -q && llama-nb info --model ~/demo-q4_k_m.gguf
-    """
-    from rich.console import Console
+def quantize_progress(console, type_: str, out: Path, quiet: bool = False):
+    """(a Rich Progress on `console`, on_start(plans), on_tensor(plan)): the bar of bytes written
+    that quantize_model's callbacks advance (also `bench model --shape ... --type`)."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from llama_nb.model.quantize import FILE_TYPES, quantize_model
-
-    console = Console(stderr=True)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
                         console=console, disable=quiet, transient=True)
     task = None
@@ -51,6 +43,22 @@ def quantize(out: OutOpt, model: ModelArg = None, type_: TypeOpt = "q8_0", quiet
     def on_tensor(plan):
         progress.update(task, advance=plan.nbytes, description=f"{type_}: {plan.name}")
 
+    return progress, on_start, on_tensor
+
+
+def quantize(out: OutOpt, model: ModelArg = None, type_: TypeOpt = "q8_0", quiet: QuietOpt = False) -> None:
+    """Write MODEL as a GGUF file of type q8_0, q4_k_m or bf16, as llama.cpp's quantizer would.
+
+    Example, on the default model (give MODEL, e.g. models-original/Meta-Llama-3.1-8B-Instruct, for another):
+
+    llama-nb quantize -t q4_k_m -o ~/demo-q4_k_m.gguf -q && llama-nb info --model ~/demo-q4_k_m.gguf
+    """
+    from rich.console import Console
+
+    from llama_nb.model.quantize import FILE_TYPES, quantize_model
+
+    console = Console(stderr=True)
+    progress, on_start, on_tensor = quantize_progress(console, type_, out, quiet)
     try:
         if type_ not in FILE_TYPES:
             raise LlamaNbError(f"--type {type_!r}: llama-nb quantize writes {', '.join(FILE_TYPES)}")

@@ -299,14 +299,19 @@ def shape_folder(name: str) -> Path:
     return Path(cache).expanduser() / "shapes" / name
 
 
+def check_shape(name: str) -> None:
+    """LlamaNbError (one line, listing the known shapes) unless `name` is one of SHAPES."""
+    if name not in SHAPES:
+        raise LlamaNbError(f"--shape {name!r}: unknown; known shapes: {', '.join(SHAPES)}")
+
+
 def ensure_shape_model(name: str, seed: int = 0, on_write=None) -> Path:
     """The folder of a random model of shape `name`, written once (seed 0) and reused afterwards.
 
     `on_write(folder, nbytes)` is called before a (possibly long) write. LlamaNbError for an unknown
     name, when the disk has not room for it, or when the cache folder cannot be written (one line
     naming the folder, e.g. a read-only home)."""
-    if name not in SHAPES:
-        raise LlamaNbError(f"--shape {name!r}: unknown; known shapes: {', '.join(SHAPES)}")
+    check_shape(name)
     folder = shape_folder(name)
     if (folder / CHECKPOINT_NAME).is_file() and (folder / PARAMS_NAME).is_file():
         return folder

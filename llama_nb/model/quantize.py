@@ -17,11 +17,25 @@ Values: each tensor is read in the format it is stored in and converted by llama
 (llama_nb.formats: dequantize to float32, then the target's quantize); a bf16 tensor written as
 BF16 keeps its bits. The metadata is what llama.cpp's converter writes for a Llama 3.x model
 (general.*, llama.*, tokenizer.ggml.* with merges, a Llama 3 chat template), and rope_freqs for
-Llama 3.1's RoPE scaling, so llama.cpp loads the file.
+Llama 3.1's RoPE scaling, so llama.cpp loads the file. A model without a tokenizer (the random
+models of bench's shape cache) may be written without the tokenizer.* keys (require_tokenizer
+False): llama_nb loads such a file for token ids only (`bench model`), llama.cpp refuses it.
+
+Memory: one tensor at a time. Each plan reads its source tensor when the writer asks for its bytes,
+converts it in slabs of rows (formats.repack), and then drops the source's pages from this
+process's map of the checkpoint (MADV_DONTNEED: they stay in the page cache, but are no longer
+resident here), so the peak resident memory is about one tensor's source, converted bytes and
+float32 slab -- not the model, which a map read end to end would leave resident (16 GB for the 8B).
+
+`ensure_shape_gguf(shape, type)` is the GGUF of one of bench's random models of a real shape
+(llama_nb.io.pth_write.SHAPES), quantized once from the shape's bf16 folder into the same cache
+folder as llama_nb-<type>.gguf (`llama-nb bench model --shape llama3.1-8b --type q4_k_m`).
 """
 
 from __future__ import annotations
 
+import mmap
+import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,6 +48,7 @@ from llama_nb.io.gguf import GGML_TYPE_IDS, GGML_TYPES, READ_TYPES
 from llama_nb.io.gguf_model import ROPE_FREQS, gguf_name, rope_divisors
 from llama_nb.io.gguf_tokenizer import tokenizer_metadata
 from llama_nb.io.gguf_write import TensorPlan, write_gguf
+from llama_nb.io.pth_write import check_shape, ensure_shape_model, shape_folder
 from llama_nb.model.weights import stored_format, stored_weight
 
 # --type -> llama.cpp's llama_ftype (general.file_type): LLAMA_FTYPE_MOSTLY_BF16, _Q8_0, _Q4_K_M
@@ -93,19 +108,39 @@ def gguf_metadata(files: ModelFiles, ftype: str) -> dict[str, Any]:
     }
     if ftype != "bf16":
         metadata["general.quantization_version"] = 2  # GGML_QNT_VERSION
-    metadata.update(tokenizer_metadata(files.load_tokenizer(), args.vocab_size))
-    metadata["tokenizer.chat_template"] = source.get("tokenizer.chat_template", CHAT_TEMPLATE)
+    if files.tokenizer_path is not None or files.read_tokenizer is not None:
+        metadata.update(tokenizer_metadata(files.load_tokenizer(), args.vocab_size))
+        metadata["tokenizer.chat_template"] = source.get("tokenizer.chat_template", CHAT_TEMPLATE)
     return metadata
 
 
-def _converted(weight: Weight, type_name: str) -> Callable[[], np.ndarray]:
-    """A function producing `weight`'s bytes in ggml type `type_name`, through llama_nb's formats."""
+def _converted(weight: Weight, type_name: str, source: np.ndarray, mapping: Any) -> Callable[[], np.ndarray]:
+    """A function producing `weight`'s bytes in ggml type `type_name`, through llama_nb's formats;
+    afterwards the pages of `source` (the tensor as stored) leave this process (_release)."""
     target = get_format(READ_TYPES[type_name])
 
     def produce() -> np.ndarray:
-        return repack(weight, target).data
+        try:  # a tensor kept as stored (bf16 -> BF16) is copied, so the writer does not read the map
+            return repack(weight, target).data if weight.format is not target else np.array(weight.data)
+        finally:
+            _release(source, mapping)
 
     return produce
+
+
+def _release(view: np.ndarray, mapping: Any) -> None:
+    """Drop the pages under `view` from this process when `view` lies in `mapping`, a read-only
+    np.memmap of the checkpoint (MADV_DONTNEED on a file map: the next read faults them in again
+    from the page cache or the disk, with the same bytes). Anything else (a tensor read into
+    memory, a platform without madvise) is left as it is."""
+    file_map = getattr(mapping, "_mmap", None)  # np.memmap's mmap.mmap (offset 0: our readers map whole files)
+    if file_map is None or not hasattr(mmap, "MADV_DONTNEED") or getattr(mapping, "offset", 0) != 0 or not view.nbytes:
+        return
+    start = view.ctypes.data - mapping.ctypes.data
+    if start < 0 or start + view.nbytes > mapping.nbytes:
+        return
+    first = start - start % mmap.PAGESIZE
+    file_map.madvise(mmap.MADV_DONTNEED, first, start + view.nbytes - first)
 
 
 def gguf_plans(files: ModelFiles, ftype: str) -> list[TensorPlan]:
@@ -126,18 +161,49 @@ def gguf_plans(files: ModelFiles, ftype: str) -> list[TensorPlan]:
             continue
         weight = stored_weight(array, fmt)
         type_name = tensor_type(meta, weight.shape, args.n_layers, ftype, files.tied_output)
-        plans.append(TensorPlan(gguf_name(meta), type_name, weight.shape, _converted(weight, type_name)))
+        plans.append(TensorPlan(gguf_name(meta), type_name, weight.shape,
+                                _converted(weight, type_name, array, getattr(ck, "mmap", None))))
     return plans
 
 
 def quantize_model(path: str | Path, ftype: str, out: str | Path,
                    on_start: Callable[[list[TensorPlan]], None] | None = None,
-                   on_tensor: Callable[[TensorPlan], None] | None = None) -> int:
+                   on_tensor: Callable[[TensorPlan], None] | None = None, *, require_tokenizer: bool = True) -> int:
     """Write the model at `path` (a Meta folder, a GGUF, ...) as a GGUF file of `ftype` to `out`;
-    return the file's size. `on_start(plans)` and `on_tensor(plan)` report progress."""
-    files = load_model_files(Path(path))
+    return the file's size. `on_start(plans)` and `on_tensor(plan)` report progress.
+    require_tokenizer False: a model without one is written without the tokenizer.* keys."""
+    files = load_model_files(Path(path), require_tokenizer=require_tokenizer)
     plans = gguf_plans(files, ftype)
     metadata = gguf_metadata(files, ftype)
     if on_start is not None:
         on_start(plans)
     return write_gguf(out, metadata, plans, on_tensor=on_tensor)
+
+
+def shape_gguf_path(shape: str, ftype: str) -> Path:
+    """Where ensure_shape_gguf keeps the random model `shape` in `ftype`: beside its bf16 folder's
+    files, named apart from the model-<type>.gguf that bench/compare.py has llama.cpp make."""
+    return shape_folder(shape) / f"llama_nb-{ftype}.gguf"
+
+
+def ensure_shape_gguf(shape: str, ftype: str, on_write=None, on_start=None, on_tensor=None) -> Path:
+    """The GGUF file of the random model `shape` (pth_write.SHAPES) in `ftype`, made once: the bf16
+    folder (ensure_shape_model: written if missing; `on_write(folder, nbytes)` before that), then
+    quantize_model into shape_gguf_path (`on_start`, `on_tensor`: its progress). Reused afterwards,
+    even when the bf16 folder has since been deleted to free the disk. LlamaNbError (one line) for
+    an unknown shape or type, or when the disk has not room for the file."""
+    check_shape(shape)
+    if ftype not in FILE_TYPES:
+        raise LlamaNbError(f"--type {ftype!r}: a shape is quantized to {', '.join(FILE_TYPES)}")
+    out = shape_gguf_path(shape, ftype)
+    if out.is_file():
+        return out
+    folder = ensure_shape_model(shape, on_write=on_write)
+    files = load_model_files(folder, require_tokenizer=False)
+    nbytes = sum(plan.nbytes for plan in gguf_plans(files, ftype))
+    free = shutil.disk_usage(folder).free
+    if free < nbytes * 1.05:
+        raise LlamaNbError(f"--shape {shape} --type {ftype}: needs {nbytes / 1e9:.1f} GB in {folder}, only "
+                           f"{free / 1e9:.1f} GB free (set LLAMA_NB_CACHE to a bigger disk)")
+    quantize_model(folder, ftype, out, on_start=on_start, on_tensor=on_tensor, require_tokenizer=False)
+    return out
