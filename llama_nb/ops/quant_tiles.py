@@ -1,4 +1,4 @@
-"""Prefill (T > FEW_TOKENS) kernels of linear for the block formats: 4-token x 4-row register tiles of
+"""Prefill (T > FEW_TOKENS) kernels of linear for the block formats: 4-token x 2-row register tiles of
 integer dot products (vpdpbusd), one float32 scale step per super-block of 256 weights.
 
     out[t, n] = sum over super-blocks s, sub-blocks j of  S[n, s, j] * D[t, s, j] * I[n, t, s, j]
@@ -30,8 +30,11 @@ scales (and Q4_K's mins) as vectors: 384 bytes, 196 KB per task, in L2. So every
 and scales are decoded once per call, not once per group of tokens.
 
 Tiles as ops/matmul_tiles.py's: parallel over tasks of TASK_ROWS output rows, K in blocks of
-K_SUPER super-blocks, 4 tokens x 4 rows with sixteen float32 accumulators; each re-laid weight
-vector loaded serves 4 tokens, each x vector 4 rows. The reduction axis is never split across
+K_SUPER super-blocks, tiles of 4 tokens x 2 rows: each re-laid weight vector loaded serves 4
+tokens, each x vector 2 rows. (4 x 4, as the float tiles, ran no faster: its sixteen float32
+accumulators, the int32 sums and the vectors used 4 times do not fit in 32 registers, and LLVM
+spilled accumulators to the stack inside the loop; 4 x 2 keeps 8 accumulators and both rows'
+weight vectors in registers, x as memory operands.) The reduction axis is never split across
 threads, so results do not depend on the thread count; ragged T and N are clamped indices
 (store_tile). Q8_0's K % 256 tail blocks: one pass per task (_tail_q8_0), as the decode kernel
 sums them. Every kernel is compiled with vpdpbusd and with the portable int8 dot from one source
@@ -203,7 +206,7 @@ def _cell(acc, wt, ws, wm, j, xt, d2, offsets, mins_x, s):
 
 @njit_inline
 def _tile(out, xt, d2, offsets, mins_x, wt, ws, wm, t0, r0, n0, r_end, s0, s1):
-    """out[t0:t0+4, r0:r0+4] (+)= super-blocks s0..s1 (the first K block writes); rows r re-laid at
+    """out[t0:t0+4, r0:r0+2] (+)= super-blocks s0..s1 (the first K block writes); rows r re-laid at
     wt[r - n0] (task n0..r_end)."""
     last = xt.shape[0] - 1
     ta, tb, tc, td = t0, min(t0 + 1, last), min(t0 + 2, last), min(t0 + 3, last)
@@ -211,31 +214,22 @@ def _tile(out, xt, d2, offsets, mins_x, wt, ws, wm, t0, r0, n0, r_end, s0, s1):
     da, db, dc, dd = d2[ta], d2[tb], d2[tc], d2[td]
     oa, ob, oc, od = offsets[ta], offsets[tb], offsets[tc], offsets[td]
     ma, mb, mc, md = mins_x[ta], mins_x[tb], mins_x[tc], mins_x[td]
-    ra, rb, rc, rd = r0 - n0, min(r0 + 1, r_end - 1) - n0, min(r0 + 2, r_end - 1) - n0, min(r0 + 3, r_end - 1) - n0
-    wa, wb, wc, wd = wt[ra], wt[rb], wt[rc], wt[rd]
-    sa, sb, sc, sd = ws[ra], ws[rb], ws[rc], ws[rd]
-    na, nb, nc, nd = wm[ra], wm[rb], wm[rc], wm[rd]
-    a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = f32x16_zero()  # a[token][row]
-    a20 = a21 = a22 = a23 = a30 = a31 = a32 = a33 = f32x16_zero()
+    ra, rb = r0 - n0, min(r0 + 1, r_end - 1) - n0
+    wa, wb, sa, sb, na, nb = wt[ra], wt[rb], ws[ra], ws[rb], wm[ra], wm[rb]
+    a00 = a01 = a10 = a11 = a20 = a21 = a30 = a31 = f32x16_zero()  # a[token][row]
     for s in range(s0, s1):
         j = s - s0
         a00 = _cell(a00, wa, sa, na, j, xa, da, oa, ma, s)
-        a10 = _cell(a10, wa, sa, na, j, xb, db, ob, mb, s)
-        a20 = _cell(a20, wa, sa, na, j, xc, dc, oc, mc, s)
-        a30 = _cell(a30, wa, sa, na, j, xd, dd, od, md, s)
         a01 = _cell(a01, wb, sb, nb, j, xa, da, oa, ma, s)
+        a10 = _cell(a10, wa, sa, na, j, xb, db, ob, mb, s)
         a11 = _cell(a11, wb, sb, nb, j, xb, db, ob, mb, s)
+        a20 = _cell(a20, wa, sa, na, j, xc, dc, oc, mc, s)
         a21 = _cell(a21, wb, sb, nb, j, xc, dc, oc, mc, s)
+        a30 = _cell(a30, wa, sa, na, j, xd, dd, od, md, s)
         a31 = _cell(a31, wb, sb, nb, j, xd, dd, od, md, s)
-        a02 = _cell(a02, wc, sc, nc, j, xa, da, oa, ma, s)
-        a12 = _cell(a12, wc, sc, nc, j, xb, db, ob, mb, s)
-        a22 = _cell(a22, wc, sc, nc, j, xc, dc, oc, mc, s)
-        a32 = _cell(a32, wc, sc, nc, j, xd, dd, od, md, s)
-        a03 = _cell(a03, wd, sd, nd, j, xa, da, oa, ma, s)
-        a13 = _cell(a13, wd, sd, nd, j, xb, db, ob, mb, s)
-        a23 = _cell(a23, wd, sd, nd, j, xc, dc, oc, mc, s)
-        a33 = _cell(a33, wd, sd, nd, j, xd, dd, od, md, s)
-    store_tile(out, t0, r0, r_end, s0 == 0, a00, a01, a02, a03, a10, a11, a12, a13, a20, a21, a22, a23, a30, a31, a32, a33)
+    # store_tile writes a 4 x 4 tile: rows r0 + 2, r0 + 3 clamp to r0 + 1 and rewrite its value
+    store_tile(out, t0, r0, min(r0 + 2, r_end), s0 == 0, a00, a01, a01, a01, a10, a11, a11, a11,
+               a20, a21, a21, a21, a30, a31, a31, a31)
 
 
 @njit_inline
@@ -269,7 +263,7 @@ def _tiles(out, xt, d2, offsets, mins_x, q, d, w):
             s1 = min(s0 + K_SUPER, n_super)
             _repack(wt, ws, wm, w, n0, n1, s0, s1)
             for t0 in range(0, n_tokens, 4):
-                for r0 in range(n0, n1, 4):
+                for r0 in range(n0, n1, 2):
                     _tile(out, xt, d2, offsets, mins_x, wt, ws, wm, t0, r0, n0, n1, s0, s1)
         if HAS_TAIL and SUPER * n_super < q.shape[1]:
             _tail_q8_0(out, q, d, w, n0, n1, 8 * n_super)
@@ -286,4 +280,6 @@ def linear_tiles(kernel, fmt: str, out: np.ndarray, q: np.ndarray, d: np.ndarray
     """out[T, N] = the int8 blocks (q, d, sums) of x . w's blocks (uint8[N, ...] of format fmt), on the
     tiles of `kernel` (a Twins of KERNELS[fmt]); xq: the linear's scratch, q's blocks at its start."""
     xt, d2, offsets, mins_x = prepare_x(fmt, q, d, sums, xq)
-    kernel.pick(w.nbytes)(out, xt, d2, offsets, mins_x, q, d, w)
+    # each weight byte is used T times: parallel by the work, not the bytes (a 1B wq, 2.4 MB, at
+    # pp128 is 4 ms of work on one thread, far above a launch's cost)
+    kernel.pick(w.nbytes * q.shape[0])(out, xt, d2, offsets, mins_x, q, d, w)
