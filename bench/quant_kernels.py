@@ -16,6 +16,11 @@ new / old; then the medians.
 
 Shapes are K x N (the weight is N rows of K): the 1B's 2048x2048 (wq, wo), 2048x8192 (w1, w3),
 8192x2048 (w2), the 8B's 4096x4096, 4096x14336, 14336x4096. `-t` tokens per call (1: decode).
+
+Prefill mode, `-t` above FEW_TOKENS (8), e.g. `-t 128`: old is the decode kernel run on all T
+tokens (each token against each row: what linear ran before the tiles), new the prefill tiles
+(ops/quant_tiles.py), both of this tree (--old unused), alternating as above; each round also
+prints GFLOP/s (2 T N K per call; GB/s stays the weight bytes per call).
 """
 
 from __future__ import annotations
@@ -74,10 +79,22 @@ def random_blocks(fmt: str, n: int, k: int, rng) -> np.ndarray:
 
 
 def activations(t: int, k: int, rng):
+    """(q, d, sums, dsum, xq): x's int8 blocks, views into the scratch xq."""
     from llama_nb.ops.quant_act import quantize_activations
 
     x = rng.standard_normal((t, k)).astype(np.float32)
-    return quantize_activations(x, np.zeros(t * k * 4, np.uint8))
+    xq = np.zeros(t * k * 4, np.uint8)
+    return (*quantize_activations(x, xq), xq)
+
+
+def prefill_kernels(fmt: str, variant: str, nbytes: int, q, d, sums, dsum, xq, out) -> dict:
+    """{"old": the decode kernel on all T tokens (each token against each row, as linear ran them
+    before the tiles), "new": the prefill tiles}: functions of the weight's blocks."""
+    from llama_nb.ops import quant_dot, quant_tiles
+
+    decode, tiles = quant_dot.KERNELS[fmt][variant].pick(nbytes), quant_tiles.KERNELS[fmt][variant]
+    return {"old": lambda c: decode(out, q, d, sums, dsum, c),
+            "new": lambda c: quant_tiles.linear_tiles(tiles, fmt, out, q, d, sums, c, xq)}
 
 
 def best_seconds(calls, repeat: int) -> float:
@@ -95,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     from llama_nb.ops.benchmark import _READ_BYTES, _sum_rows
     from llama_nb.ops.jit import HAS_AVX512_VNNI
     from llama_nb.ops.jit import threads as using_threads
+    from llama_nb.ops.matvec import FEW_TOKENS
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--old", default=OLD, help=f"git revision of the old kernels (default {OLD}: the 256-bit ones)")
@@ -107,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     thread_counts = [int(t) for t in args.threads.split(",")] if args.threads else sorted({1, numba.config.NUMBA_NUM_THREADS})
     variant = "vnni" if HAS_AVX512_VNNI else "portable"
-    old, new = old_kernels(args.old), quant_dot.KERNELS
+    prefill = args.tokens > FEW_TOKENS  # old: the decode kernels, new: the tiles (both of this tree)
+    old, new = (None, None) if prefill else (old_kernels(args.old), quant_dot.KERNELS)
     rng = np.random.default_rng(0)
     probe = np.ones((_READ_BYTES // 2 // 8192, 8192), np.uint16)
     cases = [(fmt, *map(int, shape.split("x"))) for fmt in args.formats.split(",") for shape in args.shapes.split(",")]
@@ -116,13 +135,16 @@ def main(argv: list[str] | None = None) -> int:
         for fmt, k, n in cases:
             w = random_blocks(fmt, n, k, rng)
             copies = [w] + [w.copy() for _ in range(min(15, COLD_BYTES // w.nbytes))]
-            q, d, sums, dsum = activations(args.tokens, k, rng)
+            q, d, sums, dsum, xq = activations(args.tokens, k, rng)
             out = np.zeros((args.tokens, n), np.float32)
             for n_threads in thread_counts:
                 with using_threads(n_threads):
-                    kernels = {name: table[fmt][variant].pick(w.nbytes) for name, table in (("old", old), ("new", new))}
-                    calls = {name: [lambda c=c, fn=fn: fn(out, q, d, sums, dsum, c) for c in copies]
-                             for name, fn in kernels.items()}
+                    if prefill:
+                        kernels = prefill_kernels(fmt, variant, w.nbytes, q, d, sums, dsum, xq, out)
+                    else:
+                        kernels = {name: lambda c, fn=table[fmt][variant].pick(w.nbytes): fn(out, q, d, sums, dsum, c)
+                                   for name, table in (("old", old), ("new", new))}
+                    calls = {name: [lambda c=c, fn=fn: fn(c) for c in copies] for name, fn in kernels.items()}
                     before = probe.nbytes / best_seconds([lambda: _sum_rows(probe)], 3) / 1e9
                     seconds = {name: float("inf") for name in calls}
                     for _ in range(2):  # old, new, old, new: a change of spell mid-case touches both
@@ -131,15 +153,20 @@ def main(argv: list[str] | None = None) -> int:
                     after = probe.nbytes / best_seconds([lambda: _sum_rows(probe)], 3) / 1e9
                     plain = (before + after) / 2
                     gbps = {name: w.nbytes / s / 1e9 for name, s in seconds.items()}
+                    gflops = {name: 2 * args.tokens * n * k / s / 1e9 for name, s in seconds.items()}
+                    if args.tokens > 1:
+                        print(f"round {rnd}  threads {n_threads}  {fmt} {k}x{n} T={args.tokens}: old {gflops['old']:6.1f} "
+                              f"GFLOP/s  new {gflops['new']:6.1f} GFLOP/s  new/old {gflops['new'] / gflops['old']:.2f}", flush=True)
                     results.setdefault((n_threads, fmt, k, n), []).append((gbps["old"] / plain, gbps["new"] / plain,
-                                                                            gbps["new"] / gbps["old"]))
+                                                                            gbps["new"] / gbps["old"], gflops["old"], gflops["new"]))
                     print(f"round {rnd}  threads {n_threads}  {fmt} {k}x{n}: old {gbps['old']:5.1f} GB/s  new "
                           f"{gbps['new']:5.1f} GB/s  plain read {before:4.1f}/{after:4.1f}  -> old {gbps['old'] / plain:4.0%} "
                           f"new {gbps['new'] / plain:4.0%}  new/old {gbps['new'] / gbps['old']:.2f}", flush=True)
     print(f"\nmedians over {args.rounds} rounds ({variant} kernels, {args.tokens} token(s); ratios to the plain read):")
     for (n_threads, fmt, k, n), values in results.items():
-        old_r, new_r, speedup = (statistics.median(v) for v in zip(*values))
-        print(f"  threads {n_threads}  {fmt} {k:>5}x{n:<5}: old {old_r:4.0%}  new {new_r:4.0%}  new/old {speedup:.2f}")
+        old_r, new_r, speedup, old_f, new_f = (statistics.median(v) for v in zip(*values))
+        flops = f"  GFLOP/s old {old_f:6.1f}  new {new_f:6.1f}" if args.tokens > 1 else ""
+        print(f"  threads {n_threads}  {fmt} {k:>5}x{n:<5}: old {old_r:4.0%}  new {new_r:4.0%}  new/old {speedup:.2f}{flops}")
     return 0
 
 

@@ -1,6 +1,7 @@
 """The block-format kernels beyond the shared case table (tests/test_ops.py runs every one of them
 against its reference on linear's block_cases): the int8 activation rounding bit for bit, its
-stated bound against the float32 product, the parallel twins, and vpdpbusd really compiled."""
+stated bound against the float32 product, the prefill tiles against the decode kernels, the
+parallel twins, and vpdpbusd really compiled."""
 
 import re
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from llama_nb.formats import get_format
-from llama_nb.ops import jit, quant_dot, registry
+from llama_nb.ops import jit, quant_dot, quant_tiles, registry
 from llama_nb.ops.cases import assert_matches, call, make_inputs
 from llama_nb.ops.quant_act import quantize_activations
 from llama_nb.quant import activations
@@ -63,7 +64,7 @@ def test_parallel_kernels_match_the_reference(fmt, rng, monkeypatch):
     # The case table's weights are below PARALLEL_MIN_BYTES: force the parallel twins here.
     monkeypatch.setattr(jit, "PARALLEL_MIN_BYTES", 0)
     monkeypatch.setattr(jit, "_threads", 2)
-    for case in (dict(T=1, K=512, N=200), dict(T=7, K=256, N=130)):
+    for case in (dict(T=1, K=512, N=200), dict(T=7, K=256, N=130), dict(T=11, K=512, N=130)):  # decode, a few, tiles
         args = make_inputs("linear", case, rng, get_format(fmt))
         for act in ("bf16", "float32"):
             want = call("linear", registry.get("linear", "reference", format=fmt, act=act), args)
@@ -83,9 +84,49 @@ def test_vnni_kernels_exist_exactly_where_the_cpu_has_vnni_and_use_vpdpbusd(rng)
             fresh = numba.njit(quant_dot.KERNELS["q8_0"][variant].serial.py_func)
             fresh(out, q, d, sums, dsum, w.data)
             assert ("vpdpbusd" in "".join(fresh.inspect_asm().values())) == has_it, variant
+        out, x, w, xq = make_inputs("linear", dict(T=9, K=256, N=3), rng, get_format("q4_k"))  # the prefill tiles
+        q, d, sums, dsum = quantize_activations(x, xq)
+        xt, d2, offsets, mins_x = quant_tiles.prepare_x("q4_k", q, d, sums, xq)
+        fresh = numba.njit(quant_tiles.KERNELS["q4_k"]["vnni"].serial.py_func)
+        fresh(out, xt, d2, offsets, mins_x, q, d, w.data)
+        assert re.search(r"vpdpbusd\s[^\n]*%zmm", "".join(fresh.inspect_asm().values()))
         for fmt in ("q4_k", "q6_k"):  # and the super-block formats on 512-bit registers (64 bytes a step)
             out, x, w, xq = make_inputs("linear", dict(T=1, K=256, N=3), rng, get_format(fmt))
             q, d, sums, dsum = quantize_activations(x, xq)
             fresh = numba.njit(quant_dot.KERNELS[fmt]["vnni"].serial.py_func)
             fresh(out, q, d, sums, dsum, w.data)
             assert re.search(r"vpdpbusd\s[^\n]*%zmm", "".join(fresh.inspect_asm().values())), fmt
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_prefill_tiles_agree_with_the_decode_kernels_run_token_by_token(fmt, rng):
+    # The same integers and scales summed in another order (ops/quant_tiles.py): within a few float32
+    # roundings per partial sum of sum_k |x w|; and both within rounding_bound of the float32 product.
+    eps = float(np.finfo(np.float32).eps)
+    for case in (dict(T=13, K=2560 + 32 * (fmt == "q8_0"), N=9), dict(T=9, K=512, N=70)):  # 2 K blocks (+ a tail); 2 tasks
+        out, x, w, xq = args = make_inputs("linear", case, rng, get_format(fmt))
+        values = w.dequantize()
+        exact = call("linear", registry.get("linear", "reference", format=fmt, act="float32"), args)[0]
+        bound = activations.rounding_bound(x, values) + registry.spec("linear").tol["atol"]
+        order = 4 * eps * (case["K"] // 256 + 16) * (np.abs(activations.round_activations(x)) @ np.abs(values).T)
+        q, d, sums, dsum = quantize_activations(x, xq)
+        for variant in quant_dot.KERNELS[fmt]:
+            tiles = np.full(out.shape, np.nan, np.float32)
+            quant_tiles.linear_tiles(quant_tiles.KERNELS[fmt][variant], fmt, tiles, q, d, sums, w.data, xq)
+            rows = np.full(out.shape, np.nan, np.float32)
+            for t in range(case["T"]):
+                quant_dot.KERNELS[fmt][variant].serial(rows[t : t + 1], q[t : t + 1], d[t : t + 1], sums[t : t + 1],
+                                                       dsum[t : t + 1], w.data)
+            assert np.all(np.abs(tiles - rows) <= order), (fmt, variant, case, np.abs(tiles - rows).max())
+            assert np.all(np.abs(tiles - exact) <= bound), (fmt, variant, case)
+            assert not np.array_equal(tiles, rows)  # really another kernel (another summation order)
+
+
+def test_linear_runs_the_tiles_beyond_a_few_tokens(rng, monkeypatch):
+    calls = []
+    monkeypatch.setattr(quant_tiles, "linear_tiles", lambda *a: calls.append(a[1]))
+    for t, tiled in ((1, False), (8, False), (9, True)):
+        calls.clear()
+        args = make_inputs("linear", dict(T=t, K=256, N=4), rng, get_format("q4_k"))
+        registry.get("linear", "numba", format="q4_k", act="bf16")(*args)
+        assert calls == (["q4_k"] if tiled else []), t

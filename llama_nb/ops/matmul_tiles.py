@@ -88,7 +88,7 @@ def _put(out, t, r, partial, first, distinct):
 
 
 @njit_serial
-def _store_tile(out, t0, r0, r_end, first, s00, s01, s02, s03, s10, s11, s12, s13,
+def store_tile(out, t0, r0, r_end, first, s00, s01, s02, s03, s10, s11, s12, s13,
                 s20, s21, s22, s23, s30, s31, s32, s33):
     """out[t0:t0+4, r0:r0+4] = (first K block) or += (later blocks) the 16 lane sums."""
     n_tokens = out.shape[0]
@@ -137,7 +137,7 @@ def _tile_bf16dot(out, xh, w, t0, r0, r_end, k0, k1):
         a20, a21, a22, a23 = bf16x32_dot(a20, u, va), bf16x32_dot(a21, u, vb), bf16x32_dot(a22, u, vc), bf16x32_dot(a23, u, vd)
         u = bf16x32_load(xd, k)
         a30, a31, a32, a33 = bf16x32_dot(a30, u, va), bf16x32_dot(a31, u, vb), bf16x32_dot(a32, u, vc), bf16x32_dot(a33, u, vd)
-    _store_tile(out, t0, r0, r_end, k0 == 0, a00, a01, a02, a03, a10, a11, a12, a13, a20, a21, a22, a23, a30, a31, a32, a33)
+    store_tile(out, t0, r0, r_end, k0 == 0, a00, a01, a02, a03, a10, a11, a12, a13, a20, a21, a22, a23, a30, a31, a32, a33)
 
 
 # _tile_fma is _tile_bf16dot's shape with other loads and instructions, on purpose: the tile must be
@@ -164,7 +164,7 @@ def _tile_fma(out, x, w, t0, r0, r_end, k0, k1):
         a20, a21, a22, a23 = f32x16_fma(a20, u, va), f32x16_fma(a21, u, vb), f32x16_fma(a22, u, vc), f32x16_fma(a23, u, vd)
         u = f32x16_load(xd, k)
         a30, a31, a32, a33 = f32x16_fma(a30, u, va), f32x16_fma(a31, u, vb), f32x16_fma(a32, u, vc), f32x16_fma(a33, u, vd)
-    _store_tile(out, t0, r0, r_end, k0 == 0, a00, a01, a02, a03, a10, a11, a12, a13, a20, a21, a22, a23, a30, a31, a32, a33)
+    store_tile(out, t0, r0, r_end, k0 == 0, a00, a01, a02, a03, a10, a11, a12, a13, a20, a21, a22, a23, a30, a31, a32, a33)
 
 
 @njit_serial

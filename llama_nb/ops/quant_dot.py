@@ -41,27 +41,24 @@ with the next rows prefetched).
 Parallel over tasks of ROWS output rows (as ops/matvec.py); within a task, every token of the
 batch against the task's rows, so a prefill chunk reads each weight row from memory once and
 from cache T - 1 times. Each kernel is compiled twice: with vpdpbusd (where HAS_AVX512_VNNI) and
-with a portable int8 dot in generic LLVM IR (any CPU), from the same source: `_variants` copies
-the function with `dot_u8s8` and `dot64_u8s8` bound to one or the other, under its own name (so
-Numba's cache keeps both; see jit._serial_copy).
+with a portable int8 dot in generic LLVM IR (any CPU), from the same source (ops/int8_variants.py).
 """
 
 from __future__ import annotations
 
-import types as pytypes
-
 import numpy as np
 from numba import prange
 
-from llama_nb.ops.jit import HAS_AVX512_VNNI, Twins, njit_inline, njit_serial, twins
+from llama_nb.ops.int8_variants import variants
+from llama_nb.ops.jit import njit_inline, njit_serial
 from llama_nb.ops.quant_rows import Q4_K_BYTES, Q6_K_BYTES, Q8_0_BYTES
 from llama_nb.ops.simd import f32x16_fma, f32x16_splat, f32x16_sum, f32x16_zero, prefetch
 from llama_nb.ops.simd_int8 import (
-    dot_u8s8_portable, dot_u8s8_vnni, f32x8_fma, f32x8_fma_i32, f32x8_load, f32x8_mul, f32x8_sum, f32x8_zero,
+    dot_u8s8_portable, f32x8_fma, f32x8_fma_i32, f32x8_load, f32x8_mul, f32x8_sum, f32x8_zero,
     half_load, i8x32_flip, i8x32_load, i8x32_splat, i32x8_sub, i32x8_zero,
 )
 from llama_nb.ops.simd_int8x64 import (
-    dot64_u8s8_portable, dot64_u8s8_vnni, f32x16_add, f32x16_fma_i32, f32x16_high, f32x16_mul, f32x16_of_halves,
+    dot64_u8s8_portable, f32x16_add, f32x16_fma_i32, f32x16_high, f32x16_mul, f32x16_of_halves,
     f32x16_of_i8, f32x16_of_i32, f32x16_pairs, f32x16_spread, f32x16_two_halves, halves_load8, i8x64_flip,
     i8x64_high_nibbles, i8x64_load, i8x64_load2, i8x64_low_nibbles, i8x64_q6, i8x64_q6_high_bits, i32x16_zero,
     q4_k_scales_mins,
@@ -69,7 +66,7 @@ from llama_nb.ops.simd_int8x64 import (
 
 ROWS = 64  # output rows per parallel task (ops/matvec.py's MATVEC_BLOCK, measured there)
 AHEAD = 2  # each row prefetches, block by block, the row this far on (4 measured the same)
-dot_u8s8, dot64_u8s8 = dot_u8s8_portable, dot64_u8s8_portable  # rebound per compiled variant (see _variants)
+dot_u8s8, dot64_u8s8 = dot_u8s8_portable, dot64_u8s8_portable  # rebound per compiled variant (ops/int8_variants.py)
 
 
 @njit_inline
@@ -202,18 +199,4 @@ def _q6_k(out, q, d, sums, dsum, w):
                 out[t, n] = total - np.float32(32.0) * f32x16_sum(offsets)
 
 
-def _variants(fn, dots: dict) -> dict[str, Twins]:
-    """{suffix: Twins of fn with dot_u8s8 and dot64_u8s8 bound to dots[suffix]}."""
-    made = {}
-    for suffix, bound in dots.items():
-        scope = {**fn.__globals__, **bound}
-        copy = pytypes.FunctionType(fn.__code__, scope, f"{fn.__name__}_{suffix}", fn.__defaults__, fn.__closure__)
-        copy.__qualname__ = f"{fn.__qualname__}_{suffix}"
-        made[suffix] = twins(copy)
-    return made
-
-
-_PORTABLE = {"dot_u8s8": dot_u8s8_portable, "dot64_u8s8": dot64_u8s8_portable}
-_VNNI = {"dot_u8s8": dot_u8s8_vnni, "dot64_u8s8": dot64_u8s8_vnni}
-_DOTS = {"portable": _PORTABLE, **({"vnni": _VNNI} if HAS_AVX512_VNNI else {})}
-KERNELS = {name: _variants(fn, _DOTS) for name, fn in (("q8_0", _q8_0), ("q4_k", _q4_k), ("q6_k", _q6_k))}
+KERNELS = {name: variants(fn) for name, fn in (("q8_0", _q8_0), ("q4_k", _q4_k), ("q6_k", _q6_k))}

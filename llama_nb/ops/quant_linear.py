@@ -1,9 +1,10 @@
 """The ops of the block formats q8_0, q4_k, q6_k (llama_nb/quant): linear, embedding, dequantize.
 
     linear[fmt/bf16]     numba       x rounded to int8 blocks of 32 into the scratch xq once
-                                     (ops/quant_act.py), then integer dot products
-                                     (ops/quant_dot.py): vpdpbusd where the CPU has AVX512_VNNI,
-                                     else the portable int8 dot
+                                     (ops/quant_act.py), then integer dot products: T <= FEW_TOKENS
+                                     the decode kernels (ops/quant_dot.py), more tokens the prefill
+                                     tiles (ops/quant_tiles.py); vpdpbusd where the CPU has
+                                     AVX512_VNNI, else the portable int8 dot
                          numba_int8  the portable int8 dot, registered beside vpdpbusd to be
                                      tested and compared (only where the CPU has VNNI)
     linear[fmt/float32]  numba       x as it is, weights decoded inside the dot (ops/quant_f32.py)
@@ -14,8 +15,7 @@
 At --precision bf16 these formats take int8 activations, as llama.cpp does for them (its
 vec_dot_type), not bf16 ones: that is what makes their decode bound by memory, not arithmetic.
 How far that rounding moves an output is llama_nb/quant/activations.py's `rounding_bound`.
-Every kernel is one source for decode and prefill; the parallel twin runs from PARALLEL_MIN_BYTES
-of weights on (ops/jit.py).
+Each kernel's parallel twin runs from PARALLEL_MIN_BYTES of weights on (ops/jit.py).
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ from numba import prange
 
 from llama_nb import quant
 from llama_nb.formats import Weight
-from llama_nb.ops import quant_dot, quant_f32
+from llama_nb.ops import quant_dot, quant_f32, quant_tiles
 from llama_nb.ops.jit import HAS_AVX512_VNNI, njit_parallel, twins
+from llama_nb.ops.matvec import FEW_TOKENS
 from llama_nb.ops.quant_act import quantize_activations
 from llama_nb.ops.quant_rows import dequantize_row_q4_k, dequantize_row_q6_k, dequantize_row_q8_0
 from llama_nb.ops.reference import register_format_references
@@ -36,13 +37,19 @@ from llama_nb.quant.activations import round_activations
 FORMATS = (quant.Q8_0.name, quant.Q4_K.name, quant.Q6_K.name)
 
 
-def _int8_entry(kernel):
+def _int8_entry(fmt: str, variant: str):
+    decode, tiles = quant_dot.KERNELS[fmt][variant], quant_tiles.KERNELS[fmt][variant]
+
     def linear_int8(out: np.ndarray, x: np.ndarray, w: Weight, xq: np.ndarray) -> None:
-        """out[T, N] = int8 blocks of x (into xq) . w's blocks, in integers; scaled in float32."""
+        """out[T, N] = int8 blocks of x (into xq) . w's blocks, in integers; scaled in float32. Up to
+        FEW_TOKENS tokens (decode, a batched decode step) the decode kernels, more the prefill tiles."""
         if x.shape[0] == 0:
             return
         q, d, sums, dsum = quantize_activations(x, xq)
-        kernel.pick(w.nbytes)(out, q, d, sums, dsum, w.data)
+        if x.shape[0] <= FEW_TOKENS:
+            decode.pick(w.nbytes)(out, q, d, sums, dsum, w.data)
+        else:
+            quant_tiles.linear_tiles(tiles, fmt, out, q, d, sums, w.data, xq)
 
     return linear_int8
 
@@ -83,12 +90,13 @@ def _row_ops(decode_row):
 
 _ROW_DECODERS = {"q8_0": dequantize_row_q8_0, "q4_k": dequantize_row_q4_k, "q6_k": dequantize_row_q6_k}
 
+_INT8_SWITCHES = {"T": (FEW_TOKENS,)}  # the decode kernels; the prefill tiles
+
 for _fmt in FORMATS:
-    _variants = quant_dot.KERNELS[_fmt]
-    _best = _variants["vnni"] if HAS_AVX512_VNNI else _variants["portable"]
-    register("linear", "numba", format=_fmt, act="bf16", default=True)(_int8_entry(_best))
+    register("linear", "numba", format=_fmt, act="bf16", default=True,
+             switches=_INT8_SWITCHES)(_int8_entry(_fmt, "vnni" if HAS_AVX512_VNNI else "portable"))
     if HAS_AVX512_VNNI:
-        register("linear", "numba_int8", format=_fmt, act="bf16")(_int8_entry(_variants["portable"]))
+        register("linear", "numba_int8", format=_fmt, act="bf16", switches=_INT8_SWITCHES)(_int8_entry(_fmt, "portable"))
     register("linear", "numba", format=_fmt, act="float32", default=True)(_f32_entry(quant_f32.KERNELS[_fmt]))
     _embedding, _dequantize = _row_ops(_ROW_DECODERS[_fmt])
     register("embedding", "numba", format=_fmt, default=True)(_embedding)

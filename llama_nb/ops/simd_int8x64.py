@@ -33,6 +33,13 @@ sixteen float32 lanes of ops/simd.py's f32x16.
     q4_k_scales_mins(a: uint8[:], i) -> f32x16           Q4_K's eight 6-bit scales (lanes 0-7) and
                                                          eight mins (8-15) from the 12 packed bytes
                                                          a[i : i + 12] (reads a[i : i + 16])
+    i8x64_store(a: uint8[:] | int8[:], i, v)             a[i : i + 64] = v, unaligned
+    i32x16_load(a: int32[:], i) -> i32x16                a[i : i + 16]
+    i8x64_interleave(v0, v1, v2, v3, i, piece, swap) -> i8x64   (literals i < 4, piece 1 or 2, swap 0 or 1)
+                                                         the prefill tiles' layout (ops/quant_tiles.py):
+                                                         the 256 bytes v0..v3 as 16 / piece groups of
+                                                         16 * piece bytes: the i-th 4 * piece bytes of
+                                                         each group (swap: in NIBBLE_ORDER)
 
 `dot64_u8s8_vnni` is LLVM's `llvm.x86.avx512.vpdpbusd.512` and must only be compiled where
 HAS_AVX512_VNNI (llama_nb/ops/jit.py) holds; everything else is generic LLVM vector IR (split into
@@ -350,3 +357,50 @@ def f32x16_two_halves(typingctx, a, i):
         return builder.shuffle_vector(wide, wide, _mask([0] * 8 + [1] * 8))
 
     return f32x16(a, i), codegen
+
+
+@intrinsic
+def i8x64_store(typingctx, a, i, v):
+    if not (_bytes_1d(a) and isinstance(i, types.Integer) and v == i8x64):
+        return None
+
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        ptr = builder.bitcast(builder.gep(ary.data, [args[1]]), _V_I8.as_pointer())
+        builder.store(args[2], ptr, align=1)
+        return context.get_dummy_value()
+
+    return types.none(a, i, v), codegen
+
+
+@intrinsic
+def i32x16_load(typingctx, a, i):
+    if not (_is_1d(a, (types.int32,)) and isinstance(i, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return _load(context, builder, signature.args[0], args[0], args[1], _V_I32, align=4)
+
+    return i32x16(a, i), codegen
+
+
+# Q4_K's natural vectors hold its sub-blocks in the order 0, 2, 1, 3, 4, 6, 5, 7 (low nibbles of
+# two 32-byte chunks, then the high nibbles): `swap` reads cat block NIBBLE_ORDER[j] for block j.
+NIBBLE_ORDER = (0, 2, 1, 3, 4, 6, 5, 7)
+
+
+@intrinsic
+def i8x64_interleave(typingctx, v0, v1, v2, v3, i, piece, swap):
+    if not (v0 == v1 == v2 == v3 == i8x64 and all(isinstance(p, types.IntegerLiteral) for p in (i, piece, swap))):
+        return None
+    step, width, order = i.literal_value, piece.literal_value, NIBBLE_ORDER if swap.literal_value else tuple(range(8))
+    # cat = v0 v1 v2 v3 as 64 dwords; out dword l = cat[4 * width * block(l // width) + width * i + l % width]
+    lanes = [4 * width * (order[lane // width] if width == 2 else lane // width) + width * step + lane % width
+             for lane in range(16)]
+
+    def codegen(context, builder, signature, args):
+        dwords = [builder.bitcast(v, _V_I32) for v in args[:4]]
+        low, high = _concat(builder, dwords[0], dwords[1]), _concat(builder, dwords[2], dwords[3])
+        return builder.bitcast(builder.shuffle_vector(low, high, _mask(lanes)), _V_I8)
+
+    return i8x64(v0, v1, v2, v3, i, piece, swap), codegen

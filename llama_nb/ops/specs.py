@@ -54,6 +54,9 @@ MATRIX_BLOCK_CASES = _cases(
     (3, 352, 9),                                                   # q8_0 only: 8 blocks at once + 3
     (1, 256, 1), (1, 256, 67), (3, 512, 33), (5, 768, 129),
     (1, 4096, 130), (1, 14336, 70), (17, 1024, 65), (64, 512, 64),
+    # T > 8, the prefill tiles (ops/quant_tiles.py): odd T and N, two K blocks, q8_0's K % 256 tail
+    (9, 96, 5), (11, 608, 7),                                      # q8_0 only: the tail alone; 2 super-blocks + 3
+    (13, 2560, 9),
 )
 MATRIX_BENCH = _cases(
     "T K N",
