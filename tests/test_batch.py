@@ -26,6 +26,10 @@ from llama_nb.model.generate import GenerationStats, generate
 from llama_nb.ops.jit import HAS_AVX512_BF16
 
 LOGIT_BOUND = 1e-4  # float32 precision: matvec vs tile sums, 20x the difference measured
+# bf16 on the float32 FMA kernels (a CPU without vdpbf16ps): matvec and tiles sum in other orders, and
+# the next layer's rounding to bf16 turns a last-bit difference into a whole bf16 step (2^-8 of the
+# value) now and then, which the layers carry on (seen: 0.031 on an AVX2 host, greedy tokens equal)
+BF16_FMA_LOGIT_BOUND = 0.1
 TEXTS = ["In the beginning God created", "And the LORD spake unto Moses, saying,", "Blessed", "And it came to pass, when"]
 
 
@@ -77,7 +81,7 @@ def test_a_sequence_beside_others_has_its_logits_alone(precision):
     if llm.ops.precision == "bf16" and HAS_AVX512_BF16:
         assert worst == 0.0, "bf16 on vdpbf16ps: the matvec and the tiles agree bit for bit at these widths"
     else:
-        assert worst <= LOGIT_BOUND
+        assert worst <= (BF16_FMA_LOGIT_BOUND if llm.ops.precision == "bf16" else LOGIT_BOUND)
 
 
 def test_long_rows_differ_in_the_last_bits_only(tmp_path):

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 import llama_nb
+from llama_nb.ops.jit import HAS_AVX512_BF16
 from tests.meta_shards import make_sharded_model, reshard_with_metas_code
 from tests.mpi_runner import results_for
 from tests.tinymodel import tiny_params
@@ -130,8 +131,11 @@ def test_two_ranks_match_one_process_token_for_token(one_process, two_ranks):
 
 def test_the_cli_runs_on_two_ranks_and_only_rank_0_prints(sharded):
     folder = sharded["gqa-mp2"][0]
+    # Sampled on vdpbf16ps, where a shard's products sum as the whole's; greedy elsewhere: the float32
+    # FMA kernels pick another summation order for a shard's shorter rows, which moves where sampling lands
+    temperature = "0.9" if HAS_AVX512_BF16 else "0"
     args = ["-m", "llama_nb", "run", "-", "--model", str(folder), "-n", "6", "--seed", "5",
-            "--temperature", "0.9", "--quiet"]
+            "--temperature", temperature, "--quiet"]
     prompt = b"The quick brown fox"  # on stdin, which only rank 0 reads
     proc = mpirun(2, *args, stdin=subprocess.PIPE)
     out, err = proc.communicate(prompt, timeout=300)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import typer
 
+from llama_nb.ops.jit import HAS_AVX512_BF16
 from tests.ptyrun import ROOT
 
 README = ROOT / "README.md"
@@ -120,6 +121,8 @@ def test_python_api_blocks_run(tmp_path, monkeypatch):
     assert namespace["chat_ids"][0] == namespace["llm"].tokenizer.bos_id
 
 
+@pytest.mark.skipif(not HAS_AVX512_BF16, reason="the transcripts are vdpbf16ps's sampled text; the CPU's float32 FMA kernels "
+                    "sum in another order, which changes where sampling lands")
 def test_readme_transcripts_are_what_the_commands_print():
     proc = subprocess.run([sys.executable, str(ROOT / "tools" / "readme_transcripts.py"), "--check"],
                           capture_output=True, text=True, timeout=600, cwd=ROOT,

@@ -40,6 +40,7 @@ Anything else is a CheckpointError naming the file, and nothing from the file is
 from __future__ import annotations
 
 import os
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,10 +141,16 @@ class Checkpoint(TensorTable):
             fd = f.fileno()
             for array, view in strided:
                 array[...] = _read_strided(fd, view, view.ctypes.data - base, self.path)
-            pool = ThreadPoolExecutor(min(READ_THREADS, os.cpu_count() or 1))
-            try:
-                for _ in pool.map(lambda chunk: _pread_exactly(fd, chunk[0], chunk[1], self.path), chunks):
-                    pass
+            workers = min(READ_THREADS, os.cpu_count() or 1)
+            pool = ThreadPoolExecutor(workers)
+            in_flight: deque = deque()
+            try:  # at most 2 chunks per reader queued: a chunk that fails stops the read within a few chunks
+                for dest, offset in chunks:
+                    if len(in_flight) == 2 * workers:
+                        in_flight.popleft().result()
+                    in_flight.append(pool.submit(_pread_exactly, fd, dest, offset, self.path))
+                while in_flight:
+                    in_flight.popleft().result()
             finally:  # on an error or Ctrl-C, the chunks not started yet are dropped, not read
                 pool.shutdown(wait=True, cancel_futures=True)
         return out
