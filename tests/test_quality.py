@@ -11,6 +11,7 @@ import torch
 
 from llama_nb.io.tokenizer import Tokenizer
 from llama_nb.model.quality import measure_quality
+from llama_nb.ops.jit import HAS_AVX512_BF16
 from tests.meta_reference import MetaReference
 from tests.test_gguf import wide  # noqa: F401 - the fixture: rows of whole Q4_K blocks, demo tokenizer
 
@@ -31,7 +32,7 @@ def test_bf16_perplexity_is_meta_s_and_the_formats_are_measured_against_it(wide)
         nll += [-log_p[j, chunk[j + 1]] for j in range(CTX // 2, CTX - 1)]
     bf16 = results["bf16"]
     assert bf16.n_tokens == len(nll) == 2 * (CTX // 2 - 1)
-    assert math.isclose(bf16.perplexity, math.exp(np.mean(nll)), rel_tol=3e-3)  # bf16 activations vs float32 (seen 0.1% on vdpbf16ps, 0.21% on AVX2)
+    assert math.isclose(bf16.perplexity, math.exp(np.mean(nll)), rel_tol=2e-3 if HAS_AVX512_BF16 else 3e-3)  # bf16 activations vs float32 (seen 0.21% on AVX2)
     assert bf16.kl_mean == 0 and bf16.top1 == 1 and bf16.bits_per_weight == 16
     q8, q4 = results["q8_0"], results["q4_k_m"]
     assert q8.bits_per_weight == 8.5 and 4.5 < q4.bits_per_weight < 6.5625
