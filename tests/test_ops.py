@@ -324,6 +324,27 @@ def test_default_bf16_linear_is_the_fastest_kernel_the_cpu_has(case, rng):
     np.testing.assert_array_equal(call("linear", _get(slot, "numba"), args)[0], want[0])
 
 
+@pytest.mark.skipif(not HAS_AVX512_BF16, reason="vdpbf16ps kernels")
+@pytest.mark.parametrize("n,k", [(1, 32), (7, 33), (70, 2048), (129, 1100), (64, 8193)])
+def test_bf16dot_matvecs_of_one_and_four_rows_sum_alike(n, k, rng):
+    # matvec_bf16dot (one row a pass) and matvec_bf16dot_4rows (long rows) sum each row in the same
+    # order, so which one linear picks by K never changes a result bit (nor does the thread count).
+    from llama_nb.ops.matvec import matvec_bf16dot, matvec_bf16dot_4rows
+
+    w = f32_to_bf16_np(rng.standard_normal((n, k), np.float32))
+    xh = f32_to_bf16_np(rng.standard_normal((1, k), np.float32))
+    results = []
+    for kernel in (matvec_bf16dot.parallel, matvec_bf16dot.serial, matvec_bf16dot_4rows.parallel,
+                   matvec_bf16dot_4rows.serial):
+        out = np.full((1, n), np.nan, np.float32)
+        kernel(out, xh, w)
+        results.append(out)
+    for got in results[1:]:
+        np.testing.assert_array_equal(got, results[0])
+    want = bf16_to_f32_np(xh).astype(np.float64) @ bf16_to_f32_np(w).astype(np.float64).T
+    np.testing.assert_allclose(results[0], want, rtol=1e-4, atol=1e-4 * np.sqrt(k))
+
+
 _BF16_ACTS = [(s, i) for s, i in LINEARS if s[2] == "bf16" and get_format(s[1]).block == 1]  # block formats: int8 (test_quant_kernels)
 
 

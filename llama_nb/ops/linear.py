@@ -14,8 +14,9 @@ w.format. The built-ins, for the plain formats bf16, f16 and f32:
     act bf16     numba_fma        x rounded to bf16 into xq once, then the float32 kernels (any CPU;
                                   bf16 weights only, for comparison)
                  numba_bf16dot    (bf16 weights, CPUs with AVX512_BF16) the bf16 bits of x into xq
-                                  once, then vdpbf16ps: a matvec with four rows per pass (and for a
-                                  few tokens, T <= 8, summed as the matvec sums one), and tiles
+                                  once, then vdpbf16ps: a matvec one row at a time (four per pass
+                                  when x leaves L1; for a few tokens, T <= 8, summed as the matvec
+                                  sums one), and tiles
                                   with twice the multiply-adds per instruction (prefill ~1.6x)
                  numba            bf16 weights: numba_bf16dot where the CPU has it, else numba_fma;
                                   f16 and f32 weights: x rounded, then the float32 kernels
@@ -34,7 +35,8 @@ from llama_nb.formats import Weight
 from llama_nb.ops.bf16 import PLAIN_FORMATS, bf16_to_f32, f32_to_bf16
 from llama_nb.ops.jit import HAS_AVX512_BF16, njit_inline, twins
 from llama_nb.ops.matmul_tiles import matmul_bf16dot, matmul_fma
-from llama_nb.ops.matvec import FEW_TOKENS, X_IN_L1, matvec, matvec_4rows, matvec_bf16dot, matvec_bf16dot_rows
+from llama_nb.ops.matvec import (FEW_TOKENS, X_IN_L1, matvec, matvec_4rows, matvec_bf16dot, matvec_bf16dot_4rows,
+                                 matvec_bf16dot_rows)
 from llama_nb.ops.registry import register
 
 # ------------------------------------------------------------- activations, into the scratch
@@ -86,7 +88,7 @@ def rounded_to_bf16(x: np.ndarray, xq: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------- the entries
 
 _F32_SWITCHES = {"T": (1,), "K": (X_IN_L1,)}  # decode vs prefill; matvec vs matvec_4rows
-_BF16DOT_SWITCHES = {"T": (1, FEW_TOKENS)}  # matvec; a few tokens; the tiles
+_BF16DOT_SWITCHES = {"T": (1, FEW_TOKENS), "K": (X_IN_L1,)}  # matvec; a few tokens; the tiles; 1 or 4 rows
 
 
 def linear_f32(out: np.ndarray, x: np.ndarray, w: Weight, xq: np.ndarray) -> None:
@@ -112,7 +114,7 @@ def linear_bf16_dot(out: np.ndarray, x: np.ndarray, w: Weight, xq: np.ndarray) -
     if x.shape[0] == 0:
         return
     if x.shape[0] == 1:
-        kernel = matvec_bf16dot.pick(w.nbytes)
+        kernel = (matvec_bf16dot_4rows if x.shape[1] > X_IN_L1 else matvec_bf16dot).pick(w.nbytes)
     elif x.shape[0] <= FEW_TOKENS:
         kernel = matvec_bf16dot_rows.pick(w.nbytes)
     else:

@@ -78,13 +78,48 @@ def matvec_4rows(out, x, w):
 
 @twins
 def matvec_bf16dot(out, xh, w):
-    """out[0, :] = xh[0] . w[n] on vdpbf16ps (xh: bf16 bits of x), four rows per pass over xh.
+    """out[0, n] = xh[0] . w[n] on vdpbf16ps (xh: bf16 bits of x), one row at a time, for rows that
+    leave xh in L1 (K <= X_IN_L1); matvec_bf16dot_4rows beyond.
 
     Decode is bound by memory, but the bf16 dot streams weights faster than widening them to
-    float32 first: fewer instructions per byte, and xh is half of x's size in L1. Measured, 1 x K
+    float32 first: fewer instructions per byte, and xh is half of x's size in L1. Each row is
+    summed in one 16-lane accumulator over K in order, then its lanes (f32x16_sum), then the
+    K % 32 leftover columns: matvec_bf16dot_4rows and matvec_bf16dot_rows sum every row exactly
+    so, so the three agree bit for bit.
+
+    Why one row at a time (issue 12): the memory reads one stream, the rows in order, as
+    llama.cpp's bf16 vec_dot does. Passing over four rows at once makes four streams a row
+    apart, and with rows of 4-8 KB each lasts only a page or two: on this host's slow-memory spells
+    (plain read ~30 GB/s) that read 25-45% slower. Measured 2026-12-02 14:14 UTC, 2 threads, cold
+    weights, medians of 16 alternating (1 thread, medians of 10), GB/s, four rows -> one row:
+    N x K 8192x2048 22.8 -> 29.9 (13.1 -> 23.3), 2048x2048 20.9 -> 30.4 (14.9 -> 27.8),
+    14336x4096 28.1 -> 29.8 (16.9 -> 25.5), 32768x2048 26.8 -> 32.1 (17.1 -> 26.7), 2048x8192
+    30.0 -> 29.3 (21.0 -> 21.3); and 4096x14336 28.0 -> 20.4 (22.6 -> 15.7), hence the 4-row
+    kernel for long rows. Prefetching the next rows (distance 1, 2 or 4 row groups) did not help
+    the 4-row pass (0.84-1.03x).
+    """
+    n_out, k_in = w.shape
+    xv = xh[0]
+    k_vec = k_in - k_in % 32
+    for block in prange((n_out + MATVEC_BLOCK - 1) // MATVEC_BLOCK):
+        for n in range(block * MATVEC_BLOCK, min((block + 1) * MATVEC_BLOCK, n_out)):
+            row = w[n]
+            acc16 = f32x16_zero()
+            for k in range(0, k_vec, 32):
+                acc16 = bf16x32_dot(acc16, bf16x32_load(xv, k), bf16x32_load(row, k))
+            acc = f32x16_sum(acc16)
+            for k in range(k_vec, k_in):  # the K % 32 leftover columns
+                acc += bf16_to_f32(xv[k]) * bf16_to_f32(row[k])
+            out[0, n] = acc
+
+
+@twins
+def matvec_bf16dot_4rows(out, xh, w):
+    """matvec_bf16dot for long rows (K > X_IN_L1): four rows per pass, so each chunk of xh, which
+    no longer stays in L1, is loaded once for four rows. Measured (before the one-row kernel), 1 x K
     x N, 2 threads, alternating, median of 14 (GB/s ratio to the float32 matvec on bf16(x)):
     2048x2048 1.11, 2048x512 1.07, 2048x8192 1.02, 8192x2048 1.16, 4096x4096 0.97, 4096x14336
-    1.01, 14336x4096 1.11 (one row per pass instead: 0.95-1.05).
+    1.01, 14336x4096 1.11.
     """
     n_out, k_in = w.shape
     xv = xh[0]
