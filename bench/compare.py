@@ -23,6 +23,8 @@ llama_nb reads it with its GGUF reader (llama_nb/io/gguf_model.py) where it has 
 it, q8_0 is the Meta folder repacked at load (formats.repack): ggml's Q8_0 quantizer is
 deterministic and llama_nb's equals it bit for bit, which the script checks on a tensor of the
 file before timing; q4_k_m then needs the reader (its per-tensor types are llama.cpp's choice).
+A third engine joins the rounds then: llama_nb on the bf16 weights (the Meta folder), so the
+table's last column, the quantized decode over llama_nb's own bf16 decode, comes from the same spells.
 
 Then, per round, each engine (order alternating between rounds, A B, B A, ...) runs:
     ppN   N prompt token ids at positions 0..N-1, one batched pass, logits of the last only
@@ -198,11 +200,13 @@ def same_q8_0_bytes(folder: Path, gguf_path: Path) -> bool:
 # --- the two engines -----------------------------------------------------------------------------
 
 
-class LlamaNb:
-    name = "llama_nb"
+BASE = "llama_nb bf16"  # with --type q8_0 / q4_k_m: llama_nb on the bf16 weights, the same rounds
 
+
+class LlamaNb:
     def __init__(self, folder: Path, ctx: int, threads: int, impl: str | None = None, precision: str = "bf16",
-                 weight_format: str | None = None):
+                 weight_format: str | None = None, name: str = "llama_nb"):
+        self.name = name
         self.model = load_transformer(folder, impl, ctx=ctx, max_batch=512, threads=threads, precision=precision,
                                       weight_format=weight_format)
         self.model.warmup()
@@ -344,14 +348,17 @@ def compare_shape(shape: str, n_prompt: int, n_gen: int, rounds: int, threads: i
                                           if weight_format else "") + f", llama.cpp {gguf_path.name}")
     ctx = n_prompt + n_gen + 1
     nb, cpp = LlamaNb(source, ctx, threads, impl, precision, weight_format), LlamaCpp(gguf_path, ctx, threads)
+    engines = (nb, cpp)
+    if qtype != "bf16":  # the quantized decode's gain over llama_nb's own bf16, in the same rounds
+        engines += (LlamaNb(folder, ctx, threads, impl, precision, None, name=BASE),)
     ids = prompt_ids(n_prompt, SHAPES[shape][0].vocab_size)
-    timed_round((nb, cpp), ids[: min(n_prompt, 32)], 2)  # warm-up: page the weights in, first-call costs
+    timed_round(engines, ids[: min(n_prompt, 32)], 2)  # warm-up: page the weights in, first-call costs
     check = agreement(nb, cpp, ids, n_gen)
     results = []
     probe = PlainRead(threads)
     for r in range(rounds):
         before = probe.gbps()
-        pair = timed_round((nb, cpp) if r % 2 == 0 else (cpp, nb), ids, n_gen)
+        pair = timed_round(engines if r % 2 == 0 else engines[::-1], ids, n_gen)
         pair["read"] = (before, probe.gbps())
         results.append(pair)
         log(f"{shape} round {r + 1}: " + ", ".join(f"{k} pp {v[0]:.1f} tg {v[1]:.2f}" for k, v in pair.items()
@@ -371,22 +378,29 @@ def render(results: list[dict], threads: int, impl: str | None = None, precision
     lines = [f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {cpu}, {threads} threads, "
              f"llama-cpp-python {llama_cpp.__version__}, {results[0]['type'] if results else 'bf16'} weights, random values, "
              f"llama_nb precision {precision}, kernels: {impl or 'defaults'}", ""]
-    lines += ["| shape | test | llama_nb tok/s | llama.cpp tok/s | llama_nb / llama.cpp |",
-              "| --- | --- | ---: | ---: | ---: |"]
+    based = any(BASE in p for res in results for p in res["rounds"])
+    lines += ["| shape | test | llama_nb tok/s | llama.cpp tok/s | llama_nb / llama.cpp |"
+              + (" llama_nb bf16 tok/s | llama_nb / its bf16 |" if based else ""),
+              "| --- | --- | ---: | ---: | ---: |" + (" ---: | ---: |" if based else "")]
     for res in results:
         for k, test in ((0, f"pp{res['n_prompt']}"), (1, f"tg{res['n_gen']}")):
             nb = [p["llama_nb"][k] for p in res["rounds"]]
             cpp = [p["llama.cpp"][k] for p in res["rounds"]]
             ratio = [a / b for a, b in zip(nb, cpp)]
-            lines.append(f"| {res['shape']} | {test} | {_ms(nb)} | {_ms(cpp)} | {_ms(ratio)} |")
+            row = f"| {res['shape']} | {test} | {_ms(nb)} | {_ms(cpp)} | {_ms(ratio)} |"
+            if based:
+                base = [p[BASE][k] for p in res["rounds"]]
+                row += f" {_ms(base)} | {_ms([a / b for a, b in zip(nb, base)])} |"
+            lines.append(row)
     lines.append("")
     for res in results:
         lines.append(f"per round, {res['shape']} (ratio llama_nb / llama.cpp):")
         for i, p in enumerate(res["rounds"]):
             (nbp, nbt), (cp, ct) = p["llama_nb"], p["llama.cpp"]
             read = p.get("read", (float("nan"),) * 2)
+            own = f"   bf16 tg {p[BASE][1]:6.2f}, x{nbt / p[BASE][1]:.2f}" if BASE in p else ""
             lines.append(f"  round {i + 1}: pp {nbp:7.1f} vs {cp:7.1f} = {nbp / cp:.2f}   tg {nbt:6.2f} vs {ct:6.2f} = {nbt / ct:.2f}"
-                         f"   plain read {read[0]:.1f} / {read[1]:.1f} GB/s (before / after)")
+                         f"{own}   plain read {read[0]:.1f} / {read[1]:.1f} GB/s (before / after)")
         check = res["check"]
         agree = sum(row[1] == row[2] for row in check)
         # a disagreement is a near-tie when llama_nb's top-2 margin is within the largest logit
