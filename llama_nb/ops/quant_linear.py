@@ -15,7 +15,8 @@
 At --precision bf16 these formats take int8 activations, as llama.cpp does for them (its
 vec_dot_type), not bf16 ones: that is what makes their decode bound by memory, not arithmetic.
 How far that rounding moves an output is llama_nb/quant/activations.py's `rounding_bound`.
-Each kernel's parallel twin runs from PARALLEL_MIN_BYTES of weights on (ops/jit.py).
+Each kernel's parallel twin runs from PARALLEL_MIN_BYTES of weights on (ops/jit.py); the int8 decode
+kernels' bytes count ARITHMETIC_PER_BYTE times.
 """
 
 from __future__ import annotations
@@ -35,6 +36,13 @@ from llama_nb.ops.registry import register
 from llama_nb.quant.activations import round_activations
 
 FORMATS = (quant.Q8_0.name, quant.Q4_K.name, quant.Q6_K.name)
+# What a weight byte of the integer decode kernels counts for in jit.parallel_pays: they are bound
+# by arithmetic on one core (17-24 GB/s of weights, against 28 for bf16's matvec), so a second
+# core pays from far fewer bytes than for a plain read. Measured 2026-12-02 15:05 UTC, idle, cold
+# weights, 2 threads over 1 (medians of 40): Q4_K 512x2048 (0.56 MiB) 1.62x, 2048x2048 1.69x;
+# Q6_K 512x2048 1.59x; Q8_0 512x2048 (1.06 MiB) 1.38x; bf16's matvec at 2 MiB only 1.16x. So the
+# 1B's attention products (0.6-4 MB) run parallel too.
+ARITHMETIC_PER_BYTE = 8
 
 
 def _int8_entry(fmt: str, variant: str):
@@ -47,7 +55,7 @@ def _int8_entry(fmt: str, variant: str):
             return
         q, d, sums, dsum = quantize_activations(x, xq)
         if x.shape[0] <= FEW_TOKENS:
-            decode.pick(w.nbytes)(out, q, d, sums, dsum, w.data)
+            decode.pick(ARITHMETIC_PER_BYTE * w.nbytes)(out, q, d, sums, dsum, w.data)
         else:
             quant_tiles.linear_tiles(tiles, fmt, out, q, d, sums, w.data, xq)
 
