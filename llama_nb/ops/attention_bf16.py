@@ -30,6 +30,8 @@ the prefetch (07:48 UTC, -r 3, helpers reading code): 8B heads 75% on 2 threads 
 1 thread, best of 8 at Dh 128: 8.55 -> 5.54 ms (1.57x); 2 threads 4.35 -> 3.14 ms (1.41x); at Dh 64
 the prefetch made 1 thread 5% slower and 2 threads 1.5%, so it is off there. Then the weights'
 scaling by 1 / l as vectors (step 2): Dh 128 1.12x on 1 thread, 1.05x on 2; Dh 64 1.22x and 1.16x.
+Idle, -r 5, 15:15 UTC, a slow-memory spell (plain read 31-35 GB/s): 1B heads 82% on 2 threads,
+51% on 1; 8B heads 71% and 46% (one round in 5 at 36% / 43% on 2 threads).
 Tried and dropped (1 thread, best of 30): widening bf16 pairs with a shift and a mask instead of
 vpmovzxwd (slower: 9.8 against 7.2 ms at Dh 128), value rows widened once into a float32 scratch,
 larger key blocks (no change); column passes of the value rows without the prefetch (0.86x: they
