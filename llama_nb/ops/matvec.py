@@ -28,7 +28,7 @@ import numpy as np
 from numba import prange
 
 from llama_nb.ops.bf16 import bf16_to_f32, widen
-from llama_nb.ops.jit import twins, twins_dot
+from llama_nb.ops.jit import njit_inline, twins, twins_dot
 from llama_nb.ops.simd import bf16x32_dot, bf16x32_load, f32x16_lane, f32x16_sum, f32x16_sums, f32x16_zero, prefetch
 
 MATVEC_BLOCK = 64  # output rows per parallel task (see the measurements above)
@@ -76,6 +76,15 @@ def matvec_4rows(out, x, w):
             n += 1
 
 
+@njit_inline
+def _plus_leftover(acc, xv, row, k_vec):
+    """acc + xv[k] * row[k] over the K % 32 columns from k_vec on, in order (xv, row: bf16 bits):
+    how every vdpbf16ps kernel below ends a row's sum, so they agree bit for bit."""
+    for k in range(k_vec, row.shape[0]):
+        acc += bf16_to_f32(xv[k]) * bf16_to_f32(row[k])
+    return acc
+
+
 @twins
 def matvec_bf16dot(out, xh, w):
     """out[0, n] = xh[0] . w[n] on vdpbf16ps (xh: bf16 bits of x), one row at a time, for rows that
@@ -107,10 +116,7 @@ def matvec_bf16dot(out, xh, w):
             acc16 = f32x16_zero()
             for k in range(0, k_vec, 32):
                 acc16 = bf16x32_dot(acc16, bf16x32_load(xv, k), bf16x32_load(row, k))
-            acc = f32x16_sum(acc16)
-            for k in range(k_vec, k_in):  # the K % 32 leftover columns
-                acc += bf16_to_f32(xv[k]) * bf16_to_f32(row[k])
-            out[0, n] = acc
+            out[0, n] = _plus_leftover(f32x16_sum(acc16), xv, row, k_vec)
 
 
 @twins
@@ -136,10 +142,7 @@ def matvec_bf16dot_4rows(out, xh, w):
                 a2, a3 = bf16x32_dot(a2, u, bf16x32_load(r2, k)), bf16x32_dot(a3, u, bf16x32_load(r3, k))
             sums = (f32x16_sum(a0), f32x16_sum(a1), f32x16_sum(a2), f32x16_sum(a3))
             for j in range(min(4, end - n)):
-                row, acc = w[n + j], sums[j]
-                for k in range(k_vec, k_in):  # the K % 32 leftover columns
-                    acc += bf16_to_f32(xv[k]) * bf16_to_f32(row[k])
-                out[0, n + j] = acc
+                out[0, n + j] = _plus_leftover(sums[j], xv, w[n + j], k_vec)
             n += 4
 
 
@@ -192,8 +195,5 @@ def matvec_bf16dot_rows(out, xh, w):
                 for i in range(min(4, n_tokens - t0)):
                     xv = xh[t0 + i]
                     for j in range(min(4, end - n)):
-                        row, acc = w[n + j], f32x16_lane(sums, 4 * i + j)
-                        for k in range(k_vec, k_in):  # the K % 32 leftover columns
-                            acc += bf16_to_f32(xv[k]) * bf16_to_f32(row[k])
-                        out[t0 + i, n + j] = acc
+                        out[t0 + i, n + j] = _plus_leftover(f32x16_lane(sums, 4 * i + j), xv, w[n + j], k_vec)
             n += 4
