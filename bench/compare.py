@@ -221,14 +221,58 @@ class LlamaNb:
         return decode(self.model, first, n, start_pos)
 
 
+_PROBE_EXTRA_BUFFERS = """
+import sys
+from llama_cpp import Llama
+llm = Llama(model_path=sys.argv[1], n_ctx=64, n_batch=512, n_ubatch=512, n_threads=1, verbose=False)
+llm.eval(list(range(100, 132)))
+llm.eval([5])
+"""
+
+
+def extra_buffers_work(gguf_path: Path) -> tuple[bool, str]:
+    """Whether llama.cpp survives a prompt and a decode step on gguf_path with its extra weight
+    buffers (repacked layouts; AMX tiles on CPUs with AMX), tried in a child process because
+    a crash there is a segmentation fault, not an exception. Seen on 2026-12-02: an Intel Xeon with
+    AMX_INT8, llama-cpp-python 0.3.36, Q8_0 and Q4_K_M files: SIGSEGV in the first prefill; bf16
+    runs. Returns (works, why not)."""
+    import subprocess
+
+    try:
+        done = subprocess.run([sys.executable, "-c", _PROBE_EXTRA_BUFFERS, str(gguf_path)], capture_output=True,
+                              timeout=600)
+    except subprocess.TimeoutExpired:
+        return False, "its extra weight buffers hung on a 32-token prompt"
+    if done.returncode == 0:
+        return True, ""
+    how = f"signal {-done.returncode}" if done.returncode < 0 else f"exit status {done.returncode}"
+    return False, f"its extra weight buffers (repacked/AMX layouts) crash on this file ({how}), so they are off"
+
+
 class LlamaCpp:
     name = "llama.cpp"
 
     def __init__(self, gguf_path: Path, ctx: int, threads: int):
+        """llama.cpp on gguf_path as its users run it, extra weight buffers included, unless
+        they crash on this host (extra_buffers_work): then without them, said in `self.note`."""
+        import llama_cpp.llama as binding
         from llama_cpp import Llama
 
-        self.llm = Llama(model_path=str(gguf_path), n_ctx=ctx, n_batch=512, n_ubatch=512, n_threads=threads,
-                         n_threads_batch=threads, logits_all=False, verbose=False)
+        works, self.note = extra_buffers_work(gguf_path)
+        default_params = binding.llama_cpp.llama_model_default_params
+
+        def without_extra_buffers():
+            params = default_params()
+            params.use_extra_bufts = False
+            return params
+
+        if not works:  # Llama() has no argument for it: it reads llama_model_default_params()
+            binding.llama_cpp.llama_model_default_params = without_extra_buffers
+        try:
+            self.llm = Llama(model_path=str(gguf_path), n_ctx=ctx, n_batch=512, n_ubatch=512, n_threads=threads,
+                             n_threads_batch=threads, logits_all=False, verbose=False)
+        finally:
+            binding.llama_cpp.llama_model_default_params = default_params
 
     def _logits(self) -> np.ndarray:
         """float32[vocab] of the batch's last token, a view into llama.cpp's buffer (Llama.eval
@@ -349,6 +393,8 @@ def compare_shape(shape: str, n_prompt: int, n_gen: int, rounds: int, threads: i
     ctx = n_prompt + n_gen + 1
     nb, cpp = LlamaNb(source, ctx, threads, impl, precision, weight_format), LlamaCpp(gguf_path, ctx, threads)
     engines = (nb, cpp)
+    if cpp.note:
+        log(f"llama.cpp: {cpp.note}")
     if qtype != "bf16":  # the quantized decode's gain over llama_nb's own bf16, in the same rounds
         engines += (LlamaNb(folder, ctx, threads, impl, precision, None, name=BASE),)
     ids = prompt_ids(n_prompt, SHAPES[shape][0].vocab_size)
@@ -363,7 +409,8 @@ def compare_shape(shape: str, n_prompt: int, n_gen: int, rounds: int, threads: i
         results.append(pair)
         log(f"{shape} round {r + 1}: " + ", ".join(f"{k} pp {v[0]:.1f} tg {v[1]:.2f}" for k, v in pair.items()
                                                     if k != "read") + f", plain read {pair['read'][0]:.1f}/{pair['read'][1]:.1f} GB/s")
-    return {"shape": shape, "n_prompt": n_prompt, "n_gen": n_gen, "check": check, "rounds": results, "type": qtype}
+    return {"shape": shape, "n_prompt": n_prompt, "n_gen": n_gen, "check": check, "rounds": results, "type": qtype,
+            "llama_cpp_note": cpp.note}
 
 
 def _ms(xs) -> str:
@@ -393,6 +440,7 @@ def render(results: list[dict], threads: int, impl: str | None = None, precision
                 row += f" {_ms(base)} | {_ms([a / b for a, b in zip(nb, base)])} |"
             lines.append(row)
     lines.append("")
+    lines += [f"{res['shape']}: llama.cpp: {res['llama_cpp_note']}" for res in results if res.get("llama_cpp_note")]
     for res in results:
         lines.append(f"per round, {res['shape']} (ratio llama_nb / llama.cpp):")
         for i, p in enumerate(res["rounds"]):
