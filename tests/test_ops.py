@@ -15,7 +15,7 @@ from llama_nb.errors import LlamaNbError
 from llama_nb.formats import BF16, Weight, as_weight, formats, get_format
 from llama_nb.ops import registry
 from llama_nb.ops.cases import assert_matches, call, ci_cases, make_inputs
-from llama_nb.ops.jit import HAS_AVX512_BF16
+from llama_nb.ops.jit import HAS_AMX_BF16, HAS_AVX512_BF16
 from llama_nb.ops.reference import bf16_to_f32_np, f32_to_bf16_np
 
 registry.load_plugins()  # plugin implementations are tested too
@@ -312,15 +312,17 @@ def test_linear_result_does_not_depend_on_the_thread_count(slot, impl, case, rng
     np.testing.assert_array_equal(one[0], two[0])
 
 
-def test_the_bf16dot_kernel_is_registered_exactly_where_the_cpu_has_it():
+def test_the_bf16dot_and_amx_kernels_are_registered_exactly_where_the_cpu_has_them():
     assert ("numba_bf16dot" in registry.impls[("linear", "bf16", "bf16")]) == HAS_AVX512_BF16
+    assert ("numba_amx" in registry.impls[("linear", "bf16", "bf16")]) == HAS_AMX_BF16
 
 
-@pytest.mark.parametrize("case", [(1, 4096, 300), (5, 255, 129), (17, 1100, 71)])
+@pytest.mark.parametrize("case", [(1, 4096, 300), (5, 255, 129), (17, 1100, 71), (40, 512, 70)])
 def test_default_bf16_linear_is_the_fastest_kernel_the_cpu_has(case, rng):
     slot = ("linear", "bf16", "bf16")
     args = _linear_args(slot, case, rng)
-    want = call("linear", _get(slot, "numba_bf16dot" if HAS_AVX512_BF16 else "numba_fma"), args)
+    fastest = "numba_amx" if HAS_AMX_BF16 else "numba_bf16dot" if HAS_AVX512_BF16 else "numba_fma"
+    want = call("linear", _get(slot, fastest), args)
     np.testing.assert_array_equal(call("linear", _get(slot, "numba"), args)[0], want[0])
 
 

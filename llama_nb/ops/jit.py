@@ -11,7 +11,8 @@ survive the conversions and every comparison, so `nnan`/`ninf`/`nsz` are never s
 CPU features. `HAS_AVX512_BF16`: whether the bf16 dot-product instruction may be compiled
 (NUMBA_CPU_FEATURES when set, for portable caches, else the host's; LLAMA_NB_NO_BF16DOT=1 forces
 the portable float32 path). Kernel files register their vdpbf16ps implementations only then.
-`HAS_AVX512_VNNI` likewise for vpdpbusd (LLAMA_NB_NO_VNNI=1: the portable int8 path).
+`HAS_AVX512_VNNI` likewise for vpdpbusd (LLAMA_NB_NO_VNNI=1: the portable int8 path), and
+`HAS_AMX_BF16` for the AMX tiles of bf16 prefill (LLAMA_NB_NO_AMX=1: the vdpbf16ps tiles).
 
 Going parallel. `parallel_pays(nbytes)`: an op runs its parallel kernel only when it moves at least
 PARALLEL_MIN_BYTES; below, its serial twin (the same code compiled serial). A parallel launch
@@ -48,6 +49,7 @@ from numba.core import config
 from llama_nb.errors import LlamaNbError
 from llama_nb.formats import get_format
 from llama_nb.ops import registry
+from llama_nb.ops.simd_amx import request_amx
 
 # ------------------------------------------------------------------------------ the decorators
 
@@ -126,6 +128,11 @@ HAS_AVX512_BF16 = "+avx512bf16" in cpu_features().split(",") and os.environ.get(
 # LLAMA_NB_NO_VNNI=1 forces their portable int8 path (ops/simd_int8.py).
 HAS_AVX512_VNNI = {"+avx512vnni", "+avx512vl"} <= set(cpu_features().split(",")) and \
     os.environ.get("LLAMA_NB_NO_VNNI", "0") == "0"
+# AMX tiles (AMX-TILE + AMX-BF16) for the bf16 prefill products (ops/matmul_amx.py), where the
+# kernel lets this process use them (simd_amx.request_amx, asked here, at the first import of any
+# kernel module); LLAMA_NB_NO_AMX=1 keeps prefill on the vdpbf16ps tiles.
+HAS_AMX_BF16 = HAS_AVX512_BF16 and {"+amx-tile", "+amx-bf16"} <= set(cpu_features().split(",")) and \
+    os.environ.get("LLAMA_NB_NO_AMX", "0") == "0" and request_amx()
 
 # ------------------------------------------------------------------------------ going parallel
 

@@ -18,7 +18,10 @@ w.format. The built-ins, for the plain formats bf16, f16 and f32:
                                   when x leaves L1; for a few tokens, T <= 8, summed as the matvec
                                   sums one), and tiles
                                   with twice the multiply-adds per instruction (prefill ~1.6x)
-                 numba            bf16 weights: numba_bf16dot where the CPU has it, else numba_fma;
+                 numba_amx        (bf16 weights, CPUs with AMX-BF16) numba_bf16dot with the prefill
+                                  products (T > 8, K % 32 == 0) on AMX tiles (ops/matmul_amx.py)
+                 numba            bf16 weights: numba_amx, else numba_bf16dot, where the CPU has
+                                  it, else numba_fma;
                                   f16 and f32 weights: x rounded, then the float32 kernels
     reference    (ops/reference.py) dequantize, then NumPy's float32 matmul, for every format and act
 
@@ -33,7 +36,8 @@ from numba import prange
 
 from llama_nb.formats import Weight
 from llama_nb.ops.bf16 import PLAIN_FORMATS, bf16_to_f32, f32_to_bf16
-from llama_nb.ops.jit import HAS_AVX512_BF16, njit_inline, twins
+from llama_nb.ops.jit import HAS_AMX_BF16, HAS_AVX512_BF16, njit_inline, twins
+from llama_nb.ops.matmul_amx import K_STEP, linear_amx
 from llama_nb.ops.matmul_tiles import matmul_bf16dot, matmul_fma
 from llama_nb.ops.matvec import (FEW_TOKENS, X_IN_L1, matvec, matvec_4rows, matvec_bf16dot, matvec_bf16dot_4rows,
                                  matvec_bf16dot_rows)
@@ -122,12 +126,23 @@ def linear_bf16_dot(out: np.ndarray, x: np.ndarray, w: Weight, xq: np.ndarray) -
     kernel(out, bf16_bits(x, xq), w.data)
 
 
+def linear_bf16_amx(out: np.ndarray, x: np.ndarray, w: Weight, xq: np.ndarray) -> None:
+    """linear_bf16_dot with the prefill products (T > FEW_TOKENS, K % 32 == 0) on AMX tiles."""
+    if x.shape[0] > FEW_TOKENS and x.shape[1] % K_STEP == 0:
+        linear_amx(out, x, w.data, xq)
+    else:
+        linear_bf16_dot(out, x, w, xq)
+
+
 for _fmt in PLAIN_FORMATS:
     register("linear", "numba", format=_fmt, act="float32", switches=_F32_SWITCHES)(linear_f32)
 register("linear", "numba_fma", format="bf16", act="bf16", switches=_F32_SWITCHES)(linear_bf16_fma)
 if HAS_AVX512_BF16:
     register("linear", "numba_bf16dot", format="bf16", act="bf16", switches=_BF16DOT_SWITCHES)(linear_bf16_dot)
+if HAS_AMX_BF16:
+    register("linear", "numba_amx", format="bf16", act="bf16", switches=_BF16DOT_SWITCHES)(linear_bf16_amx)
+_BEST_BF16 = linear_bf16_amx if HAS_AMX_BF16 else linear_bf16_dot if HAS_AVX512_BF16 else linear_bf16_fma
 register("linear", "numba", format="bf16", act="bf16", default=True,
-         switches=_BF16DOT_SWITCHES if HAS_AVX512_BF16 else _F32_SWITCHES)(linear_bf16_dot if HAS_AVX512_BF16 else linear_bf16_fma)
+         switches=_BF16DOT_SWITCHES if HAS_AVX512_BF16 else _F32_SWITCHES)(_BEST_BF16)
 for _fmt in ("f16", "f32"):
     register("linear", "numba", format=_fmt, act="bf16", switches=_F32_SWITCHES)(linear_bf16_fma)

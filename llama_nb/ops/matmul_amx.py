@@ -1,0 +1,125 @@
+"""Prefill (T > FEW_TOKENS) bf16 products on AMX tiles, for CPUs that have them (Intel Xeon since
+Sapphire Rapids): the same product as matmul_tiles.matmul_bf16dot, 256 times the multiply-adds per
+instruction.
+
+    out[t, n] = bf16(x)[t, :] . w[n, :]      out float32[T, N], x float32[T, K], w bf16 bits uint16[N, K]
+
+The weights stay as the checkpoint stores them. AMX wants its second operand VNNI-packed (rows
+of bf16 pairs, ops/simd_amx.py), and w's rows, read 16 at a time, are already the first operand's
+layout, so the product is computed transposed, C[n, t] = w[n, :] . x[t, :], with w in tile A
+and the tokens, packed once per call (pack_tokens), in tile B:
+
+    xp  uint32[TB, K / 2, 16]   xp[b, p, j] = bf16(x[16 b + j, 2 p]) | bf16(x[16 b + j, 2 p + 1]) << 16,
+                                zero for tokens past T; TB even (tokens in blocks of TOKEN_BLOCK)
+
+A parallel task computes ROW_BLOCK = 32 output columns for every token: for each pair of
+16-token blocks, four accumulator tiles (2 row tiles x 2 token tiles) over K in steps of 32, then
+stored transposed into out. The four tiles are the most eight tile registers allow with the two
+A and two B tiles beside them. Rows of a last, partial block are copied into a zero-padded
+32-row buffer first (a kernel must not read past w), so any N works; K must be a multiple of 32
+(every Llama width is), else linear uses matmul_bf16dot. The K order of a sum is AMX's own (the
+hardware's, per 32-wide step), so results differ from the vdpbf16ps tiles in the last bits, as
+those differ from the float32 reference; tests/test_ops.py bounds it as for the tiles.
+
+Measured (2026-12-02, Intel Xeon with AMX, 2 cores, idle, best of 5, GFLOP/s, x packed in the
+timing): 128x2048x2048 627, 128x4096x14336 733, 128x14336x4096 928, 37x2048x8192 608; the
+vdpbf16ps tiles on the same host: bench/bench_ops.py (linear, T = 128).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+
+from llama_nb.ops.bf16 import f32_to_bf16
+from llama_nb.ops.jit import njit_inline, njit_parallel
+from llama_nb.ops.simd_amx import TILE_CONFIG, tile_config, tile_dpbf16, tile_load, tile_release, tile_store, tile_zero
+
+TOKEN_BLOCK = 32  # two B tiles of 16 tokens
+ROW_BLOCK = 32  # two A tiles of 16 weight rows: one parallel task
+K_STEP = 32  # bf16 values per tile row (64 bytes)
+
+
+def packed_shape(n_tokens: int, k_in: int) -> tuple[int, int, int]:
+    """The shape of pack_tokens' output for x[n_tokens, k_in]."""
+    return 2 * (-(-n_tokens // TOKEN_BLOCK)), k_in // 2, 16
+
+
+@njit_parallel
+def pack_tokens(xp, x):
+    """xp (uint32[TB, K/2, 16], packed_shape) = the bf16 bits of x (float32[T, K]), VNNI-packed."""
+    n_tokens, k_in = x.shape
+    for b in prange(xp.shape[0]):
+        for j in range(16):
+            t = 16 * b + j
+            if t < n_tokens:
+                row = x[t]
+                for p in range(k_in // 2):
+                    xp[b, p, j] = np.uint32(f32_to_bf16(row[2 * p])) | (np.uint32(f32_to_bf16(row[2 * p + 1])) << 16)
+            else:
+                for p in range(k_in // 2):
+                    xp[b, p, j] = 0
+
+
+@njit_inline
+def _row_block(out, xp, rows, r0, n0, n_valid, c):
+    """out[:, n0 : n0 + n_valid] = x . rows[r0 : r0 + 32].T on tiles (rows: 32 valid rows from r0);
+    c: float32[4, 16, 16] scratch for the accumulator tiles."""
+    n_tokens = out.shape[0]
+    k_in = rows.shape[1]
+    block_elems = (k_in // 2) * 16  # uint32 elements of one 16-token block of xp
+    for pair in range(xp.shape[0] // 2):
+        tile_zero(0)
+        tile_zero(1)
+        tile_zero(2)
+        tile_zero(3)
+        b0 = 2 * pair * block_elems
+        for k in range(0, k_in, K_STEP):
+            tile_load(4, rows, r0 * k_in + k, 2 * k_in)  # rows r0..r0+15, columns k..k+31
+            tile_load(5, rows, (r0 + 16) * k_in + k, 2 * k_in)
+            tile_load(6, xp, b0 + k * 8, 64)  # tokens of block 2 pair: pairs k/2 .. k/2 + 15
+            tile_load(7, xp, b0 + block_elems + k * 8, 64)
+            tile_dpbf16(0, 4, 6)
+            tile_dpbf16(1, 4, 7)
+            tile_dpbf16(2, 5, 6)
+            tile_dpbf16(3, 5, 7)
+        tile_store(0, c, 0, 64)
+        tile_store(1, c, 256, 64)
+        tile_store(2, c, 512, 64)
+        tile_store(3, c, 768, 64)
+        for q in range(4):  # tile q: rows 16 (q // 2) on, tokens of block 2 pair + q % 2
+            i0, t0 = 16 * (q // 2), 16 * (2 * pair + q % 2)
+            for j in range(min(16, n_tokens - t0)):
+                for i in range(min(16, n_valid - i0)):
+                    out[t0 + j, n0 + i0 + i] = c[q, i, j]
+
+
+@njit_parallel
+def matmul_amx(out, xp, w, tail, cfg):
+    """out = x @ w.T with xp = pack_tokens(x); tail: uint16[32, K], w's last N % 32 rows then zeros
+    (unused when N % 32 == 0); cfg: TILE_CONFIG."""
+    n_out = w.shape[0]
+    n_full = n_out // ROW_BLOCK
+    for task in prange(-(-n_out // ROW_BLOCK)):
+        tile_config(cfg)  # tile state is per thread: configure in every task
+        c = np.empty((4, 16, 16), np.float32)
+        if task < n_full:
+            _row_block(out, xp, w, task * ROW_BLOCK, task * ROW_BLOCK, ROW_BLOCK, c)
+        else:
+            _row_block(out, xp, tail, 0, task * ROW_BLOCK, n_out - task * ROW_BLOCK, c)
+        tile_release()
+
+
+def linear_amx(out: np.ndarray, x: np.ndarray, w: np.ndarray, xq: np.ndarray) -> None:
+    """out[T, N] = bf16(x[T, K]) @ w[N, K].T (w: bf16 bits, K % 32 == 0) on AMX tiles; x is packed
+    into the scratch xq when it fits (T >= 16), else into a new buffer."""
+    n_tokens, k_in = x.shape
+    shape = packed_shape(n_tokens, k_in)
+    nbytes = 4 * shape[0] * shape[1] * shape[2]
+    xp = xq[:nbytes].view(np.uint32).reshape(shape) if nbytes <= xq.nbytes else np.empty(shape, np.uint32)
+    pack_tokens(xp, x)
+    n_tail = w.shape[0] % ROW_BLOCK
+    tail = np.zeros((ROW_BLOCK, k_in) if n_tail else (1, 1), np.uint16)  # (1, 1): never read
+    if n_tail:
+        tail[:n_tail] = w[w.shape[0] - n_tail:]
+    matmul_amx(out, xp, w, tail, TILE_CONFIG)
