@@ -19,7 +19,7 @@ w.format. The built-ins, for the plain formats bf16, f16 and f32:
                                   sums one), and tiles
                                   with twice the multiply-adds per instruction (prefill ~1.6x)
                  numba_amx        (bf16 weights, CPUs with AMX-BF16) numba_bf16dot with the prefill
-                                  products (T > 8, K % 32 == 0) on AMX tiles (ops/matmul_amx.py)
+                                  products (T >= 16, K % 32 == 0) on AMX tiles (ops/matmul_amx.py)
                  numba            bf16 weights: numba_amx, else numba_bf16dot, where the CPU has
                                   it, else numba_fma;
                                   f16 and f32 weights: x rounded, then the float32 kernels
@@ -37,7 +37,7 @@ from numba import prange
 from llama_nb.formats import Weight
 from llama_nb.ops.bf16 import PLAIN_FORMATS, bf16_to_f32, f32_to_bf16
 from llama_nb.ops.jit import HAS_AMX_BF16, HAS_AVX512_BF16, njit_inline, twins
-from llama_nb.ops.matmul_amx import K_STEP, linear_amx
+from llama_nb.ops.matmul_amx import K_STEP, MIN_TOKENS, linear_amx
 from llama_nb.ops.matmul_tiles import matmul_bf16dot, matmul_fma
 from llama_nb.ops.matvec import (FEW_TOKENS, X_IN_L1, matvec, matvec_4rows, matvec_bf16dot, matvec_bf16dot_4rows,
                                  matvec_bf16dot_rows)
@@ -93,6 +93,7 @@ def rounded_to_bf16(x: np.ndarray, xq: np.ndarray) -> np.ndarray:
 
 _F32_SWITCHES = {"T": (1,), "K": (X_IN_L1,)}  # decode vs prefill; matvec vs matvec_4rows
 _BF16DOT_SWITCHES = {"T": (1, FEW_TOKENS), "K": (X_IN_L1,)}  # matvec; a few tokens; the tiles; 1 or 4 rows
+_AMX_SWITCHES = {**_BF16DOT_SWITCHES, "T": (1, FEW_TOKENS, MIN_TOKENS - 1)}  # and from MIN_TOKENS, AMX tiles
 
 
 def linear_f32(out: np.ndarray, x: np.ndarray, w: Weight, xq: np.ndarray) -> None:
@@ -127,8 +128,8 @@ def linear_bf16_dot(out: np.ndarray, x: np.ndarray, w: Weight, xq: np.ndarray) -
 
 
 def linear_bf16_amx(out: np.ndarray, x: np.ndarray, w: Weight, xq: np.ndarray) -> None:
-    """linear_bf16_dot with the prefill products (T > FEW_TOKENS, K % 32 == 0) on AMX tiles."""
-    if x.shape[0] > FEW_TOKENS and x.shape[1] % K_STEP == 0:
+    """linear_bf16_dot with the prefill products (T >= MIN_TOKENS, K % 32 == 0) on AMX tiles."""
+    if x.shape[0] >= MIN_TOKENS and x.shape[1] % K_STEP == 0:
         linear_amx(out, x, w.data, xq)
     else:
         linear_bf16_dot(out, x, w, xq)
@@ -140,9 +141,9 @@ register("linear", "numba_fma", format="bf16", act="bf16", switches=_F32_SWITCHE
 if HAS_AVX512_BF16:
     register("linear", "numba_bf16dot", format="bf16", act="bf16", switches=_BF16DOT_SWITCHES)(linear_bf16_dot)
 if HAS_AMX_BF16:
-    register("linear", "numba_amx", format="bf16", act="bf16", switches=_BF16DOT_SWITCHES)(linear_bf16_amx)
+    register("linear", "numba_amx", format="bf16", act="bf16", switches=_AMX_SWITCHES)(linear_bf16_amx)
 _BEST_BF16 = linear_bf16_amx if HAS_AMX_BF16 else linear_bf16_dot if HAS_AVX512_BF16 else linear_bf16_fma
 register("linear", "numba", format="bf16", act="bf16", default=True,
-         switches=_BF16DOT_SWITCHES if HAS_AVX512_BF16 else _F32_SWITCHES)(_BEST_BF16)
+         switches=_AMX_SWITCHES if HAS_AMX_BF16 else _BF16DOT_SWITCHES if HAS_AVX512_BF16 else _F32_SWITCHES)(_BEST_BF16)
 for _fmt in ("f16", "f32"):
     register("linear", "numba", format=_fmt, act="bf16", switches=_F32_SWITCHES)(linear_bf16_fma)

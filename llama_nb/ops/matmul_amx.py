@@ -14,10 +14,11 @@ and the tokens, packed once per call (pack_tokens), in tile B:
 
 A parallel task computes ROW_BLOCK = 32 output columns for every token: for each pair of
 16-token blocks, four accumulator tiles (2 row tiles x 2 token tiles) over K in steps of 32, then
-stored transposed into out. The four tiles are the most eight tile registers allow with the two
-A and two B tiles beside them. Rows of a last, partial block are copied into a zero-padded
-32-row buffer first (a kernel must not read past w), so any N works; K must be a multiple of 32
-(every Llama width is), else linear uses matmul_bf16dot. The K order of a sum is AMX's own (the
+stored (to the thread's stack) and written transposed into out. The four tiles are the most
+eight tile registers allow with the two A and two B tiles beside them. A last, partial block of
+rows runs on tiles configured with fewer rows, so any N works and no load reads past w; K must
+be a multiple of 32 (every Llama width is) and T at least MIN_TOKENS, else linear uses
+matmul_bf16dot. Nothing is allocated: x is packed into linear's scratch. The K order of a sum is AMX's own (the
 hardware's, per 32-wide step), so results differ from the vdpbf16ps tiles in the last bits, as
 those differ from the float32 reference; tests/test_ops.py bounds it as for the tiles.
 
@@ -33,9 +34,13 @@ from numba import prange
 
 from llama_nb.ops.bf16 import f32_to_bf16
 from llama_nb.ops.jit import njit_inline, njit_parallel
-from llama_nb.ops.simd_amx import TILE_CONFIG, tile_config, tile_dpbf16, tile_load, tile_release, tile_store, tile_zero
+from llama_nb.ops.simd_amx import (TILE_CONFIG, stack_array, tile_config, tile_dpbf16, tile_load, tile_release,
+                                   tile_store, tile_zero)
 
 TOKEN_BLOCK = 32  # two B tiles of 16 tokens
+# From 16 tokens on, x's packed tokens (2 bytes x K x T rounded up to TOKEN_BLOCK) fit in linear's
+# scratch (4 bytes x K x T); fewer tokens would leave most of a token tile empty anyway.
+MIN_TOKENS = 16
 ROW_BLOCK = 32  # two A tiles of 16 weight rows: one parallel task
 K_STEP = 32  # bf16 values per tile row (64 bytes)
 
@@ -62,12 +67,14 @@ def pack_tokens(xp, x):
 
 
 @njit_inline
-def _row_block(out, xp, rows, r0, n0, n_valid, c):
-    """out[:, n0 : n0 + n_valid] = x . rows[r0 : r0 + 32].T on tiles (rows: 32 valid rows from r0);
-    c: float32[4, 16, 16] scratch for the accumulator tiles."""
+def _row_block(out, xp, w, n0, n_valid):
+    """out[:, n0 : n0 + n_valid] = x . w[n0 : n0 + n_valid].T on the configured tiles (n_valid <=
+    32; tiles 0, 1, 4 hold rows n0.., tiles 2, 3, 5 rows n0 + 16.., as many as configured)."""
     n_tokens = out.shape[0]
-    k_in = rows.shape[1]
+    k_in = w.shape[1]
     block_elems = (k_in // 2) * 16  # uint32 elements of one 16-token block of xp
+    second = n0 + 16 if n_valid > 16 else n0  # tile 5's first row: never past w (then unused)
+    c = stack_array(1024, np.float32)  # the 4 accumulator tiles, [q, i, j] at 256 q + 16 i + j
     for pair in range(xp.shape[0] // 2):
         tile_zero(0)
         tile_zero(1)
@@ -75,8 +82,8 @@ def _row_block(out, xp, rows, r0, n0, n_valid, c):
         tile_zero(3)
         b0 = 2 * pair * block_elems
         for k in range(0, k_in, K_STEP):
-            tile_load(4, rows, r0 * k_in + k, 2 * k_in)  # rows r0..r0+15, columns k..k+31
-            tile_load(5, rows, (r0 + 16) * k_in + k, 2 * k_in)
+            tile_load(4, w, n0 * k_in + k, 2 * k_in)  # rows n0..n0+15, columns k..k+31
+            tile_load(5, w, second * k_in + k, 2 * k_in)
             tile_load(6, xp, b0 + k * 8, 64)  # tokens of block 2 pair: pairs k/2 .. k/2 + 15
             tile_load(7, xp, b0 + block_elems + k * 8, 64)
             tile_dpbf16(0, 4, 6)
@@ -91,35 +98,37 @@ def _row_block(out, xp, rows, r0, n0, n_valid, c):
             i0, t0 = 16 * (q // 2), 16 * (2 * pair + q % 2)
             for j in range(min(16, n_tokens - t0)):
                 for i in range(min(16, n_valid - i0)):
-                    out[t0 + j, n0 + i0 + i] = c[q, i, j]
+                    out[t0 + j, n0 + i0 + i] = c[256 * q + 16 * i + j]
 
 
 @njit_parallel
-def matmul_amx(out, xp, w, tail, cfg):
-    """out = x @ w.T with xp = pack_tokens(x); tail: uint16[32, K], w's last N % 32 rows then zeros
-    (unused when N % 32 == 0); cfg: TILE_CONFIG."""
+def matmul_amx(out, xp, w, cfg):
+    """out = x @ w.T with xp = pack_tokens(x); cfg: TILE_CONFIG. A last block of N % 32 rows
+    runs on tiles configured with fewer rows, so no load reads past w."""
     n_out = w.shape[0]
-    n_full = n_out // ROW_BLOCK
     for task in prange(-(-n_out // ROW_BLOCK)):
-        tile_config(cfg)  # tile state is per thread: configure in every task
-        c = np.empty((4, 16, 16), np.float32)
-        if task < n_full:
-            _row_block(out, xp, w, task * ROW_BLOCK, task * ROW_BLOCK, ROW_BLOCK, c)
+        n0 = task * ROW_BLOCK
+        n_valid = min(ROW_BLOCK, n_out - n0)
+        if n_valid == ROW_BLOCK:
+            tile_config(cfg)  # tile state is per thread: configure in every task
         else:
-            _row_block(out, xp, tail, 0, task * ROW_BLOCK, n_out - task * ROW_BLOCK, c)
+            tail = stack_array(64, np.uint8)
+            for b in range(64):
+                tail[b] = cfg[b]
+            first, rest = min(16, n_valid), max(1, n_valid - 16)
+            for t in (0, 1, 4):
+                tail[48 + t] = first
+            for t in (2, 3, 5):
+                tail[48 + t] = rest
+            tile_config(tail)
+        _row_block(out, xp, w, n0, n_valid)
         tile_release()
 
 
 def linear_amx(out: np.ndarray, x: np.ndarray, w: np.ndarray, xq: np.ndarray) -> None:
-    """out[T, N] = bf16(x[T, K]) @ w[N, K].T (w: bf16 bits, K % 32 == 0) on AMX tiles; x is packed
-    into the scratch xq when it fits (T >= 16), else into a new buffer."""
-    n_tokens, k_in = x.shape
-    shape = packed_shape(n_tokens, k_in)
-    nbytes = 4 * shape[0] * shape[1] * shape[2]
-    xp = xq[:nbytes].view(np.uint32).reshape(shape) if nbytes <= xq.nbytes else np.empty(shape, np.uint32)
+    """out[T, N] = bf16(x[T, K]) @ w[N, K].T on AMX tiles (w: bf16 bits; K % 32 == 0 and
+    T >= MIN_TOKENS, so x's packed tokens fit in the scratch xq, uint8[T*K*4])."""
+    shape = packed_shape(*x.shape)
+    xp = xq[: 4 * shape[0] * shape[1] * shape[2]].view(np.uint32).reshape(shape)
     pack_tokens(xp, x)
-    n_tail = w.shape[0] % ROW_BLOCK
-    tail = np.zeros((ROW_BLOCK, k_in) if n_tail else (1, 1), np.uint16)  # (1, 1): never read
-    if n_tail:
-        tail[:n_tail] = w[w.shape[0] - n_tail:]
-    matmul_amx(out, xp, w, tail, TILE_CONFIG)
+    matmul_amx(out, xp, w, TILE_CONFIG)

@@ -20,6 +20,10 @@ operand "VNNI-packed": row p of B is the pairs (k = 2p, 2p + 1) of 16 columns si
                                                      &a.flat[i] + r * stride (stride in bytes)
     tile_store(t, a, i, stride)                      tilestored: the reverse
     tile_dpbf16(c, a, b)                             tdpbf16ps tmm{c} += tmm{a} . tmm{b}
+    stack_array(n, dtype) -> dtype[n]                an uninitialised array on the calling
+                                                     thread's stack (64-byte aligned; n a literal):
+                                                     a tile's store area or a config, allocating
+                                                     nothing (the array is valid within the call)
 
 Tile numbers are compile-time constants (LLVM takes them as immediates): pass integer literals.
 Arrays must be C-contiguous; i is a flat element index; no bounds are checked.
@@ -43,6 +47,7 @@ from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
+from numba.np.arrayobj import populate_array
 
 _SYS_ARCH_PRCTL = 158  # x86-64 Linux
 _ARCH_REQ_XCOMP_PERM = 0x1023
@@ -166,3 +171,24 @@ def tile_dpbf16(typingctx, c, a, b):
         return context.get_dummy_value()
 
     return types.none(c, a, b), codegen
+
+
+@intrinsic(prefer_literal=True)
+def stack_array(typingctx, n, dtype):
+    if not (isinstance(n, types.IntegerLiteral) and n.literal_value > 0 and isinstance(dtype, types.NumberClass)):
+        return None
+    count, array_type = n.literal_value, types.Array(dtype.instance_type, 1, "C")
+
+    def codegen(context, builder, signature, args):
+        element = context.get_data_type(array_type.dtype)
+        with builder.goto_entry_block():  # once per function, not per loop iteration
+            storage = builder.alloca(ir.ArrayType(element, count))
+            storage.align = 64
+        intp = context.get_value_type(types.intp)
+        itemsize = intp(context.get_abi_sizeof(element))
+        ary = context.make_array(array_type)(context, builder)
+        populate_array(ary, data=builder.bitcast(storage, element.as_pointer()), shape=[intp(count)],
+                       strides=[itemsize], itemsize=itemsize, meminfo=None)
+        return ary._getvalue()
+
+    return array_type(n, dtype), codegen

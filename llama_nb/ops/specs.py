@@ -44,7 +44,7 @@ MATRIX_CASES = _cases(
     (1, 8193, 7), (1, 9000, 70),                                 # matvec with K beyond x-in-L1
     (1, 4096, 4096), (1, 4096, 14336), (8, 4096, 128256),       # 8B: wq/wo, w1/w3, output
     (1, 14336, 4096), (17, 1100, 71),                            # 8B w2; ragged T, N and K blocks
-    (9, 32, 1), (33, 2048, 97), (70, 96, 64),                    # K % 32 == 0 prefill (AMX): one
+    (16, 32, 1), (33, 2048, 97), (70, 96, 64),                   # K % 32 == 0 prefill (AMX): one
 )                                                                # tile step; ragged token and row blocks
 # The block formats (K a multiple of 32 for q8_0, 256 for q4_k/q6_k): one block, one super-block,
 # N past one 64-row task and not a multiple of it, several super-blocks, the 8B widths (K 4096, w2's
