@@ -22,7 +22,7 @@ import torch
 import llama_nb
 from llama_nb.errors import ContextLimitError, LlamaNbError
 from llama_nb.model.generate import GenerationStats
-from llama_nb.ops.jit import HAS_AVX512_BF16
+from llama_nb.ops.jit import HAS_AMX_BF16, HAS_AVX512_BF16
 from tests.meta_reference import MetaReference, bf16_kv_cache, bf16_linear_inputs
 from tests.tinymodel import write_tiny_model
 
@@ -207,8 +207,10 @@ def test_bf16_kv_cache_bound(bf16_trio):
     assert 0 < ours_effect and abs(ours_effect - metas_effect) <= 0.05 * metas_effect
     assert ours_effect <= 1.5 * rms(meta_rounded_f32_cache - meta_f32)
     # (on a CPU without vdpbf16ps the float32 FMA kernels sum in another order than torch, and a
-    # rounding to bf16 that flips carries on: seen 0.41 in mha-scaled-tied on an AVX2 host)
-    assert rms(ours_f32_cache - meta_rounded_f32_cache) <= (0.1 if HAS_AVX512_BF16 else 0.5) * rms(
+    # rounding to bf16 that flips carries on: seen 0.41 in mha-scaled-tied on an AVX2 host; so do
+    # the AMX prefill tiles, one float32 chain over K: 0.41 there too, an Intel Xeon with AMX)
+    same_order = HAS_AVX512_BF16 and not HAS_AMX_BF16
+    assert rms(ours_f32_cache - meta_rounded_f32_cache) <= (0.1 if same_order else 0.5) * rms(
         meta_rounded_f32_cache - meta_f32)
 
 
