@@ -17,7 +17,7 @@ scalar work per key. Tasks are (kv group g, up to 4 of its query heads); per blo
    the 4 heads x 64 columns (two "segments" of a head pair each). Dh = 64 (1B): one pass; Dh = 128
    (8B, 70B, 405B): two, so each value is widened once.
    Dh not a multiple of 64 (test shapes only): passes of 4 heads x 32 columns.
-Heads of Dh >= PREFETCH_FROM_DIM prefetch, in step 1, every line of the keys KEYS_AHEAD rows on and
+Heads of Dh >= PREFETCH_FROM_DIM (64: every Llama) prefetch, in step 1, every line of the keys KEYS_AHEAD rows on and
 of the 4 keys' value rows, which step 3 then finds in cache. Without it one core's compute and
 memory did not overlap at Dh 128: the kernel ran at 16 GB/s, the rate of the cache read (36 GB/s on
 one core) and of the arithmetic on hot rows (31 GB/s) taken one after the other.
@@ -32,6 +32,9 @@ the prefetch made 1 thread 5% slower and 2 threads 1.5%, so it is off there. The
 scaling by 1 / l as vectors (step 2): Dh 128 1.12x on 1 thread, 1.05x on 2; Dh 64 1.22x and 1.16x.
 Idle, -r 5, 15:15 UTC, a slow-memory spell (plain read 31-35 GB/s): 1B heads 82% on 2 threads,
 51% on 1; 8B heads 71% and 46% (one round in 5 at 36% / 43% on 2 threads).
+On a 2-core Intel Xeon (AMX host, plain read 21-25 GB/s on 2 threads, 12-14 on 1), idle, -r 5,
+18:26 UTC: 1B heads 64% on 2 threads, 60% on 1, 8B heads 87% and 87%; with the prefetch at Dh 64
+too (PREFETCH_FROM_DIM 128 -> 64, 18:27 UTC): 1B heads 85% and 80%. So every head width prefetches.
 Tried and dropped (1 thread, best of 30): widening bf16 pairs with a shift and a mask instead of
 vpmovzxwd (slower: 9.8 against 7.2 ms at Dh 128), value rows widened once into a float32 scratch,
 larger key blocks (no change); column passes of the value rows without the prefetch (0.86x: they
@@ -58,9 +61,9 @@ from llama_nb.ops.simd import (f32x16_div, f32x16_fma, f32x16_lane, f32x16_load,
                                f32x16_store, f32x16_sums, f32x16_zero, load16_f32, prefetch)
 from llama_nb.ops.specs import KEY_BLOCK
 
-# Heads at least this wide prefetch their cache (see the module docstring: at Dh 64 the kernel is
-# bound by its arithmetic on one core, and the prefetches cost 5%; at Dh 128 they are 1.5x).
-PREFETCH_FROM_DIM = 128
+# Heads at least this wide prefetch their cache (see the module docstring: at Dh 64 the prefetches
+# cost 1.5-5% on the AMD host and bought 1.33x on the Intel one; at Dh 128 they are 1.4-1.6x).
+PREFETCH_FROM_DIM = 64
 KEYS_AHEAD = 32  # rows: how far ahead of the score pass the key rows are fetched (16-128 measured)
 
 
