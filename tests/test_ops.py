@@ -3,6 +3,8 @@ against the NumPy reference on the op's declared cases (llama_nb/ops/specs.py, a
 bench/bench_ops.py); the references themselves against torch / Meta's RMSNorm; the derived
 argument checks; in-place aliasing."""
 
+import os
+
 import numba
 import numpy as np
 import pytest
@@ -315,6 +317,23 @@ def test_linear_result_does_not_depend_on_the_thread_count(slot, impl, case, rng
 def test_the_bf16dot_and_amx_kernels_are_registered_exactly_where_the_cpu_has_them():
     assert ("numba_bf16dot" in registry.impls[("linear", "bf16", "bf16")]) == HAS_AVX512_BF16
     assert ("numba_amx" in registry.impls[("linear", "bf16", "bf16")]) == HAS_AMX_BF16
+
+
+def test_amx_is_used_only_where_asked_and_granted():
+    # LLAMA_NB_NO_AMX=1 turns the AMX tiles off; without it they are on exactly where the CPU has
+    # AMX-BF16 and Linux lends this process the tile state (the request is made at import).
+    import subprocess
+    import sys
+
+    probe = "from llama_nb.ops.jit import HAS_AMX_BF16; print(HAS_AMX_BF16)"
+    off = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "LLAMA_NB_NO_AMX": "1"})
+    assert off.stdout.strip() == "False", off.stderr
+    from llama_nb.ops.jit import cpu_features
+    from llama_nb.ops.simd_amx import request_amx
+
+    has_amx = {"+amx-tile", "+amx-bf16"} <= set(cpu_features().split(","))
+    assert HAS_AMX_BF16 == (HAS_AVX512_BF16 and has_amx and request_amx() and os.environ.get("LLAMA_NB_NO_AMX", "0") == "0")
 
 
 @pytest.mark.parametrize("case", [(1, 4096, 300), (5, 255, 129), (17, 1100, 71), (40, 512, 70)])
