@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import platform
 import statistics
 import sys
@@ -230,6 +231,7 @@ llm.eval([5])
 """
 
 
+@functools.lru_cache(maxsize=None)  # once per file: spells.py makes an engine per thread count
 def extra_buffers_work(gguf_path: Path) -> tuple[bool, str]:
     """Whether llama.cpp survives a prompt and a decode step on gguf_path with its extra weight
     buffers (repacked layouts; AMX tiles on CPUs with AMX), tried in a child process because

@@ -142,8 +142,10 @@ if HAS_AVX512_BF16:
     register("linear", "numba_bf16dot", format="bf16", act="bf16", switches=_BF16DOT_SWITCHES)(linear_bf16_dot)
 if HAS_AMX_BF16:
     register("linear", "numba_amx", format="bf16", act="bf16", switches=_AMX_SWITCHES)(linear_bf16_amx)
-_BEST_BF16 = linear_bf16_amx if HAS_AMX_BF16 else linear_bf16_dot if HAS_AVX512_BF16 else linear_bf16_fma
-register("linear", "numba", format="bf16", act="bf16", default=True,
-         switches=_AMX_SWITCHES if HAS_AMX_BF16 else _BF16DOT_SWITCHES if HAS_AVX512_BF16 else _F32_SWITCHES)(_BEST_BF16)
+# the default: the fastest kernel this CPU has, with the switches it declares
+_BEST_BF16, _BEST_SWITCHES = ((linear_bf16_amx, _AMX_SWITCHES) if HAS_AMX_BF16 else
+                              (linear_bf16_dot, _BF16DOT_SWITCHES) if HAS_AVX512_BF16 else
+                              (linear_bf16_fma, _F32_SWITCHES))
+register("linear", "numba", format="bf16", act="bf16", default=True, switches=_BEST_SWITCHES)(_BEST_BF16)
 for _fmt in ("f16", "f32"):
     register("linear", "numba", format=_fmt, act="bf16", switches=_F32_SWITCHES)(linear_bf16_fma)

@@ -18,9 +18,9 @@ stored (to the thread's stack) and written transposed into out. The four tiles a
 eight tile registers allow with the two A and two B tiles beside them. A last, partial block of
 rows runs on tiles configured with fewer rows, so any N works and no load reads past w; K must
 be a multiple of 32 (every Llama width is) and T at least MIN_TOKENS, else linear uses
-matmul_bf16dot. Nothing is allocated: x is packed into linear's scratch. The K order of a sum is AMX's own (the
-hardware's, per 32-wide step), so results differ from the vdpbf16ps tiles in the last bits, as
-those differ from the float32 reference; tests/test_ops.py bounds it as for the tiles.
+matmul_bf16dot. Nothing is allocated: x is packed into linear's scratch. Each output is summed
+as one float32 chain over K, in the hardware's order, so results differ from the vdpbf16ps
+kernels (16 lanes, then a tree) in the last bits; tests/test_ops.py bounds it as for the tiles.
 
 Measured (2026-12-02, Intel Xeon with AMX, 2 cores, idle, best of 5, GFLOP/s, x packed in the
 timing): 128x2048x2048 627, 128x4096x14336 733, 128x14336x4096 928, 37x2048x8192 608; the
