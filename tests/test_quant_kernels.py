@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from llama_nb.formats import get_format
-from llama_nb.ops import jit, quant_dot, quant_tiles, registry
+from llama_nb.ops import jit, quant_amx, quant_dot, quant_tiles, registry
 from llama_nb.ops.cases import assert_matches, call, make_inputs
 from llama_nb.ops.quant_act import quantize_activations
 from llama_nb.quant import activations
@@ -64,7 +64,8 @@ def test_parallel_kernels_match_the_reference(fmt, rng, monkeypatch):
     # The case table's weights are below PARALLEL_MIN_BYTES: force the parallel twins here.
     monkeypatch.setattr(jit, "PARALLEL_MIN_BYTES", 0)
     monkeypatch.setattr(jit, "_threads", 2)
-    for case in (dict(T=1, K=512, N=200), dict(T=7, K=256, N=130), dict(T=11, K=512, N=130)):  # decode, a few, tiles
+    for case in (dict(T=1, K=512, N=200), dict(T=7, K=256, N=130), dict(T=11, K=512, N=130),  # decode, a few, tiles
+                 dict(T=40, K=512, N=130)):  # the AMX-INT8 tiles where the CPU has them
         args = make_inputs("linear", case, rng, get_format(fmt))
         for act in ("bf16", "float32"):
             want = call("linear", registry.get("linear", "reference", format=fmt, act=act), args)
@@ -130,3 +131,43 @@ def test_linear_runs_the_tiles_beyond_a_few_tokens(rng, monkeypatch):
         args = make_inputs("linear", dict(T=t, K=256, N=4), rng, get_format("q4_k"))
         registry.get("linear", "numba", format="q4_k", act="bf16")(*args)
         assert calls == (["q4_k"] if tiled else []), t
+
+
+def test_amx_int8_tiles_exist_exactly_where_the_cpu_has_them_and_use_tdpbusd(rng):
+    for fmt in FORMATS:
+        impls = registry.impls[("linear", fmt, "bf16")]
+        assert ("numba_vnni" in impls) == jit.HAS_AMX_INT8  # the vpdpbusd tiles, still tested there
+    if jit.HAS_AMX_INT8:
+        for fmt, product in (("q4_k", "tdpbusd"), ("q8_0", "tdpbssd")):
+            out, x, w, xq = make_inputs("linear", dict(T=16, K=256, N=3), rng, get_format(fmt))
+            q, d, sums, dsum = quantize_activations(x, xq)
+            quant_amx.linear_amx_int8(fmt, out, q, d, dsum, w.data, xq)  # packs x into xq
+            xb, d_t, dsum_t = quant_amx.packed_x(q, xq)
+            fresh = numba.njit(quant_amx.KERNELS[fmt].py_func)  # compiled afresh: a cached kernel shows no assembly
+            fresh(out, xb, d_t, dsum_t, w.data, quant_amx.CONFIGS[fmt], 1)
+            assert re.search(product + r"\s", "".join(fresh.inspect_asm().values())), fmt
+
+
+@pytest.mark.skipif(not jit.HAS_AMX_INT8, reason="the CPU has no AMX-INT8")
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_amx_int8_tiles_agree_with_the_decode_kernels_run_token_by_token(fmt, rng):
+    # The same integers and scales, each sub-block's product scaled and summed in order in float32
+    # (ops/quant_amx.py): within a few roundings per partial sum of the vpdpbusd kernels' sums.
+    eps = float(np.finfo(np.float32).eps)
+    cases = [dict(T=16, K=512, N=9), dict(T=45, K=768, N=70)]  # one token block; a ragged second, 3 tasks
+    if fmt == "q8_0":
+        cases.append(dict(T=33, K=96, N=31))  # an odd count of blocks
+    for case in cases:
+        out, x, w, xq = args = make_inputs("linear", case, rng, get_format(fmt))
+        values = w.dequantize()
+        order = 4 * eps * (case["K"] // 16 + 16) * (np.abs(activations.round_activations(x)) @ np.abs(values).T)
+        q, d, sums, dsum = quantize_activations(x, xq)
+        rows = np.full(out.shape, np.nan, np.float32)
+        for t in range(case["T"]):
+            quant_dot.KERNELS[fmt]["vnni"].serial(rows[t : t + 1], q[t : t + 1], d[t : t + 1], sums[t : t + 1],
+                                                  dsum[t : t + 1], w.data)
+        tiles = np.full(out.shape, np.nan, np.float32)
+        quant_amx.linear_amx_int8(fmt, tiles, q, d, dsum, w.data, xq)
+        assert np.all(np.abs(tiles - rows) <= order), (fmt, case, np.abs(tiles - rows).max())
+        default = call("linear", registry.get("linear", "numba", format=fmt, act="bf16"), args)[0]
+        np.testing.assert_array_equal(default, tiles)  # the default takes the AMX tiles from MIN_TOKENS on

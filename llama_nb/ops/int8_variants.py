@@ -29,15 +29,19 @@ def _renamed(fn, scope: dict, suffix: str):
     return copy
 
 
+def renamed_in(fn, tag: str, bound: dict, helpers: tuple = ()):
+    """A copy of the Python function fn, named fn_tag, that sees the names in `bound` as its
+    globals; the `helpers` (njit_inline dispatchers fn calls by their global names) are copied into
+    the same scope, so they see the bindings too. Jit the copy with the decorator fn needs."""
+    scope = {**fn.__globals__, **bound}
+    for helper in helpers:  # a copy of each helper that sees the same bindings (and the other copies)
+        scope[helper.py_func.__name__] = njit_inline(_renamed(helper.py_func, scope, tag))
+    return _renamed(fn, scope, tag)
+
+
 def variants(fn, name: str = "", bound: dict | None = None, helpers: tuple = ()) -> dict[str, Twins]:
     """{dots name: Twins of fn} with dot_u8s8 and dot64_u8s8 bound to DOTS[dots name], and the names
     in `bound` to their values; `helpers` (njit_inline dispatchers fn calls by their global names)
     are copied into the same scope. `name` distinguishes several kernels made from one fn."""
-    made = {}
-    for suffix, dots in DOTS.items():
-        tag = f"{name}_{suffix}" if name else suffix
-        scope = {**fn.__globals__, **dots, **(bound or {})}
-        for helper in helpers:  # a copy of each helper that sees the same bindings (and the other copies)
-            scope[helper.py_func.__name__] = njit_inline(_renamed(helper.py_func, scope, tag))
-        made[suffix] = twins(_renamed(fn, scope, tag))
-    return made
+    return {suffix: twins(renamed_in(fn, f"{name}_{suffix}" if name else suffix, {**dots, **(bound or {})}, helpers))
+            for suffix, dots in DOTS.items()}

@@ -12,7 +12,7 @@ CPU features. `HAS_AVX512_BF16`: whether the bf16 dot-product instruction may be
 (NUMBA_CPU_FEATURES when set, for portable caches, else the host's; LLAMA_NB_NO_BF16DOT=1 forces
 the portable float32 path). Kernel files register their vdpbf16ps implementations only then.
 `HAS_AVX512_VNNI` likewise for vpdpbusd (LLAMA_NB_NO_VNNI=1: the portable int8 path), and
-`HAS_AMX_BF16` for the AMX tiles of bf16 prefill (LLAMA_NB_NO_AMX=1: the vdpbf16ps tiles).
+`HAS_AMX_BF16` for the AMX tiles of bf16 prefill, `HAS_AMX_INT8` for the block formats' (LLAMA_NB_NO_AMX=1: neither).
 
 Going parallel. `parallel_pays(nbytes)`: an op runs its parallel kernel only when it moves at least
 PARALLEL_MIN_BYTES; below, its serial twin (the same code compiled serial). A parallel launch
@@ -133,6 +133,8 @@ HAS_AVX512_VNNI = {"+avx512vnni", "+avx512vl"} <= set(cpu_features().split(","))
 # kernel module); LLAMA_NB_NO_AMX=1 keeps prefill on the vdpbf16ps tiles.
 HAS_AMX_BF16 = HAS_AVX512_BF16 and {"+amx-tile", "+amx-bf16"} <= set(cpu_features().split(",")) and \
     os.environ.get("LLAMA_NB_NO_AMX", "0") == "0" and request_amx()
+# AMX-INT8 (tdpbusd, tdpbssd) for the block formats' prefill products (ops/quant_amx.py)
+HAS_AMX_INT8 = HAS_AMX_BF16 and HAS_AVX512_VNNI and "+amx-int8" in cpu_features().split(",")
 
 # ------------------------------------------------------------------------------ going parallel
 

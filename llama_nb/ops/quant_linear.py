@@ -4,7 +4,10 @@
                                      (ops/quant_act.py), then integer dot products: T <= FEW_TOKENS
                                      the decode kernels (ops/quant_dot.py), more tokens the prefill
                                      tiles (ops/quant_tiles.py); vpdpbusd where the CPU has
-                                     AVX512_VNNI, else the portable int8 dot
+                                     AVX512_VNNI, else the portable int8 dot; from 16 tokens on
+                                     AMX-INT8 tiles where the CPU has them (ops/quant_amx.py)
+                         numba_vnni  (CPUs with AMX-INT8) the vpdpbusd tiles at every T, to be
+                                     tested and compared
                          numba_int8  the portable int8 dot, registered beside vpdpbusd to be
                                      tested and compared (only where the CPU has VNNI)
     linear[fmt/float32]  numba       x as it is, weights decoded inside the dot (ops/quant_f32.py)
@@ -26,8 +29,8 @@ from numba import prange
 
 from llama_nb import quant
 from llama_nb.formats import Weight
-from llama_nb.ops import quant_dot, quant_f32, quant_tiles
-from llama_nb.ops.jit import HAS_AVX512_VNNI, njit_parallel, twins
+from llama_nb.ops import quant_amx, quant_dot, quant_f32, quant_tiles
+from llama_nb.ops.jit import HAS_AMX_INT8, HAS_AVX512_VNNI, njit_parallel, twins
 from llama_nb.ops.matvec import FEW_TOKENS
 from llama_nb.ops.quant_act import quantize_activations
 from llama_nb.ops.quant_rows import dequantize_row_q4_k, dequantize_row_q6_k, dequantize_row_q8_0
@@ -45,17 +48,20 @@ FORMATS = (quant.Q8_0.name, quant.Q4_K.name, quant.Q6_K.name)
 ARITHMETIC_PER_BYTE = 8
 
 
-def _int8_entry(fmt: str, variant: str):
+def _int8_entry(fmt: str, variant: str, amx: bool = False):
     decode, tiles = quant_dot.KERNELS[fmt][variant], quant_tiles.KERNELS[fmt][variant]
 
     def linear_int8(out: np.ndarray, x: np.ndarray, w: Weight, xq: np.ndarray) -> None:
         """out[T, N] = int8 blocks of x (into xq) . w's blocks, in integers; scaled in float32. Up to
-        FEW_TOKENS tokens (decode, a batched decode step) the decode kernels, more the prefill tiles."""
+        FEW_TOKENS tokens (decode, a batched decode step) the decode kernels, more the prefill tiles
+        (with amx, from quant_amx.MIN_TOKENS on, the AMX-INT8 tiles)."""
         if x.shape[0] == 0:
             return
         q, d, sums, dsum = quantize_activations(x, xq)
         if x.shape[0] <= FEW_TOKENS:
             decode.pick(ARITHMETIC_PER_BYTE * w.nbytes)(out, q, d, sums, dsum, w.data)
+        elif amx and x.shape[0] >= quant_amx.MIN_TOKENS:
+            quant_amx.linear_amx_int8(fmt, out, q, d, dsum, w.data, xq)
         else:
             quant_tiles.linear_tiles(tiles, fmt, out, q, d, sums, w.data, xq)
 
@@ -99,10 +105,16 @@ def _row_ops(decode_row):
 _ROW_DECODERS = {"q8_0": dequantize_row_q8_0, "q4_k": dequantize_row_q4_k, "q6_k": dequantize_row_q6_k}
 
 _INT8_SWITCHES = {"T": (FEW_TOKENS,)}  # the decode kernels; the prefill tiles
+_AMX_SWITCHES = {"T": (FEW_TOKENS, quant_amx.MIN_TOKENS - 1)}  # and from MIN_TOKENS, the AMX-INT8 tiles
 
 for _fmt in FORMATS:
-    register("linear", "numba", format=_fmt, act="bf16", default=True,
-             switches=_INT8_SWITCHES)(_int8_entry(_fmt, "vnni" if HAS_AVX512_VNNI else "portable"))
+    if HAS_AMX_INT8:
+        register("linear", "numba", format=_fmt, act="bf16", default=True,
+                 switches=_AMX_SWITCHES)(_int8_entry(_fmt, "vnni", amx=True))
+        register("linear", "numba_vnni", format=_fmt, act="bf16", switches=_INT8_SWITCHES)(_int8_entry(_fmt, "vnni"))
+    else:
+        register("linear", "numba", format=_fmt, act="bf16", default=True,
+                 switches=_INT8_SWITCHES)(_int8_entry(_fmt, "vnni" if HAS_AVX512_VNNI else "portable"))
     if HAS_AVX512_VNNI:
         register("linear", "numba_int8", format=_fmt, act="bf16", switches=_INT8_SWITCHES)(_int8_entry(_fmt, "portable"))
     register("linear", "numba", format=_fmt, act="float32", default=True)(_f32_entry(quant_f32.KERNELS[_fmt]))

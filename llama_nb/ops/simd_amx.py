@@ -20,6 +20,11 @@ operand "VNNI-packed": row p of B is the pairs (k = 2p, 2p + 1) of 16 columns si
                                                      &a.flat[i] + r * stride (stride in bytes)
     tile_store(t, a, i, stride)                      tilestored: the reverse
     tile_dpbf16(c, a, b)                             tdpbf16ps tmm{c} += tmm{a} . tmm{b}
+    tile_dpbusd(c, a, b), tile_dpbssd(c, a, b)       AMX-INT8's tdpbusd, tdpbssd: int32 sums of
+                                                     bytes, A u8 or s8, B s8, four per product:
+                                                     C[m, n] += sum over p of sum over i < 4 of
+                                                     A[m, 4p + i] * B[p, 4n + i] (A's rows of
+                                                     4 x (B's rows) bytes, B's rows 64 bytes)
     stack_array(n, dtype) -> dtype[n]                an uninitialised array on the calling
                                                      thread's stack (64-byte aligned; n a literal):
                                                      a tile's store area or a config, allocating
@@ -29,7 +34,7 @@ Tile numbers are compile-time constants (LLVM takes them as immediates): pass in
 Arrays must be C-contiguous; i is a flat element index; no bounds are checked.
 
 The instructions are LLVM's `llvm.x86.*` intrinsics on architectural tiles (as clang's
-`_tile_loadd` and friends lower), compiled only where `HAS_AMX_BF16` (ops/jit.py) is true.
+`_tile_loadd` and friends lower), compiled only where `HAS_AMX_BF16` (ops/jit.py) is true (the int8 products: `HAS_AMX_INT8`).
 Linux hands out tile state only to a process that asks for it (arch_prctl ARCH_REQ_XCOMP_PERM,
 XFEATURE_XTILEDATA; Linux 5.16+): `request_amx()` asks, once, before any kernel runs; a tile
 instruction without that permission kills the process with SIGILL. Numerics (Intel SDM):
@@ -160,17 +165,25 @@ tile_load = _memory_intrinsic("tile_load", "llvm.x86.tileloadd64")
 tile_store = _memory_intrinsic("tile_store", "llvm.x86.tilestored64")
 
 
-@intrinsic(prefer_literal=True)
-def tile_dpbf16(typingctx, c, a, b):
-    numbers = [_tile(v) for v in (c, a, b)]
-    if None in numbers:
-        return None
+def _product_intrinsic(name: str, llvm_name: str):
+    def typer(typingctx, c, a, b):
+        numbers = [_tile(v) for v in (c, a, b)]
+        if None in numbers:
+            return None
 
-    def codegen(context, builder, signature, args):
-        _call(builder, "llvm.x86.tdpbf16ps", [_I8] * 3, [_I8(n) for n in numbers])
-        return context.get_dummy_value()
+        def codegen(context, builder, signature, args):
+            _call(builder, llvm_name, [_I8] * 3, [_I8(n) for n in numbers])
+            return context.get_dummy_value()
 
-    return types.none(c, a, b), codegen
+        return types.none(c, a, b), codegen
+
+    typer.__name__ = typer.__qualname__ = name
+    return intrinsic(prefer_literal=True)(typer)
+
+
+tile_dpbf16 = _product_intrinsic("tile_dpbf16", "llvm.x86.tdpbf16ps")
+tile_dpbusd = _product_intrinsic("tile_dpbusd", "llvm.x86.tdpbusd")  # AMX-INT8: A u8, B s8
+tile_dpbssd = _product_intrinsic("tile_dpbssd", "llvm.x86.tdpbssd")  # AMX-INT8: A s8, B s8
 
 
 @intrinsic(prefer_literal=True)

@@ -9,6 +9,9 @@ sixteen float32 lanes of ops/simd.py's f32x16.
     i8x64_load2(a, i, j) -> i8x64                        a[i : i + 32] then a[j : j + 32]
     i8x64_low_nibbles(v), i8x64_high_nibbles(v)          v & 15, v >> 4 (as u8)
     i8x64_flip(v) -> i8x64                               v ^ 0x80: s8 w -> u8 w + 128
+    i8x64_minus32(v) -> i8x64                            v - 32 (Q6_K's u8 q -> s8 q - 32)
+    i8x64_join(a, b, upper) -> i8x64                     a[0:32] then b[0:32] (upper, a literal 1:
+                                                         a[32:64] then b[32:64])
     i8x64_q6_high_bits(a: uint8[:], i) -> i8x64          h = a[i : i + 32]: h, then h >> 2 (Q6_K's qh
                                                          for two runs side by side)
     i8x64_q6(ql: i8x64, qh2: i8x64, upper: literal 0 or 1) -> i8x64
@@ -157,6 +160,20 @@ def _bytewise(name: str, op):
 
 i8x64_low_nibbles = _bytewise("i8x64_low_nibbles", lambda b, v: b.and_(v, _const8(15)))
 i8x64_high_nibbles = _bytewise("i8x64_high_nibbles", lambda b, v: b.lshr(v, _const8(4)))
+i8x64_minus32 = _bytewise("i8x64_minus32", lambda b, v: b.sub(v, _const8(32)))  # Q6_K's u8 q -> s8 q - 32
+
+
+@intrinsic(prefer_literal=True)
+def i8x64_join(typingctx, a, b, upper):
+    if not (a == i8x64 and b == i8x64 and isinstance(upper, types.IntegerLiteral)):
+        return None
+    start = 32 * bool(upper.literal_value)
+
+    def codegen(context, builder, signature, args):
+        lanes = list(range(start, start + 32)) + list(range(64 + start, 64 + start + 32))
+        return builder.shuffle_vector(args[0], args[1], _mask(lanes))
+
+    return i8x64(a, b, upper), codegen
 
 
 @intrinsic

@@ -58,6 +58,10 @@ MATRIX_BLOCK_CASES = _cases(
     # T > 8, the prefill tiles (ops/quant_tiles.py): odd T and N, two K blocks, q8_0's K % 256 tail
     (9, 96, 5), (11, 608, 7),                                      # q8_0 only: the tail alone; 2 super-blocks + 3
     (13, 2560, 9),
+    # T >= 16, the AMX-INT8 tiles where the CPU has them (ops/quant_amx.py): a 32-token block and a
+    # ragged one, a partial 32-row task, q8_0's odd block count
+    (16, 96, 33),                                                  # q8_0 only
+    (37, 1280, 97),
 )
 MATRIX_BENCH = _cases(
     "T K N",
