@@ -25,6 +25,8 @@ def _hard_x(rng, t=3, k=1024):
     x[1, 32:64] = np.float32(127 / 127) * (np.arange(32) % 3 - 1) * 0.5  # amax 0.5: x * 254 = +-127, 0
     x[2, ::37] = 30.0  # outliers
     x[2, 64:96] = 1e-30  # tiny
+    x[2, 96:128] = np.arange(-16, 16) + 0.5  # amax 127: scale and 1 / scale exactly 1, so exact ties
+    x[2, 96], x[2, 97] = -127.0, np.nextafter(np.float32(0.5), np.float32(0))  # 0.49999997 rounds to 0
     return x
 
 

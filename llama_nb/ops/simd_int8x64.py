@@ -38,6 +38,11 @@ sixteen float32 lanes of ops/simd.py's f32x16.
                                                          a[i : i + 12] (reads a[i : i + 16])
     i8x64_store(a: uint8[:] | int8[:], i, v)             a[i : i + 64] = v, unaligned
     i32x16_load(a: int32[:], i) -> i32x16                a[i : i + 16]
+    f32x16_abs(v: f32x16) -> f32x16                      |v|, lane by lane (the sign bit cleared)
+    i8x16_store_rounded(a: int8[:], i, v: f32x16) -> int32
+                                                         a[i : i + 16] = v rounded half away from
+                                                         zero (|v| < 2**31), as the NumPy reference's
+                                                         round_away; returns the sum of the 16 values
     i8x64_interleave(v0, v1, v2, v3, i, piece, swap) -> i8x64   (literals i < 4, piece 1 or 2, swap 0 or 1)
                                                          the prefill tiles' layout (ops/quant_tiles.py):
                                                          the 256 bytes v0..v3 as 16 / piece groups of
@@ -399,6 +404,49 @@ def i32x16_load(typingctx, a, i):
         return _load(context, builder, signature.args[0], args[0], args[1], _V_I32, align=4)
 
     return i32x16(a, i), codegen
+
+
+@intrinsic
+def f32x16_abs(typingctx, v):
+    if v != f32x16:
+        return None
+
+    def codegen(context, builder, signature, args):
+        bits = builder.bitcast(args[0], _V_I32)
+        return builder.bitcast(builder.and_(bits, ir.Constant(_V_I32, [0x7FFFFFFF] * 16)), _V_F32)
+
+    return f32x16(v), codegen
+
+
+@intrinsic
+def i8x16_store_rounded(typingctx, a, i, v):
+    """Round half away from zero as llama_nb/quant/blocks.py's round_away does it, exactly:
+    whole = trunc(|v|) (floor, for |v| >= 0), + 1 where |v| - whole >= 0.5, the sign of v put back."""
+    if not (_is_1d(a, (types.int8,)) and isinstance(i, types.Integer) and v == f32x16):
+        return None
+
+    def codegen(context, builder, signature, args):
+        value = args[2]
+        magnitude = builder.bitcast(builder.and_(builder.bitcast(value, _V_I32), ir.Constant(_V_I32, [0x7FFFFFFF] * 16)),
+                                    _V_F32)
+        whole = builder.fptosi(magnitude, _V_I32)
+        fraction = builder.fsub(magnitude, builder.sitofp(whole, _V_F32))
+        up = builder.fcmp_ordered(">=", fraction, ir.Constant(_V_F32, [0.5] * 16))
+        rounded = builder.select(up, builder.add(whole, ir.Constant(_V_I32, [1] * 16)), whole)
+        negative = builder.fcmp_ordered("<", value, ir.Constant(_V_F32, [0.0] * 16))
+        signed = builder.select(negative, builder.neg(rounded), rounded)
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        ptr = builder.bitcast(builder.gep(ary.data, [args[1]]), ir.VectorType(_I8, 16).as_pointer())
+        builder.store(builder.trunc(signed, ir.VectorType(_I8, 16)), ptr, align=1)
+        width, total = 16, signed  # the sum: halves added until one lane is left
+        while width > 1:
+            width //= 2
+            low = builder.shuffle_vector(total, total, _mask(range(width)))
+            high = builder.shuffle_vector(total, total, _mask(range(width, 2 * width)))
+            total = builder.add(low, high)
+        return builder.extract_element(total, ir.Constant(_I32, 0))
+
+    return types.int32(a, i, v), codegen
 
 
 # Q4_K's natural vectors hold its sub-blocks in the order 0, 2, 1, 3, 4, 6, 5, 7 (low nibbles of
