@@ -24,9 +24,18 @@ scales of a super-block, computed once as a vector):
           x's 64 contiguous bytes. Lanes 4g .. 4g + 3 are group g of 16, scaled by f[g] = d * sc[g]
           * d_x (one 16-lane vector per super-block); the offset 32 of q is subtracted through
           f[g] * sum(q_x) of each group (one FMA per super-block).
-Four float32 accumulators per row (one chain of dependent FMAs was the limit at 256 bits). Each row
-prefetches the row AHEAD rows on, block by block: the kernels now compute faster than the hardware
-prefetcher streams one row after another.
+Four float32 accumulators per row (one chain of dependent FMAs was the limit at 256 bits). Each
+block prefetches the bytes a fixed distance ahead of it in w's stream (Q8_0_AHEAD etc.; rows one
+after another, so near a row's end the next row's): the hardware prefetcher alone streams these
+kernels' reads at less than two thirds of the memory's rate. The distance is in bytes, not rows:
+the row two on (as until 2026-12-03) is 2.3 KB ahead on the 1B's Q4_K rows but 9-13 KB on w2's
+(K = 14336), and too far ahead costs as much as too near. Measured 2026-12-03 on the Intel Xeon,
+idle, decode tokens/s of whole models, processes alternating (2-3 rounds each): at 1B Q4_K_M no
+prefetch 15.8, one row ahead 20.0, two rows 25.2, 4.6 KB (the 1B's Q4_K rows four on) 19.7, bytes
+1152 26.3, 1536 25.9, 2304 26.2, 3456 23.7; at the 8B widths (4 layers) Q4_K_M 1536 bytes 26.6,
+2304 25.3, 3072 23.8; Q8_0 1536 18.7, 2304 19.8, 3072 18.8. Two rows -> these distances: 1B Q4_K_M
+26.2 -> 27.8, 8B widths Q4_K_M 21.2 -> 26.3, Q8_0 15.6 -> 18.1 (hot, in L2, they cost 0-6%: the
+hints are instructions too).
 
 Measured on a busy machine, 1 thread, GB/s of weights, the 256-bit kernels (one sub-block per
 step, scales decoded one by one) -> these (bench/README.md has every shape):
@@ -65,7 +74,9 @@ from llama_nb.ops.simd_int8x64 import (
 )
 
 ROWS = 64  # output rows per parallel task (ops/matvec.py's MATVEC_BLOCK, measured there)
-AHEAD = 2  # each row prefetches, block by block, the row this far on (4 measured the same)
+# How far ahead of its reads each kernel prefetches, in bytes of w's stream (rows one after
+# another): measured on the 1B and 8B-widths models (docstring above).
+Q8_0_AHEAD, Q4_K_AHEAD, Q6_K_AHEAD = 2304, 1536, 2304
 dot_u8s8, dot64_u8s8 = dot_u8s8_portable, dot64_u8s8_portable  # rebound per compiled variant (ops/int8_variants.py)
 
 
@@ -74,6 +85,27 @@ def _prefetch(row, at, nbytes):
     """Hint the cache lines of row[at : at + nbytes]: one every 72 bytes (the spacing measured)."""
     for offset in range(0, nbytes, 72):
         prefetch(row, at + offset)
+
+
+@njit_inline
+def _rows_ahead(w, n, ahead):
+    """(first, second, offset, boundary): the rows holding w's byte stream (its rows one after
+    another) `ahead` bytes past row n's bytes: byte at of row n is followed there by byte
+    at + offset of `first` while at < boundary, else byte at - boundary of `second` (rows past
+    the last are the last: a hint, never a fault)."""
+    row_bytes, last = w.shape[1], w.shape[0] - 1
+    n_first, offset = n + ahead // row_bytes, ahead % row_bytes
+    return w[min(n_first, last)], w[min(n_first + 1, last)], offset, row_bytes - offset
+
+
+@njit_inline
+def _prefetch_ahead(rows_ahead, at, nbytes):
+    """Hint the nbytes of w's stream ahead of row n's byte at (rows_ahead: _rows_ahead(w, n, ...))."""
+    first, second, offset, boundary = rows_ahead
+    if at < boundary:
+        _prefetch(first, at + offset, nbytes)
+    else:
+        _prefetch(second, at - boundary, nbytes)
 
 
 def _q8_0(out, q, d, sums, dsum, w):
@@ -85,13 +117,12 @@ def _q8_0(out, q, d, sums, dsum, w):
         for t in range(n_tokens):
             xq, xd, xds = q[t], d[t], dsum[t]
             for n in range(task * ROWS, min((task + 1) * ROWS, n_out)):
-                row = w[n]
+                row, ahead = w[n], _rows_ahead(w, n, Q8_0_AHEAD)
                 acc0, acc1, acc2, acc3 = f32x16_zero(), f32x16_zero(), f32x16_zero(), f32x16_zero()
                 offsets = f32x8_zero()  # 128 * d_w * d_x * sum(q_x) of each block: the flip's share
-                ahead = w[min(n + AHEAD, n_out - 1)]
                 for b in range(0, n_wide, 8):
                     at = Q8_0_BYTES * b
-                    _prefetch(ahead, at, 8 * Q8_0_BYTES)
+                    _prefetch_ahead(ahead, at, 8 * Q8_0_BYTES)
                     scales = halves_load8(row, at, Q8_0_BYTES)
                     offsets = f32x8_fma(offsets, scales, f32x8_load(xds, b))
                     f = f32x16_of_halves(f32x8_mul(scales, f32x8_load(xd, b)), f32x8_zero())
@@ -138,13 +169,12 @@ def _q4_k(out, q, d, sums, dsum, w):
         for t in range(n_tokens):
             xq, xd, xds = xp[t], d[t], dsum[t]
             for n in range(task * ROWS, min((task + 1) * ROWS, n_out)):
-                row = w[n]
+                row, ahead = w[n], _rows_ahead(w, n, Q4_K_AHEAD)
                 acc0, acc1, acc2, acc3 = f32x16_zero(), f32x16_zero(), f32x16_zero(), f32x16_zero()
                 mins = f32x16_zero()  # lanes 8-15: dmin * m[j] * d_x * sum(q_x), summed once at the end
-                ahead = w[min(n + AHEAD, n_out - 1)]
                 for s in range(k_in // 256):
                     at, x = Q4_K_BYTES * s, 256 * s
-                    _prefetch(ahead, at, Q4_K_BYTES)
+                    _prefetch_ahead(ahead, at, Q4_K_BYTES)
                     # lanes 0-7: d * sc[j] * d_x of sub-block j; lanes 8-15: dmin * m[j] * dsum
                     f = f32x16_mul(f32x16_mul(q4_k_scales_mins(row, at + 4),
                                               f32x16_of_halves(f32x8_load(xd, 8 * s), f32x8_load(xds, 8 * s))),
@@ -171,13 +201,12 @@ def _q6_k(out, q, d, sums, dsum, w):
         for t in range(n_tokens):
             xq, xd, xs = q[t], d[t], sums[t]
             for n in range(task * ROWS, min((task + 1) * ROWS, n_out)):
-                row = w[n]
+                row, ahead = w[n], _rows_ahead(w, n, Q6_K_AHEAD)
                 acc0, acc1, acc2, acc3 = f32x16_zero(), f32x16_zero(), f32x16_zero(), f32x16_zero()
                 offsets = f32x16_zero()  # sum of d * sc[g] * d_x * sum(q_x) over the groups g of 16
-                ahead = w[min(n + AHEAD, n_out - 1)]
                 for s in range(k_in // 256):
                     at, x = Q6_K_BYTES * s, 256 * s
-                    _prefetch(ahead, at, Q6_K_BYTES)
+                    _prefetch_ahead(ahead, at, Q6_K_BYTES)
                     # lane g: d * sc[g] * d_x of group g of 16 (x's block g // 2)
                     dx = f32x16_of_halves(f32x8_load(xd, 8 * s), f32x8_load(xd, 8 * s))  # lanes 0-7: x's 8 block scales
                     f = f32x16_mul(f32x16_mul(f32x16_of_i8(row, at + 192), f32x16_splat(half_load(row, at + 208))),
