@@ -33,7 +33,8 @@ the row two on (as until 2026-12-03) is 2.3 KB ahead on the 1B's Q4_K rows but 9
 idle, decode tokens/s of whole models, processes alternating (2-3 rounds each): at 1B Q4_K_M no
 prefetch 15.8, one row ahead 20.0, two rows 25.2, 4.6 KB (the 1B's Q4_K rows four on) 19.7, bytes
 1152 26.3, 1536 25.9, 2304 26.2, 3456 23.7; at the 8B widths (4 layers) Q4_K_M 1536 bytes 26.6,
-2304 25.3, 3072 23.8; Q8_0 1536 18.7, 2304 19.8, 3072 18.8. Two rows -> these distances: 1B Q4_K_M
+2304 25.3, 3072 23.8; Q8_0 1536 18.7, 2304 19.8, 3072 18.8; Q6_K (the 8B's output) 1536 26.0, 2304
+24.8 (1B: 26.9, 27.4). Two rows -> these distances: 1B Q4_K_M
 26.2 -> 27.8, 8B widths Q4_K_M 21.2 -> 26.3, Q8_0 15.6 -> 18.1 (hot, in L2, they cost 0-6%: the
 hints are instructions too).
 
@@ -76,7 +77,7 @@ from llama_nb.ops.simd_int8x64 import (
 ROWS = 64  # output rows per parallel task (ops/matvec.py's MATVEC_BLOCK, measured there)
 # How far ahead of its reads each kernel prefetches, in bytes of w's stream (rows one after
 # another): measured on the 1B and 8B-widths models (docstring above).
-Q8_0_AHEAD, Q4_K_AHEAD, Q6_K_AHEAD = 2304, 1536, 2304
+Q8_0_AHEAD, Q4_K_AHEAD, Q6_K_AHEAD = 2304, 1536, 1536
 dot_u8s8, dot64_u8s8 = dot_u8s8_portable, dot64_u8s8_portable  # rebound per compiled variant (ops/int8_variants.py)
 
 
