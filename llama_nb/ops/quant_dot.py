@@ -61,6 +61,7 @@ from numba import prange
 
 from llama_nb.ops.int8_variants import variants
 from llama_nb.ops.jit import njit_inline, njit_serial
+from llama_nb.ops.matvec import rows_ahead
 from llama_nb.ops.quant_rows import Q4_K_BYTES, Q6_K_BYTES, Q8_0_BYTES
 from llama_nb.ops.simd import f32x16_fma, f32x16_splat, f32x16_sum, f32x16_zero, prefetch
 from llama_nb.ops.simd_int8 import (
@@ -89,19 +90,8 @@ def _prefetch(row, at, nbytes):
 
 
 @njit_inline
-def _rows_ahead(w, n, ahead):
-    """(first, second, offset, boundary): the rows holding w's byte stream (its rows one after
-    another) `ahead` bytes past row n's bytes: byte at of row n is followed there by byte
-    at + offset of `first` while at < boundary, else byte at - boundary of `second` (rows past
-    the last are the last: a hint, never a fault)."""
-    row_bytes, last = w.shape[1], w.shape[0] - 1
-    n_first, offset = n + ahead // row_bytes, ahead % row_bytes
-    return w[min(n_first, last)], w[min(n_first + 1, last)], offset, row_bytes - offset
-
-
-@njit_inline
 def _prefetch_ahead(rows_ahead, at, nbytes):
-    """Hint the nbytes of w's stream ahead of row n's byte at (rows_ahead: _rows_ahead(w, n, ...))."""
+    """Hint the nbytes of w's stream ahead of row n's byte at (rows_ahead: rows_ahead(w, n, ...))."""
     first, second, offset, boundary = rows_ahead
     if at < boundary:
         _prefetch(first, at + offset, nbytes)
@@ -118,7 +108,7 @@ def _q8_0(out, q, d, sums, dsum, w):
         for t in range(n_tokens):
             xq, xd, xds = q[t], d[t], dsum[t]
             for n in range(task * ROWS, min((task + 1) * ROWS, n_out)):
-                row, ahead = w[n], _rows_ahead(w, n, Q8_0_AHEAD)
+                row, ahead = w[n], rows_ahead(w, n, Q8_0_AHEAD)
                 acc0, acc1, acc2, acc3 = f32x16_zero(), f32x16_zero(), f32x16_zero(), f32x16_zero()
                 offsets = f32x8_zero()  # 128 * d_w * d_x * sum(q_x) of each block: the flip's share
                 for b in range(0, n_wide, 8):
@@ -170,7 +160,7 @@ def _q4_k(out, q, d, sums, dsum, w):
         for t in range(n_tokens):
             xq, xd, xds = xp[t], d[t], dsum[t]
             for n in range(task * ROWS, min((task + 1) * ROWS, n_out)):
-                row, ahead = w[n], _rows_ahead(w, n, Q4_K_AHEAD)
+                row, ahead = w[n], rows_ahead(w, n, Q4_K_AHEAD)
                 acc0, acc1, acc2, acc3 = f32x16_zero(), f32x16_zero(), f32x16_zero(), f32x16_zero()
                 mins = f32x16_zero()  # lanes 8-15: dmin * m[j] * d_x * sum(q_x), summed once at the end
                 for s in range(k_in // 256):
@@ -202,7 +192,7 @@ def _q6_k(out, q, d, sums, dsum, w):
         for t in range(n_tokens):
             xq, xd, xs = q[t], d[t], sums[t]
             for n in range(task * ROWS, min((task + 1) * ROWS, n_out)):
-                row, ahead = w[n], _rows_ahead(w, n, Q6_K_AHEAD)
+                row, ahead = w[n], rows_ahead(w, n, Q6_K_AHEAD)
                 acc0, acc1, acc2, acc3 = f32x16_zero(), f32x16_zero(), f32x16_zero(), f32x16_zero()
                 offsets = f32x16_zero()  # sum of d * sc[g] * d_x * sum(q_x) over the groups g of 16
                 for s in range(k_in // 256):
