@@ -156,7 +156,15 @@ def test_chat_on_two_ranks_reads_on_rank_0_and_answers_as_one_process(sharded):
     alone = subprocess.run([sys.executable, *args], input=lines, capture_output=True, timeout=300,
                            env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert alone.returncode == 0, alone.stderr.decode()
-    assert out == alone.stdout and out.count(b">>> ") == 5
+    assert out.count(b">>> ") == alone.stdout.count(b">>> ") == 5
+    # The greedy answer and both settings lines, as one process prints them. The sampled answer need
+    # not be: the all-reduce adds the two ranks' partial sums, an order one process never uses, and
+    # a draw at temperature 0.8 lands elsewhere at a near-tie (seen once in CI, 2026-12-04, after
+    # an equal first token), so the sampled answer only has to be there on both.
+    *shared, sampled, tail = out.split(b">>> ")
+    *shared_alone, sampled_alone, tail_alone = alone.stdout.split(b">>> ")
+    assert shared == shared_alone and tail == tail_alone
+    assert b"seed=3" in shared[-1] and sampled.strip() and sampled_alone.strip()
 
 
 def broken_copy(src: Path, dst: Path) -> Path:
