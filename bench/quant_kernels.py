@@ -44,7 +44,7 @@ OLD = "cfa99a6"  # the last commit with the 256-bit, one-sub-block-at-a-time ker
 
 
 # in import order: each old one imports the ones before (a revision without one of them skips it)
-OLD_MODULES = ("simd_int8", "simd_int8x64", "int8_variants", "quant_rows", "quant_dot")
+OLD_MODULES = ("simd_int8", "simd_int8x64", "int8_variants", "quant_rows", "matvec", "quant_dot")
 
 
 def old_kernels(rev: str):

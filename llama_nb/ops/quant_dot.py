@@ -61,7 +61,7 @@ from numba import prange
 
 from llama_nb.ops.int8_variants import variants
 from llama_nb.ops.jit import njit_inline, njit_serial
-from llama_nb.ops.matvec import rows_ahead
+from llama_nb.ops.matvec import rows_ahead, stream_ahead
 from llama_nb.ops.quant_rows import Q4_K_BYTES, Q6_K_BYTES, Q8_0_BYTES
 from llama_nb.ops.simd import f32x16_fma, f32x16_splat, f32x16_sum, f32x16_zero, prefetch
 from llama_nb.ops.simd_int8 import (
@@ -91,7 +91,7 @@ def _prefetch(row, at, nbytes):
 
 @njit_inline
 def _prefetch_ahead(rows_ahead, at, nbytes):
-    """Hint the nbytes of w's stream ahead of row n's byte at (rows_ahead: rows_ahead(w, n, ...))."""
+    """Hint the nbytes of w's stream ahead of row n's byte at (rows_ahead: rows_ahead(w, n, stream))."""
     first, second, offset, boundary = rows_ahead
     if at < boundary:
         _prefetch(first, at + offset, nbytes)
@@ -104,11 +104,12 @@ def _q8_0(out, q, d, sums, dsum, w):
     n_out, n_blocks = w.shape[0], k_in // 32
     n_wide = n_blocks - n_blocks % 8  # blocks taken 8 at a time (a zmm holds two); the rest one by one
     bias = i8x32_splat(128)
+    stream = stream_ahead(w, Q8_0_AHEAD)
     for task in prange((n_out + ROWS - 1) // ROWS):
         for t in range(n_tokens):
             xq, xd, xds = q[t], d[t], dsum[t]
             for n in range(task * ROWS, min((task + 1) * ROWS, n_out)):
-                row, ahead = w[n], rows_ahead(w, n, Q8_0_AHEAD)
+                row, ahead = w[n], rows_ahead(w, n, stream)
                 acc0, acc1, acc2, acc3 = f32x16_zero(), f32x16_zero(), f32x16_zero(), f32x16_zero()
                 offsets = f32x8_zero()  # 128 * d_w * d_x * sum(q_x) of each block: the flip's share
                 for b in range(0, n_wide, 8):
@@ -156,11 +157,12 @@ def _q4_k(out, q, d, sums, dsum, w):
     n_tokens, k_in = q.shape
     n_out = w.shape[0]
     xp = _q4_k_order(q)
+    stream = stream_ahead(w, Q4_K_AHEAD)
     for task in prange((n_out + ROWS - 1) // ROWS):
         for t in range(n_tokens):
             xq, xd, xds = xp[t], d[t], dsum[t]
             for n in range(task * ROWS, min((task + 1) * ROWS, n_out)):
-                row, ahead = w[n], rows_ahead(w, n, Q4_K_AHEAD)
+                row, ahead = w[n], rows_ahead(w, n, stream)
                 acc0, acc1, acc2, acc3 = f32x16_zero(), f32x16_zero(), f32x16_zero(), f32x16_zero()
                 mins = f32x16_zero()  # lanes 8-15: dmin * m[j] * d_x * sum(q_x), summed once at the end
                 for s in range(k_in // 256):
@@ -188,11 +190,12 @@ def _q4_k(out, q, d, sums, dsum, w):
 def _q6_k(out, q, d, sums, dsum, w):
     n_tokens, k_in = q.shape
     n_out = w.shape[0]
+    stream = stream_ahead(w, Q6_K_AHEAD)
     for task in prange((n_out + ROWS - 1) // ROWS):
         for t in range(n_tokens):
             xq, xd, xs = q[t], d[t], sums[t]
             for n in range(task * ROWS, min((task + 1) * ROWS, n_out)):
-                row, ahead = w[n], rows_ahead(w, n, Q6_K_AHEAD)
+                row, ahead = w[n], rows_ahead(w, n, stream)
                 acc0, acc1, acc2, acc3 = f32x16_zero(), f32x16_zero(), f32x16_zero(), f32x16_zero()
                 offsets = f32x16_zero()  # sum of d * sc[g] * d_x * sum(q_x) over the groups g of 16
                 for s in range(k_in // 256):
