@@ -6,8 +6,9 @@ the memory's bandwidth? In one run, alternating, round by round.
 Each round, for every (threads, heads, positions): the plain-read probe (ops/benchmark.py: a
 parallel Numba sum of a 512 MB uint16 array, best of 3), then the registered `attention` op at
 T = 1 over a cache filled to `positions` (best of 5 calls; each reads 2 * KVH * S * Dh cache
-values), then the probe again. The ratio is the op's GB/s of cache over the mean of the two probes
-around it, so a spell of low bandwidth on this host moves both. Prints every round and the median
+values; a new cache each round, so that a run samples several placements of its pages), then the
+probe again. The ratio is the op's GB/s of cache over the mean of the two probes around it, so a
+spell of low bandwidth on this host moves both. Prints every round and the median
 ratio; issue 17's target is >= 80% at 32K positions and more.
 
 Heads: 1b = Llama 3.2 1B (32 query heads, 8 kv heads, head_dim 64); 8b = Llama 3.1 8B / 70B
@@ -78,10 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     thread_counts = [int(t) for t in args.threads.split(",")] if args.threads else sorted({1, numba.config.NUMBA_NUM_THREADS})
     cases = [(h, int(p)) for h in args.heads.split(",") for p in args.positions.split(",")]
-    calls = {case: attention_case(*case, args.cache) for case in cases}
     probe = np.ones((_READ_BYTES // 2 // 8192, 8192), np.uint16)
     ratios: dict[tuple, list[float]] = {}
     for rnd in range(args.rounds):
+        # A cache of its own each round: one process's placement of its pages moved the ratio
+        # between 66% and 116% from one run to the next (AMD EPYC, 2026-12-04), so a run samples several
+        calls = {case: attention_case(*case, args.cache) for case in cases}
         for n_threads in thread_counts:
             with using_threads(n_threads):
                 for case in cases:

@@ -35,6 +35,14 @@ Idle, -r 5, 15:15 UTC, a slow-memory spell (plain read 31-35 GB/s): 1B heads 82%
 On a 2-core Intel Xeon (AMX host, plain read 21-25 GB/s on 2 threads, 12-14 on 1), idle, -r 5,
 18:26 UTC: 1B heads 64% on 2 threads, 60% on 1, 8B heads 87% and 87%; with the prefetch at Dh 64
 too (PREFETCH_FROM_DIM 128 -> 64, 18:27 UTC): 1B heads 85% and 80%. So every head width prefetches.
+Each task's rows are addressed flat (row j of its group at j * Dh) and Llama's head widths, 64 and
+128, are compiled as constants (`_group` inlined three times: Dh 64, 128, any): the loops over a
+row unroll, the loads take fixed offsets, and the address arithmetic per 4 keys (a multiply by the
+row stride and a clamp per row, spilled registers) is gone; the same bits. Measured 2026-12-04 on
+the AMD EPYC, idle, best of 15, alternating with the kernel before: 2048 positions (the cache in
+L3), 1 thread, 1B heads 1.17-1.25x, 8B heads 1.00-1.16x; 32K positions, 1 thread, 1.12x; 32K on 2
+threads within the spells' noise (0.88-1.04x). Hints without the clamps (a branch per 4 keys
+instead) were 1.1-1.4x faster from L3 but 0.8x at 32K positions on 2 threads, so they stay.
 Tried and dropped (1 thread, best of 30): widening bf16 pairs with a shift and a mask instead of
 vpmovzxwd (slower: 9.8 against 7.2 ms at Dh 128), value rows widened once into a float32 scratch,
 larger key blocks (no change); column passes of the value rows without the prefetch (0.86x: they
@@ -74,77 +82,108 @@ def attention_decode_bf16(out, q, k_cache, v_cache, start_pos, rows, running):
     rows float32[threads, 2, 4, KEY_BLOCK], running float32[threads, QUERY_TILE, 2, 4]."""
     n_heads, head_dim = q.shape[1], q.shape[2]
     n_kv = k_cache.shape[0]
+    chunks = (n_heads // n_kv + 3) // 4
+    for task in prange(n_kv * chunks):
+        # Llama's head widths as constants: the loops over a row unroll and its loads take fixed
+        # offsets (the generic body computes a row's address and its loop bounds per 4 keys)
+        if head_dim == 64:
+            _group(out, q, k_cache, v_cache, start_pos, rows, running, task, chunks, 64)
+        elif head_dim == 128:
+            _group(out, q, k_cache, v_cache, start_pos, rows, running, task, chunks, 128)
+        else:
+            _group(out, q, k_cache, v_cache, start_pos, rows, running, task, chunks, head_dim)
+
+
+@njit_inline
+def _group(out, q, k_cache, v_cache, start_pos, rows, running, task, chunks, head_dim):
+    """One task of attention_decode_bf16: kv group g, up to 4 of its query heads."""
+    n_heads = q.shape[1]
+    n_kv = k_cache.shape[0]
     group = n_heads // n_kv
     sqrt_dim = np.float32(math.sqrt(head_dim))  # Meta divides the scores by sqrt(head_dim)
     root = f32x16_splat(sqrt_dim)
-    chunks = (group + 3) // 4
     n_ctx = start_pos + 1
-    for task in prange(n_kv * chunks):
-        g = task // chunks
-        h0 = g * group + (task % chunks) * 4
-        heads = min(4, (g + 1) * group - h0)
-        last = heads - 1  # rows past it repeat the last head: computed, never stored
-        q0, q1, q2, q3 = q[0, h0], q[0, h0 + min(1, last)], q[0, h0 + min(2, last)], q[0, h0 + min(3, last)]
-        outs = (out[0, h0], out[0, h0 + min(1, last)], out[0, h0 + min(2, last)], out[0, h0 + min(3, last)])
-        keys, values = k_cache[g], v_cache[g]
-        # flat views of this group's rows, for the prefetches: one hint per 64-byte line
-        key_lines, value_lines = keys.reshape(keys.size), values.reshape(values.size)
-        last_line = keys.size - 32
-        fetch = head_dim >= PREFETCH_FROM_DIM
-        tid = numba.get_thread_id()  # this thread's scratch
-        w = rows[tid, 0].reshape(4 * KEY_BLOCK)  # scores, then weights, 16 per 4 keys
-        lane_max, lane_scale, mine = rows[tid, 1, 0], rows[tid, 1, 1], running[tid, 0]
-        for b0 in range(0, n_ctx, KEY_BLOCK):
-            n = min(KEY_BLOCK, n_ctx - b0)
-            first = b0 == 0
-            top = f32x16_splat(np.float32(-np.inf))
-            for jb in range((n + 3) // 4):
-                j0 = b0 + 4 * jb
-                end = b0 + n - 1  # keys past it (the last group's): the last key again, masked below
-                r0, r1, r2, r3 = keys[j0], keys[min(j0 + 1, end)], keys[min(j0 + 2, end)], keys[min(j0 + 3, end)]
-                if fetch:  # the keys KEYS_AHEAD rows on, and these 4 keys' value rows for step 3
-                    _prefetch_lines(key_lines, value_lines, j0 * head_dim, KEYS_AHEAD * head_dim, 4 * head_dim, last_line)
-                s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = f32x16_zero()
-                s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = f32x16_zero()
-                for c in range(0, head_dim, 16):
-                    k0, k1, k2, k3 = load16_f32(r0, c), load16_f32(r1, c), load16_f32(r2, c), load16_f32(r3, c)
-                    x = f32x16_load(q0, c)
-                    s00, s01, s02, s03 = f32x16_fma(s00, x, k0), f32x16_fma(s01, x, k1), f32x16_fma(s02, x, k2), f32x16_fma(s03, x, k3)
-                    x = f32x16_load(q1, c)
-                    s10, s11, s12, s13 = f32x16_fma(s10, x, k0), f32x16_fma(s11, x, k1), f32x16_fma(s12, x, k2), f32x16_fma(s13, x, k3)
-                    x = f32x16_load(q2, c)
-                    s20, s21, s22, s23 = f32x16_fma(s20, x, k0), f32x16_fma(s21, x, k1), f32x16_fma(s22, x, k2), f32x16_fma(s23, x, k3)
-                    x = f32x16_load(q3, c)
-                    s30, s31, s32, s33 = f32x16_fma(s30, x, k0), f32x16_fma(s31, x, k1), f32x16_fma(s32, x, k2), f32x16_fma(s33, x, k3)
-                scores = f32x16_sums((s00, s01, s02, s03, s10, s11, s12, s13, s20, s21, s22, s23, s30, s31, s32, s33))
-                f32x16_store(w, 16 * jb, f32x16_div(scores, root))
-                if j0 + 3 > end:  # the block's last group is short: its missing keys weigh nothing
-                    for lane in range(16):
-                        if j0 + (lane & 3) > end:
-                            w[16 * jb + lane] = -np.inf
-                top = f32x16_max(f32x16_load(w, 16 * jb), top)
-            for i in range(4):  # each head's max over its 4 lanes, the running max included
-                m = max(max(f32x16_lane(top, 4 * i), f32x16_lane(top, 4 * i + 1)),
-                        max(f32x16_lane(top, 4 * i + 2), f32x16_lane(top, 4 * i + 3)))
-                if not first:
-                    m = max(m, mine[0, i])
-                for k in range(4):
-                    lane_max[4 * i + k] = m
-            total = f32x16_zero()
-            for jb in range((n + 3) // 4):
+    g = task // chunks
+    h0 = g * group + (task % chunks) * 4
+    heads = min(4, (g + 1) * group - h0)
+    last = heads - 1  # rows past it repeat the last head: computed, never stored
+    q0, q1, q2, q3 = q[0, h0], q[0, h0 + min(1, last)], q[0, h0 + min(2, last)], q[0, h0 + min(3, last)]
+    outs = (out[0, h0], out[0, h0 + min(1, last)], out[0, h0 + min(2, last)], out[0, h0 + min(3, last)])
+    # this group's rows, flat: row j at j * head_dim; one prefetch hint per 64-byte line
+    keys, values = k_cache[g].reshape(k_cache.shape[1] * head_dim), v_cache[g].reshape(v_cache.shape[1] * head_dim)
+    last_line = keys.size - 32
+    fetch = head_dim >= PREFETCH_FROM_DIM
+    tid = numba.get_thread_id()  # this thread's scratch
+    w = rows[tid, 0].reshape(4 * KEY_BLOCK)  # scores, then weights, 16 per 4 keys
+    lane_max, lane_scale, mine = rows[tid, 1, 0], rows[tid, 1, 1], running[tid, 0]
+    for b0 in range(0, n_ctx, KEY_BLOCK):
+        n = min(KEY_BLOCK, n_ctx - b0)
+        first = b0 == 0
+        top = f32x16_splat(np.float32(-np.inf))
+        for jb in range((n + 3) // 4):
+            j0 = b0 + 4 * jb
+            end = b0 + n - 1  # keys past it (the last group's): the last key again, masked below
+            a0, a1, a2, a3 = j0 * head_dim, min(j0 + 1, end) * head_dim, min(j0 + 2, end) * head_dim, min(j0 + 3, end) * head_dim
+            if fetch:  # the keys KEYS_AHEAD rows on, and these 4 keys' value rows for step 3
+                _prefetch_lines(keys, values, a0, KEYS_AHEAD * head_dim, 4 * head_dim, last_line)
+            s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = f32x16_zero()
+            s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = f32x16_zero()
+            for c in range(0, head_dim, 16):
+                k0, k1, k2, k3 = load16_f32(keys, a0 + c), load16_f32(keys, a1 + c), load16_f32(keys, a2 + c), load16_f32(keys, a3 + c)
+                x = f32x16_load(q0, c)
+                s00, s01, s02, s03 = f32x16_fma(s00, x, k0), f32x16_fma(s01, x, k1), f32x16_fma(s02, x, k2), f32x16_fma(s03, x, k3)
+                x = f32x16_load(q1, c)
+                s10, s11, s12, s13 = f32x16_fma(s10, x, k0), f32x16_fma(s11, x, k1), f32x16_fma(s12, x, k2), f32x16_fma(s13, x, k3)
+                x = f32x16_load(q2, c)
+                s20, s21, s22, s23 = f32x16_fma(s20, x, k0), f32x16_fma(s21, x, k1), f32x16_fma(s22, x, k2), f32x16_fma(s23, x, k3)
+                x = f32x16_load(q3, c)
+                s30, s31, s32, s33 = f32x16_fma(s30, x, k0), f32x16_fma(s31, x, k1), f32x16_fma(s32, x, k2), f32x16_fma(s33, x, k3)
+            scores = f32x16_sums((s00, s01, s02, s03, s10, s11, s12, s13, s20, s21, s22, s23, s30, s31, s32, s33))
+            f32x16_store(w, 16 * jb, f32x16_div(scores, root))
+            if j0 + 3 > end:  # the block's last group is short: its missing keys weigh nothing
                 for lane in range(16):
-                    w[16 * jb + lane] = exp_nonpositive(w[16 * jb + lane] - lane_max[lane])
-                total = f32x16_fma(total, f32x16_load(w, 16 * jb), f32x16_splat(np.float32(1.0)))
-            keeps = (_fold_head(0, total, lane_max, lane_scale, mine, first), _fold_head(1, total, lane_max, lane_scale, mine, first),
-                     _fold_head(2, total, lane_max, lane_scale, mine, first), _fold_head(3, total, lane_max, lane_scale, mine, first))
-            # as one vector per 4 keys: a loop over the lanes ran 13% slower (LLVM did not vectorise it)
-            scale = f32x16_load(lane_scale, 0)
-            for jb in range((n + 3) // 4):
-                f32x16_store(w, 16 * jb, f32x16_fma(f32x16_zero(), f32x16_load(w, 16 * jb), scale))  # w * scale, exactly
-            if head_dim % 64 == 0:
-                _weigh_values_64(outs, keeps, w, True, values, b0, n, first, last)
-            else:
-                _weigh_values_32(outs, keeps, w, values, b0, n, first, heads)
+                    if j0 + (lane & 3) > end:
+                        w[16 * jb + lane] = -np.inf
+            top = f32x16_max(f32x16_load(w, 16 * jb), top)
+        for i in range(4):  # each head's max over its 4 lanes, the running max included
+            m = max(max(f32x16_lane(top, 4 * i), f32x16_lane(top, 4 * i + 1)),
+                    max(f32x16_lane(top, 4 * i + 2), f32x16_lane(top, 4 * i + 3)))
+            if not first:
+                m = max(m, mine[0, i])
+            for k in range(4):
+                lane_max[4 * i + k] = m
+        total = f32x16_zero()
+        for jb in range((n + 3) // 4):
+            for lane in range(16):
+                w[16 * jb + lane] = exp_nonpositive(w[16 * jb + lane] - lane_max[lane])
+            total = f32x16_fma(total, f32x16_load(w, 16 * jb), f32x16_splat(np.float32(1.0)))
+        keeps = (_fold_head(0, total, lane_max, lane_scale, mine, first), _fold_head(1, total, lane_max, lane_scale, mine, first),
+                 _fold_head(2, total, lane_max, lane_scale, mine, first), _fold_head(3, total, lane_max, lane_scale, mine, first))
+        # as one vector per 4 keys: a loop over the lanes ran 13% slower (LLVM did not vectorise it)
+        scale = f32x16_load(lane_scale, 0)
+        for jb in range((n + 3) // 4):
+            f32x16_store(w, 16 * jb, f32x16_fma(f32x16_zero(), f32x16_load(w, 16 * jb), scale))  # w * scale, exactly
+        if head_dim % 64 == 0:
+            _weigh_flat_64(outs, keeps, w, values, head_dim, b0, n, first, last)
+        else:
+            _weigh_values_32(outs, keeps, w, v_cache[g], b0, n, first, heads)
+
+
+@njit_inline
+def _weigh_flat_64(outs, keeps, w, values, head_dim, b0, n, first, last):
+    """_weigh_values_64's interleaved passes over the flat rows of one group (row j at j * head_dim)."""
+    wa0, wa1, wb0, wb1 = 0, 4 * min(1, last), 4 * min(2, last), 4 * min(3, last)
+    for ca in range(0, head_dim, 64):
+        a = _pair_start(outs[0], outs[1], ca, keeps[0], keeps[1], first)
+        b = _pair_start(outs[2], outs[3], ca, keeps[2], keeps[3], first)
+        for j in range(n):
+            at = 16 * (j >> 2) + (j & 3)  # head 0's weight of key j
+            row = (b0 + j) * head_dim + ca
+            a = _pair_fma(a, f32x16_splat(w[at + wa0]), f32x16_splat(w[at + wa1]), values, row)
+            b = _pair_fma(b, f32x16_splat(w[at + wb0]), f32x16_splat(w[at + wb1]), values, row)
+        _pair_store(outs[0], outs[1], ca, a)
+        if 2 <= last:
+            _pair_store(outs[2], outs[3], ca, b)
 
 
 @njit_inline

@@ -236,6 +236,9 @@ def _attention_spec(name: str, cache_dtype, cache_values, how: str, bench_only: 
             (6, 32, 8, 128, 64, 0),        # 8B GQA 32/8, Dh 128: prefill from position 0
             (5, 32, 8, 128, 128, 37),      # 8B: chunked prefill (start_pos > 0)
             (1, 32, 8, 128, 1024, 700),    # 8B: decode
+            (1, 32, 8, 64, 300, 250),      # 1B heads (Dh 64, compiled as a constant): decode over 4 key blocks
+            (1, 4, 2, 64, 70, 66),         # Dh 64, groups of 2 heads (the last head repeated), 2 key blocks
+            (1, 12, 1, 128, 9, 8),         # Dh 128, MQA: 12 heads per group (tasks of 4 heads)
         ),
         bench_only=bench_only,
         tol=tol,
