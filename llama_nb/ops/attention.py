@@ -39,9 +39,9 @@ Four kernels:
   Its weighted sum is attention_bf16.py's (passes that read each value row whole, the same sums
   per column as passes of 16 columns: the pinned logits did not move), 1.08-1.16x faster at 16K
   positions, 1 thread.
-- decode over a bf16 cache: attention_bf16.py's attention_decode_bf16, the same tasks with the
-  arithmetic per key cut to what a cache read at the memory's bandwidth leaves room for (its
-  module docstring). Its sums differ from _attention_decode's in the last bits, which is why the
+- decode over a bf16 cache: attention_bf16.py's attention_decode_bf16 (decode_kernel), the same
+  tasks with the arithmetic per key cut to what a cache read at the memory's bandwidth leaves
+  room for (its module docstring). Its sums differ from _attention_decode's in the last bits, which is why the
   float32 cache (Meta's numerics, pinned bit for bit) keeps that one.
 - prefill (T > 1, head_dim % 16 == 0): _attention_tiled, tasks (kv group, QUERY_TILE tokens, up
   to 4 heads of the group). Each key block is first transposed into the thread's key_tile,
@@ -61,7 +61,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from llama_nb.ops.attention_bf16 import _weigh_values_64, attention_decode_bf16
+from llama_nb.ops.attention_bf16 import _weigh_values_64, decode_kernel
 from llama_nb.ops.bf16 import f32_to_bf16, widen
 from llama_nb.ops.jit import njit_inline, njit_parallel, njit_serial, twins, twins_dot
 from llama_nb.ops.registry import register
@@ -301,7 +301,7 @@ def attention(out: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray, k_ca
     if q.shape[2] % 16:
         _attention.pick(cache_read)(out, q, k_cache, v_cache, start_pos, rows, running)
     elif q.shape[0] == 1 and k_cache.dtype == np.uint16:
-        attention_decode_bf16.pick(cache_read)(out, q, k_cache, v_cache, start_pos, rows, running)
+        decode_kernel(q.shape[2]).pick(cache_read)(out, q, k_cache, v_cache, start_pos, rows, running)
     elif q.shape[0] == 1:
         _attention_decode.pick(cache_read)(out, q, k_cache, v_cache, start_pos, rows, running)
     else:

@@ -36,14 +36,17 @@ On a 2-core Intel Xeon (AMX host, plain read 21-25 GB/s on 2 threads, 12-14 on 1
 18:26 UTC: 1B heads 64% on 2 threads, 60% on 1, 8B heads 87% and 87%; with the prefetch at Dh 64
 too (PREFETCH_FROM_DIM 128 -> 64, 18:27 UTC): 1B heads 85% and 80%. So every head width prefetches.
 Each task's rows are addressed flat (row j of its group at j * Dh) and Llama's head widths, 64 and
-128, are compiled as constants (`_group` inlined three times: Dh 64, 128, any): the loops over a
+128, are compiled as constants (kernels of their own, decode_kernel picks one): the loops over a
 row unroll, the loads take fixed offsets, and the address arithmetic per 4 keys (a multiply by the
 row stride and a clamp per row, spilled registers) is gone; the same bits. Measured 2026-12-04 on
 the AMD EPYC, idle, best of 15, alternating with the kernel before: 2048 positions (the cache in
 L3), 1 thread, 1B heads 1.17-1.25x, 8B heads 1.00-1.16x; 32K positions, 1 thread, 1.12x; 32K on 2
-threads within the spells' noise (0.88-1.04x). Hints without the clamps (a branch per 4 keys
+threads within the spells' noise (0.88-1.04x). A cold compile of the Dh-64 kernel takes 6.7 s (4.0
+before: the unrolled body is longer). Hints without the clamps (a branch per 4 keys
 instead) were 1.1-1.4x faster from L3 but 0.8x at 32K positions on 2 threads, so they stay.
-Tried and dropped (1 thread, best of 30): widening bf16 pairs with a shift and a mask instead of
+Tried and dropped: each 32 bf16 values loaded as 16 dwords and split into the even and the odd
+columns by a shift and a mask, in both passes (q and the output kept in that layout): 1.00-1.07x
+from L3, 2026-12-04, not worth the layout. Earlier (1 thread, best of 30): widening bf16 pairs with a shift and a mask instead of
 vpmovzxwd (slower: 9.8 against 7.2 ms at Dh 128), value rows widened once into a float32 scratch,
 larger key blocks (no change); column passes of the value rows without the prefetch (0.86x: they
 swept each row's lines apart); hinting the next block's keys from the value pass instead (0.72-0.83x),
@@ -79,27 +82,48 @@ KEYS_AHEAD = 32  # rows: how far ahead of the score pass the key rows are fetche
 def attention_decode_bf16(out, q, k_cache, v_cache, start_pos, rows, running):
     """out float32[1, H, Dh] = attention of q float32[1, H, Dh] over positions 0 .. start_pos of
     k_cache, v_cache uint16[KVH, S, Dh] (bf16 bits; row start_pos already appended). Scratch:
-    rows float32[threads, 2, 4, KEY_BLOCK], running float32[threads, QUERY_TILE, 2, 4]."""
-    n_heads, head_dim = q.shape[1], q.shape[2]
-    n_kv = k_cache.shape[0]
-    chunks = (n_heads // n_kv + 3) // 4
-    for task in prange(n_kv * chunks):
-        # Llama's head widths as constants: the loops over a row unroll and its loads take fixed
-        # offsets (the generic body computes a row's address and its loop bounds per 4 keys)
-        if head_dim == 64:
-            _group(out, q, k_cache, v_cache, start_pos, rows, running, task, chunks, 64)
-        elif head_dim == 128:
-            _group(out, q, k_cache, v_cache, start_pos, rows, running, task, chunks, 128)
-        else:
-            _group(out, q, k_cache, v_cache, start_pos, rows, running, task, chunks, head_dim)
+    rows float32[threads, 2, 4, KEY_BLOCK], running float32[threads, QUERY_TILE, 2, 4]. Any Dh
+    (a multiple of 16); decode_kernel picks the twins compiled for Llama's 64 and 128."""
+    for task in prange(_tasks(q, k_cache)):
+        _group(out, q, k_cache, v_cache, start_pos, rows, running, task, q.shape[2])
+
+
+# Llama's head widths as constants: the loops over a row unroll and its loads take fixed offsets
+# (the generic body computes a row's address and its loop bounds per 4 keys). Kernels of their
+# own, not branches of one: Numba compiles each on first use, and one prange over three inlined
+# bodies took 21 s to compile instead of 4.
+@twins
+def attention_decode_bf16_64(out, q, k_cache, v_cache, start_pos, rows, running):
+    """attention_decode_bf16 for Dh = 64 (Llama 3.2 1B and 3B)."""
+    for task in prange(_tasks(q, k_cache)):
+        _group(out, q, k_cache, v_cache, start_pos, rows, running, task, 64)
+
+
+@twins
+def attention_decode_bf16_128(out, q, k_cache, v_cache, start_pos, rows, running):
+    """attention_decode_bf16 for Dh = 128 (Llama 3.1 8B, 70B, 405B)."""
+    for task in prange(_tasks(q, k_cache)):
+        _group(out, q, k_cache, v_cache, start_pos, rows, running, task, 128)
+
+
+def decode_kernel(head_dim: int):
+    """The Twins of attention_decode_bf16 for heads of head_dim."""
+    return {64: attention_decode_bf16_64, 128: attention_decode_bf16_128}.get(head_dim, attention_decode_bf16)
 
 
 @njit_inline
-def _group(out, q, k_cache, v_cache, start_pos, rows, running, task, chunks, head_dim):
+def _tasks(q, k_cache):
+    """Tasks of a call: every kv group's query heads in chunks of up to 4."""
+    return k_cache.shape[0] * ((q.shape[1] // k_cache.shape[0] + 3) // 4)
+
+
+@njit_inline
+def _group(out, q, k_cache, v_cache, start_pos, rows, running, task, head_dim):
     """One task of attention_decode_bf16: kv group g, up to 4 of its query heads."""
     n_heads = q.shape[1]
     n_kv = k_cache.shape[0]
     group = n_heads // n_kv
+    chunks = (group + 3) // 4
     sqrt_dim = np.float32(math.sqrt(head_dim))  # Meta divides the scores by sqrt(head_dim)
     root = f32x16_splat(sqrt_dim)
     n_ctx = start_pos + 1
