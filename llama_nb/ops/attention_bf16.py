@@ -46,10 +46,10 @@ before: the unrolled body is longer). Hints without the clamps (a branch per 4 k
 instead) were 1.1-1.4x faster from L3 but 0.8x at 32K positions on 2 threads, so they stay.
 Tried and dropped: each 32 bf16 values loaded as 16 dwords and split into the even and the odd
 columns by a shift and a mask, in both passes (q and the output kept in that layout): 1.00-1.07x
-from L3, 2026-12-04, not worth the layout. Earlier (1 thread, best of 30): widening bf16 pairs with a shift and a mask instead of
-vpmovzxwd (slower: 9.8 against 7.2 ms at Dh 128), value rows widened once into a float32 scratch,
-larger key blocks (no change); column passes of the value rows without the prefetch (0.86x: they
-swept each row's lines apart); hinting the next block's keys from the value pass instead (0.72-0.83x),
+from L3, 2026-12-04, not worth the layout. Earlier (1 thread, best of 30): widening bf16 pairs
+with a shift and a mask instead of vpmovzxwd (slower: 9.8 against 7.2 ms at Dh 128), value rows
+widened once into a float32 scratch, larger key blocks (no change); column passes of the value
+rows without the prefetch (0.86x: they swept each row's lines apart); hinting the next block's keys from the value pass instead (0.72-0.83x),
 or every other line (1.0x and 0.82x: the hardware prefetcher seems to follow the hints).
 
 The sums are those of the float32-cache kernel's order per column of the weighted sum (any pass
@@ -112,9 +112,15 @@ def decode_kernel(head_dim: int):
 
 
 @njit_inline
+def _chunks(q, k_cache):
+    """Tasks per kv group: its query heads in chunks of up to 4."""
+    return (q.shape[1] // k_cache.shape[0] + 3) // 4
+
+
+@njit_inline
 def _tasks(q, k_cache):
-    """Tasks of a call: every kv group's query heads in chunks of up to 4."""
-    return k_cache.shape[0] * ((q.shape[1] // k_cache.shape[0] + 3) // 4)
+    """Tasks of a call: every kv group's chunks."""
+    return k_cache.shape[0] * _chunks(q, k_cache)
 
 
 @njit_inline
@@ -123,7 +129,7 @@ def _group(out, q, k_cache, v_cache, start_pos, rows, running, task, head_dim):
     n_heads = q.shape[1]
     n_kv = k_cache.shape[0]
     group = n_heads // n_kv
-    chunks = (group + 3) // 4
+    chunks = _chunks(q, k_cache)
     sqrt_dim = np.float32(math.sqrt(head_dim))  # Meta divides the scores by sqrt(head_dim)
     root = f32x16_splat(sqrt_dim)
     n_ctx = start_pos + 1

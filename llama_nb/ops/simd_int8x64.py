@@ -327,9 +327,9 @@ def q4_k_scales_mins(typingctx, a, i):
         # get_scale_min_k4 on all 16 at once, bytes b = a[i : i + 16] (the last 4 unused):
         #   scale j < 4: b[j] & 63            scale j >= 4: (b[j + 4] & 15) | (b[j - 4] >> 6) << 4
         #   min   j < 4: b[j + 4] & 63        min   j >= 4: (b[j + 4] >> 4) | (b[j] >> 6) << 4
-        # The bytes widened to 32-bit lanes first: x86 has per-lane shifts of dwords (vpsrlvd), not
-        # of bytes, and LLVM lowered the <16 x i8> shifts and masks to a long sequence (the decode
-        # was most of a super-block's work: 31 GB/s hot on one core with it, 56 without, AMD EPYC)
+        # The bytes widened to 32-bit lanes first, where x86 shifts each lane by its own count
+        # (vpsrlvd) and not bytes: the same values, Q4_K's kernel 1.06x from cache on one core
+        # (AMD EPYC, 2026-12-04; the scales and their products are about half of its work there)
         v16 = ir.VectorType(_I8, 16)
         b = _load(context, builder, signature.args[0], args[0], args[1], v16)
         low = builder.zext(builder.shuffle_vector(b, b, _mask([0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 8, 9, 10, 11])), _V_I32)
