@@ -123,6 +123,15 @@ def cpu_features() -> str:
     return llvm_binding.get_host_cpu_features().flatten()
 
 
+def host_cpu_name() -> str:
+    """LLVM's name of the CPU this process runs on ("znver5", "sapphirerapids", ...), for tuning that
+    follows the memory system, not the instruction set (the prefetch distances of ops/quant_dot.py):
+    the host's, whatever NUMBA_CPU_NAME asks Numba to compile for."""
+    import llvmlite.binding as llvm_binding
+
+    return llvm_binding.get_host_cpu_name()
+
+
 HAS_AVX512_BF16 = "+avx512bf16" in cpu_features().split(",") and os.environ.get("LLAMA_NB_NO_BF16DOT", "0") == "0"
 # vpdpbusd (256- and 512-bit) (AVX512_VNNI + AVX512VL) for the int8 products of the block formats;
 # LLAMA_NB_NO_VNNI=1 forces their portable int8 path (ops/simd_int8.py).

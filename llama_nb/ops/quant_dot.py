@@ -37,6 +37,15 @@ prefetch 15.8, one row ahead 20.0, two rows 25.2, 4.6 KB (the 1B's Q4_K rows fou
 24.8 (1B: 26.9, 27.4). Two rows -> these distances: 1B Q4_K_M
 26.2 -> 27.8, 8B widths Q4_K_M 21.2 -> 26.3, Q8_0 15.6 -> 18.1 (hot, in L2, they cost 0-6%: the
 hints are instructions too).
+The AMD EPYC (Zen 5) wants the lines farther ahead: measured 2026-12-04 05:40 UTC, idle, 2 threads,
+cold weights (bench/quant_kernels.py's rotated copies), medians of 3-5 alternating rounds, GB/s at
+the Intel distances -> 4608 / 6144 bytes (ratio to the Intel distance, by round): Q4_K 2048x2048
+33.3 -> 39.5 / 38.3 (1.18 / 1.17), 2048x8192 38.8 -> 41.4 / 41.4 (1.10 / 1.10), 8192x2048 36.2 ->
+41.2 / 40.3 (1.15 / 1.11), 4096x14336 20.9 -> 26.3 / 29.0 (1.26 / 1.42, a slow spell); Q6_K
+2048x8192 38.7 -> 43.5 / 43.2 (1.15 / 1.10), 14336x4096 35.5 -> 43.9 / 41.1 (1.25 / 1.24),
+2048x128256 (the 1B's output) 40.5 -> 41.1 / 42.8; Q8_0 4096x14336 36.8 -> 40.2 at 4608 (1.09;
+6912: 1.05). Nearer (768 bytes) lost 4-9%; bf16's matvec did not care (2304-9216 bytes within
++-5%). Hence a table by CPU (AHEAD_BY_CPU), keyed on LLVM's host CPU name.
 
 Measured on a busy machine, 1 thread, GB/s of weights, the 256-bit kernels (one sub-block per
 step, scales decoded one by one) -> these (bench/README.md has every shape):
@@ -60,7 +69,7 @@ import numpy as np
 from numba import prange
 
 from llama_nb.ops.int8_variants import variants
-from llama_nb.ops.jit import njit_inline, njit_serial
+from llama_nb.ops.jit import host_cpu_name, njit_inline, njit_serial
 from llama_nb.ops.matvec import rows_ahead, stream_ahead
 from llama_nb.ops.quant_rows import Q4_K_BYTES, Q6_K_BYTES, Q8_0_BYTES
 from llama_nb.ops.simd import f32x16_fma, f32x16_splat, f32x16_sum, f32x16_zero, prefetch
@@ -77,8 +86,10 @@ from llama_nb.ops.simd_int8x64 import (
 
 ROWS = 64  # output rows per parallel task (ops/matvec.py's MATVEC_BLOCK, measured there)
 # How far ahead of its reads each kernel prefetches, in bytes of w's stream (rows one after
-# another): measured on the 1B and 8B-widths models (docstring above).
-Q8_0_AHEAD, Q4_K_AHEAD, Q6_K_AHEAD = 2304, 1536, 1536
+# another), (Q8_0, Q4_K, Q6_K) by CPU: measured on the 1B and 8B-widths shapes (docstring above),
+# the Intel Xeon's for every CPU but AMD's Zen.
+AHEAD_BY_CPU = {"znver": (4608, 6144, 4608), "other": (2304, 1536, 1536)}
+Q8_0_AHEAD, Q4_K_AHEAD, Q6_K_AHEAD = AHEAD_BY_CPU["znver" if host_cpu_name().startswith("znver") else "other"]
 dot_u8s8, dot64_u8s8 = dot_u8s8_portable, dot64_u8s8_portable  # rebound per compiled variant (ops/int8_variants.py)
 
 
